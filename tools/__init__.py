@@ -1,0 +1,1 @@
+"""The machinery behind the scripts: data, monitoring, checkpoints, visualisation, command-line helpers."""

@@ -1,0 +1,117 @@
+"""What every script shares on the command line: common flags, device choice, seeding, run folders."""
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tools.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with defaults in --help, and errors as one line (no usage block), exit code 2."""
+
+    def __init__(self, **kwargs):
+        super().__init__(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def add_common_args(parser: argparse.ArgumentParser, run_name: str) -> argparse.ArgumentParser:
+    """The flags every script shares: --seed, --device, --logdir, --run-name."""
+    parser.add_argument("--seed", type=int, default=1, help="seed of random, numpy and torch")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--logdir", type=Path, default=REPO_ROOT / "runs",
+                        help="run folders go into <logdir>/<YYYYmmdd-HHMMSS>_<run-name>/")
+    parser.add_argument("--run-name", default=run_name, help="suffix of the run folder's name")
+    return parser
+
+
+def select_device(name: str) -> torch.device:
+    """torch.device for --device; UserError for an unknown name or CUDA that is not there."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: unknown device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: unsupported device; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's random, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_writable(folder: Path) -> Path:
+    """Create `folder` if needed and prove a file can be written there; UserError if not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise UserError(f"--logdir {folder} is not writable ({err.strerror}); choose another folder") from None
+    return folder
+
+
+def new_run_dir(logdir: Path, run_name: str) -> Path:
+    """A new, empty <logdir>/<YYYYmmdd-HHMMSS>_<run-name>/ folder."""
+    check_writable(logdir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(100):  # two runs started in the same second get -1, -2, ...
+        run_dir = logdir / (f"{stamp}_{run_name}" if attempt == 0 else f"{stamp}-{attempt}_{run_name}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise UserError(f"cannot create a new run folder in {logdir}")
+
+
+def run(main, parser: argparse.ArgumentParser, argv=None):
+    """Parse the command line and call main(args); a UserError becomes one line and exit code 2."""
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except UserError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command line that continues this process's run in `run_dir` (its flags, --resume run_dir)."""
+    argv = list(sys.argv[1:])
+    if "--resume" in argv:
+        del argv[argv.index("--resume"):argv.index("--resume") + 2]
+    argv = [a if a and " " not in a else repr(a) for a in argv]
+    return " ".join(["python", Path(sys.argv[0]).name, *argv, "--resume", str(run_dir)])

@@ -1,0 +1,388 @@
+"""See inside training: gradient norms, on-device histograms, update ratios, activations, and a verdict.
+
+A few lines in any training loop (the model may be wrapped in DistributedDataParallel):
+
+    monitor = TrainingMonitor(model, writer)
+    for step, (x, y) in enumerate(loader):
+        loss = criterion(model(x), y)
+        loss.backward()
+        monitor.after_backward(step, loss)      # loss and gradient norms, non-finite check
+        optimizer.step()
+        monitor.after_step(step)                # update-to-weight ratio (on logging steps)
+    monitor.end_epoch(epoch)                    # histograms, and a verdict on the epoch
+
+Everything is computed on the tensors' own device and copied to the host once per logging step,
+never with one `.item()` per parameter.
+"""
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+HIST_BINS = 64
+
+# Thresholds of the verdict. Each is explained, with its reasoning, in the README.
+VANISHING_RATIO = 1e-3       # first layer's grad norm / last layer's below this: the gradient is lost on the way back
+LOW_LOSS_FRACTION = 0.2      # loss below this fraction of chance level (ln classes) counts as low
+EXPLODING_GROWTH = 100.0     # total grad norm 100x its first epoch's: exploding
+DEAD_RELU_FRACTION = 0.5     # over half of a ReLU layer's units never active over an evaluation pass
+UPDATE_RATIO_LOW = 1e-5      # |update| / |weight| per step; healthy is about 1e-3 (CS231n),
+UPDATE_RATIO_HIGH = 1e-1     # these bounds sit 10x beyond the healthy band [1e-4, 1e-2]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's own module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def tensor_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of each tensor, as one 1-D tensor on their device: one fused call, no host copy."""
+    if not tensors:
+        return torch.zeros(0)
+    return torch.stack(torch._foreach_norm(tensors)).float()
+
+
+def grad_norms(model: nn.Module) -> dict[str, float]:
+    """name -> L2 norm of the gradient, for every parameter that has one; one host copy for all."""
+    named = [(n, p.grad) for n, p in unwrap(model).named_parameters() if p.grad is not None]
+    values = tensor_norms([g for _, g in named]).tolist()  # one sync for all parameters
+    return {name: value for (name, _), value in zip(named, values)}
+
+
+@dataclass
+class Histogram:
+    """A histogram of a tensor's finite values, in the fields of TensorBoard's add_histogram_raw."""
+    min: float
+    max: float
+    num: int                 # finite values counted
+    sum: float
+    sum_squares: float
+    bucket_limits: list      # right edge of each bin
+    bucket_counts: list
+    nan: int = 0
+    inf: int = 0
+
+    @property
+    def edges(self) -> list:
+        return [self.min] + self.bucket_limits
+
+
+def histograms(tensors: list[torch.Tensor], bins: int = HIST_BINS) -> list[Histogram]:
+    """Histograms of `bins` equal bins over [min, max] of each tensor's finite values, computed on device.
+
+    Two host copies in all (the ranges, then every count and sum), however many tensors; NaN and Inf
+    are counted, not binned. An empty tensor, or one with no finite value, gets an empty histogram.
+    """
+    if not tensors:
+        return []
+    flat = [t.detach().reshape(-1).float() for t in tensors]
+    ranges = torch.stack([torch.stack(torch.aminmax(t)) if t.numel() else t.new_zeros(2) for t in flat])
+    ranges = ranges.tolist()  # host copy 1: every range at once
+    rows = []
+    for t, (lo, hi) in zip(flat, ranges):
+        nan = inf = t.new_zeros(())
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # rare: drop non-finite values, count them
+            finite = torch.isfinite(t)
+            nan, inf = torch.isnan(t).sum(), torch.isinf(t).sum()
+            t = t[finite]
+            lo, hi = (torch.stack(torch.aminmax(t)).tolist() if t.numel() else (0.0, 0.0))
+        if hi == lo:  # a constant tensor (e.g. zero biases): one value, put it in a narrow range
+            lo, hi = lo - 0.5, hi + 0.5
+        counts = torch.histc(t, bins=bins, min=lo, max=hi) if t.numel() else t.new_zeros(bins)
+        rows.append(torch.cat([counts, torch.stack([t.sum(), t.pow(2).sum(), nan.float(), inf.float(),
+                                                    t.new_tensor(float(t.numel()))]),
+                               t.new_tensor([lo, hi])]))
+    table = torch.stack(rows).cpu().double()  # host copy 2: all counts and sums at once
+    result = []
+    for row in table.tolist():
+        counts, (total, squares, nan, inf, num, lo, hi) = row[:bins], row[bins:]
+        width = (hi - lo) / bins
+        result.append(Histogram(min=lo, max=hi, num=int(num), sum=total, sum_squares=squares,
+                                bucket_limits=[lo + width * (i + 1) for i in range(bins)],
+                                bucket_counts=counts, nan=int(nan), inf=int(inf)))
+    return result
+
+
+def write_histogram(writer, tag: str, hist: Histogram, step: int) -> None:
+    """One histogram into TensorBoard through add_histogram_raw (no tensor crosses to the host)."""
+    if hist.num == 0:
+        return
+    writer.add_histogram_raw(tag, min=hist.min, max=hist.max, num=hist.num, sum=hist.sum,
+                             sum_squares=hist.sum_squares, bucket_limits=hist.bucket_limits,
+                             bucket_counts=hist.bucket_counts, global_step=step)
+
+
+def forward_order(model: nn.Module, *inputs) -> list[str]:
+    """Parameter names in the order the forward pass uses them (found with one hooked forward call)."""
+    model = unwrap(model)
+    seen, order = set(), []
+    owners = {id(m): n for n, m in model.named_modules()}
+
+    def record(module, _inputs):
+        prefix = owners[id(module)]
+        for name, _ in module.named_parameters(recurse=False):
+            full = f"{prefix}.{name}" if prefix else name
+            if full not in seen:
+                seen.add(full)
+                order.append(full)
+
+    with hooks([m.register_forward_pre_hook(record) for m in model.modules()]), torch.no_grad():
+        model(*inputs)
+    return order + [n for n, _ in model.named_parameters() if n not in seen]
+
+
+@contextmanager
+def hooks(handles: list):
+    """Remove every hook handle on exit, whatever happens inside."""
+    try:
+        yield handles
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class ActivationStats:
+    """Per-layer activation statistics gathered by forward hooks over one or more batches.
+
+    For every leaf module: mean and std of its output; for ReLU outputs also the fraction of units
+    (channel x position) never active over all the batches seen: dead units.
+    """
+
+    def __init__(self):
+        self._sums = {}     # name -> tensor [sum, sum of squares, count], on device
+        self._active = {}   # name -> bool tensor over units: ever > 0
+
+    def hook(self, name: str, module: nn.Module):
+        is_relu = isinstance(module, (nn.ReLU, nn.ReLU6, nn.LeakyReLU))
+
+        def record(_module, _inputs, output):
+            if not isinstance(output, torch.Tensor):
+                return
+            out = output.detach().float()
+            moments = torch.stack([out.sum(), out.pow(2).sum(), out.new_tensor(float(out.numel()))])
+            self._sums[name] = self._sums[name] + moments if name in self._sums else moments
+            if is_relu and out.dim() > 1:
+                active = (out > 0).any(dim=0)
+                self._active[name] = self._active[name] | active if name in self._active else active
+        return record
+
+    def result(self) -> dict[str, dict[str, float]]:
+        """name -> {'mean', 'std', and for ReLUs 'dead'}, in forward order; one host copy."""
+        names = list(self._sums)
+        if not names:
+            return {}
+        dead = {n: 1.0 - a.float().mean() for n, a in self._active.items()}
+        table = torch.stack([self._sums[n] for n in names]).cpu().tolist()  # one sync for all layers
+        dead_values = dict(zip(dead, torch.stack(list(dead.values())).tolist())) if dead else {}
+        stats = {}
+        for name, (total, squares, count) in zip(names, table):
+            mean = total / count
+            stats[name] = {"mean": mean, "std": math.sqrt(max(squares / count - mean * mean, 0.0))}
+            if name in dead_values:
+                stats[name]["dead"] = dead_values[name]
+        return stats
+
+
+@contextmanager
+def activation_stats(model: nn.Module):
+    """Forward hooks on every leaf module for the duration of the block; yields an ActivationStats.
+
+        with activation_stats(model) as acts:
+            model(x)
+        acts.result()  # {'conv1': {'mean': ..., 'std': ...}, 'relu1': {..., 'dead': 0.1}, ...}
+    """
+    stats = ActivationStats()
+    leaves = [(n, m) for n, m in unwrap(model).named_modules() if n and not list(m.children())]
+    with hooks([m.register_forward_hook(stats.hook(n, m)) for n, m in leaves]):
+        yield stats
+
+
+@dataclass
+class Verdict:
+    """The diagnosis of one epoch: a status word and the findings that led to it."""
+    status: str                      # healthy, converged, vanishing, exploding, dead-relu, lr-too-low, lr-too-high
+    findings: list = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{self.status}: " + "; ".join(self.findings)
+
+
+def diagnose(norms: dict[str, float], loss: float, classes: int, first_total_norm: float | None = None,
+             update_ratios: dict[str, float] | None = None, activations: dict | None = None,
+             nonfinite: str | None = None) -> Verdict:
+    """A verdict on training health from one epoch's figures.
+
+    norms: parameter name -> gradient L2 norm, in forward order (weights of the first and last layer
+    are compared); loss: the epoch's mean train loss; classes: for the chance-level loss ln(classes);
+    first_total_norm: the total gradient norm of the first epoch (growth = exploding); update_ratios:
+    name -> |update| / |weight| per step; activations: `ActivationStats.result()`; nonfinite: what was
+    found non-finite, if anything. Severity order: exploding, vanishing, dead-relu, lr, converged, healthy.
+    """
+    found = []  # (status, finding)
+    weights = [n for n in norms if n.endswith("weight")] or list(norms)
+    total = math.sqrt(sum(v * v for v in norms.values())) if norms else 0.0
+    chance = math.log(max(classes, 2))
+    loss_low = math.isfinite(loss) and loss < LOW_LOSS_FRACTION * chance
+    if nonfinite or not math.isfinite(loss) or not math.isfinite(total):
+        found.append(("exploding", f"non-finite values: {nonfinite or 'loss or gradient'}"))
+    elif first_total_norm and total > EXPLODING_GROWTH * first_total_norm:
+        found.append(("exploding", f"total gradient norm grew {total / first_total_norm:.0f}x since the "
+                                   f"first epoch ({first_total_norm:.3g} -> {total:.3g})"))
+    if len(weights) >= 2 and math.isfinite(total) and not loss_low:
+        first, last = norms[weights[0]], norms[weights[-1]]
+        if last > 0 and first / last < VANISHING_RATIO:
+            found.append(("vanishing", f"{weights[0]} gradient {first:.2e} is {last / max(first, 1e-45):.0e}x "
+                                       f"smaller than {weights[-1]}'s {last:.2e} while the loss "
+                                       f"{loss:.3f} is not low"))
+    for name, stats in (activations or {}).items():
+        if stats.get("dead", 0.0) > DEAD_RELU_FRACTION:
+            found.append(("dead-relu", f"{stats['dead']:.0%} of {name}'s units never fire"))
+    ratios = [v for n, v in (update_ratios or {}).items() if n.endswith("weight")] or list((update_ratios or {}).values())
+    if ratios:
+        median = sorted(ratios)[len(ratios) // 2]
+        if median < UPDATE_RATIO_LOW:
+            found.append(("lr-too-low", f"median update/weight ratio {median:.1e} < {UPDATE_RATIO_LOW:.0e}: "
+                                        "learning rate too low"))
+        elif median > UPDATE_RATIO_HIGH:
+            found.append(("lr-too-high", f"median update/weight ratio {median:.1e} > {UPDATE_RATIO_HIGH:.0e}: "
+                                         "learning rate too high"))
+    if found:
+        return Verdict(found[0][0], [f for _, f in found])
+    if loss_low:
+        return Verdict("converged", [f"loss {loss:.3f} is low and gradients small as expected "
+                                     f"(total norm {total:.2e})"])
+    return Verdict("healthy", [f"loss {loss:.3f}, total gradient norm {total:.2e}"
+                               + (f", median update ratio {sorted(ratios)[len(ratios) // 2]:.1e}" if ratios else "")])
+
+
+class TrainingMonitor:
+    """Gradient norms, update ratios and histograms of a model's parameters, logged to TensorBoard.
+
+    Call `after_backward(step, loss)` after every backward, `after_step(step)` after every optimizer
+    step and `end_epoch(epoch, ...)` once per epoch. Norms are logged every `log_interval` steps;
+    histograms once per epoch. With `enabled=False` only the non-finite loss check remains.
+    """
+
+    def __init__(self, model: nn.Module, writer=None, log_interval: int = 10, enabled: bool = True,
+                 bins: int = HIST_BINS, classes: int = 2):
+        self.model = unwrap(model)
+        self.writer = writer
+        self.log_interval = log_interval
+        self.enabled = enabled
+        self.bins = bins
+        self.classes = classes
+        self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.nonfinite = None        # (step, what) of the first non-finite loss or gradient
+        self.first_total_norm = None
+        self._epoch_norms = []       # device tensors of per-parameter norms at logged steps
+        self._epoch_ratios = []
+        self._before = None          # weights before a logged optimizer step
+        self.order = None            # parameter names in forward order, found when first needed
+
+    def set_forward_order(self, *example_inputs) -> None:
+        """Record the forward order of parameters (names the first non-finite one correctly)."""
+        self.order = forward_order(self.model, *example_inputs)
+
+    def after_backward(self, step: int, loss: torch.Tensor) -> float:
+        """Check the loss and gradients for NaN/Inf and log gradient norms; returns the loss as a float.
+
+        One host copy: the loss, and when monitoring, the total gradient norm with it.
+        """
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not self.enabled or not grads:
+            value = loss.item()
+            if not math.isfinite(value):
+                self._record_nonfinite(step, "loss")
+            return value
+        norms = tensor_norms(grads)
+        total = torch.linalg.vector_norm(norms)
+        value, total_value = torch.stack([loss.detach().float(), total]).tolist()  # one sync per step
+        if not math.isfinite(value) or not math.isfinite(total_value):
+            self._record_nonfinite(step, "loss" if not math.isfinite(value) else "gradient")
+        if step % self.log_interval == 0:
+            self._epoch_norms.append(norms)
+            if self.writer is not None:
+                for name, norm in zip(self._grad_names(), norms.tolist()):  # one sync for all parameters
+                    self.writer.add_scalar(f"grad_norm/{name}", norm, step)
+                self.writer.add_scalar("grad_norm/total", total_value, step)
+            self._before = [p.detach().clone() for p in self.params]
+        return value
+
+    def after_step(self, step: int) -> None:
+        """After optimizer.step(): the update-to-weight ratio |W_new - W_old| / |W_old| of a logged step."""
+        if self._before is None:
+            return
+        deltas = torch._foreach_sub([p.detach() for p in self.params], self._before)
+        ratios = tensor_norms(deltas) / tensor_norms(self._before).clamp_min(1e-12)
+        self._epoch_ratios.append(ratios)
+        self._before = None
+        if self.writer is not None:
+            for name, ratio in zip(self.names, ratios.tolist()):  # one sync for all parameters
+                self.writer.add_scalar(f"update_ratio/{name}", ratio, step)
+
+    def _grad_names(self) -> list[str]:
+        return [n for n, p in zip(self.names, self.params) if p.grad is not None]
+
+    def _record_nonfinite(self, step: int, what: str) -> None:
+        if self.nonfinite is not None:
+            return
+        order = self.order or self.names
+        bad = {n for n, p in zip(self.names, self.params)
+               if p.grad is not None and not torch.isfinite(p.grad).all()}
+        first = next((n for n in order if n in bad), None)
+        detail = f"non-finite {what} at step {step}" + (f"; first non-finite gradient: {first}" if first else "")
+        self.nonfinite = (step, detail)
+
+    def log_histograms(self, step: int) -> dict[str, Histogram]:
+        """Weights and gradients of every parameter as TensorBoard histograms (weights/<name>, grads/<name>).
+
+        Returns tag -> Histogram, which also counts NaN and Inf values.
+        """
+        if not self.enabled:
+            return {}
+        tags = [f"weights/{n}" for n in self.names]
+        tensors = [p.detach() for p in self.params]
+        with_grad = [(n, p.grad) for n, p in zip(self.names, self.params) if p.grad is not None]
+        tags += [f"grads/{n}" for n, _ in with_grad]
+        tensors += [g for _, g in with_grad]
+        result = dict(zip(tags, histograms(tensors, self.bins)))
+        if self.writer is not None:
+            for tag, hist in result.items():
+                write_histogram(self.writer, tag, hist, step)
+        return result
+
+    def end_epoch(self, epoch: int, train_loss: float, activations: dict | None = None) -> Verdict | None:
+        """Histograms of the epoch, and the verdict on it (printed by the caller, logged as text here)."""
+        if not self.enabled:
+            return None
+        hists = self.log_histograms(epoch)
+        bad = [t for t, h in hists.items() if h.nan or h.inf]
+        names = self._grad_names()
+        if self._epoch_norms:  # mean over the epoch's logged steps, one sync
+            norms = dict(zip(names, torch.stack(self._epoch_norms).mean(0).tolist()))
+        else:
+            norms = {}
+        ratios = dict(zip(self.names, torch.stack(self._epoch_ratios).mean(0).tolist())) if self._epoch_ratios else {}
+        order = self.order or self.names
+        norms = {n: norms[n] for n in order if n in norms}
+        total = math.sqrt(sum(v * v for v in norms.values())) if norms else None
+        if self.first_total_norm is None and total and math.isfinite(total):
+            self.first_total_norm = total
+        nonfinite = self.nonfinite[1] if self.nonfinite else (f"NaN/Inf in {', '.join(bad)}" if bad else None)
+        verdict = diagnose(norms, train_loss, self.classes, self.first_total_norm, ratios, activations, nonfinite)
+        if self.writer is not None:
+            self.writer.add_text("diagnosis", f"epoch {epoch}: {verdict}", epoch)
+            for name, stats in (activations or {}).items():
+                if "dead" in stats:
+                    self.writer.add_scalar(f"dead_relu/{name}", stats["dead"], epoch)
+        self._epoch_norms, self._epoch_ratios = [], []
+        return verdict

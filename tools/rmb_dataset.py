@@ -1,0 +1,311 @@
+"""The RMB banknote data set (or any <dir>/<class>/<image> folder): splits, decoding once, transforms.
+
+Write a raw folder's 80/10/10 split to disk, as the course does:
+
+    python -m tools.rmb_dataset data/RMB_data --out data/rmb_split
+"""
+import argparse
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from tools.errors import UserError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+# Image files we recognise but cannot read: skipped with a warning. Anything else (.DS_Store, Thumbs.db,
+# a README) is not an image and is ignored without noise.
+UNSUPPORTED_IMAGE_EXTENSIONS = (".tif", ".tiff", ".heic", ".heif", ".avif", ".svg", ".ico", ".psd", ".jp2")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SPLIT_FRACTIONS = {"train": 0.8, "valid": 0.1, "test": 0.1}
+SPLIT_SEED = 0  # fixed, so that every run on one folder is validated and tested on the same images
+IMAGE_SIZE = 32  # LeNet's input is 3x32x32
+
+
+def find_classes(folder: Path) -> list[str]:
+    """Sorted names of the class sub-folders of `folder`: class index = position in this list."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"data folder {folder} does not exist: pass --data-dir <folder>/<class>/<image>")
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise UserError(f"{folder} has no class sub-folders: put images in {folder}/<class>/<image>")
+    if len(classes) < 2:
+        raise UserError(f"{folder} has one class folder ({classes[0]}); a classifier needs at least two")
+    return classes
+
+
+def list_samples(folder: Path, classes: list[str]) -> tuple[list[tuple[str, int]], list[str]]:
+    """(path, class index) for every image under folder/<class>/, sorted; and files skipped as unsupported.
+
+    Raises UserError when a class folder holds no image.
+    """
+    samples, unsupported = [], []
+    for index, name in enumerate(classes):
+        class_dir = Path(folder) / name
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file()) if class_dir.is_dir() else []
+        images = [str(p) for p in files if p.suffix.lower() in IMG_EXTENSIONS]
+        unsupported += [str(p) for p in files if p.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS]
+        if not images:
+            raise UserError(f"class folder {class_dir} has no images ({', '.join(IMG_EXTENSIONS)}): "
+                            "add some or remove the folder")
+        samples += [(path, index) for path in images]
+    return samples, unsupported
+
+
+def split_samples(samples: list[tuple[str, int]], seed: int = SPLIT_SEED) -> dict[str, list[tuple[str, int]]]:
+    """Split per class into train/valid/test (80/10/10), deterministic for a seed, no sample in two splits.
+
+    Every class with at least 2 images gets one valid image, with at least 3 one test image.
+    """
+    rng = random.Random(seed)
+    splits = {name: [] for name in SPLIT_FRACTIONS}
+    for label in sorted({label for _, label in samples}):
+        members = sorted(s for s in samples if s[1] == label)
+        rng.shuffle(members)
+        n = len(members)
+        n_valid = max(round(n * SPLIT_FRACTIONS["valid"]), 1 if n >= 2 else 0)
+        n_test = max(round(n * SPLIT_FRACTIONS["test"]), 1 if n >= 3 else 0)
+        splits["valid"] += members[:n_valid]
+        splits["test"] += members[n_valid:n_valid + n_test]
+        splits["train"] += members[n_valid + n_test:]
+    return splits
+
+
+def find_splits(data_dir: Path, seed: int = SPLIT_SEED) -> tuple[list[str], dict, list[str]]:
+    """Classes, {'train', 'valid', 'test'} -> [(path, label)], and unsupported files, for a data folder.
+
+    A folder with train/ and valid/ (or val/), optionally test/, is used as it is; any other folder of
+    <class>/<image> is split 80/10/10 with `split_samples`. 'test' is an empty list when there is none.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"data folder {data_dir} does not exist: pass --data-dir <folder>/<class>/<image>")
+    valid_dir = next((data_dir / n for n in ("valid", "val") if (data_dir / n).is_dir()), None)
+    if (data_dir / "train").is_dir() and valid_dir is not None:
+        classes = find_classes(data_dir / "train")
+        splits, unsupported = {}, []
+        for name, folder in (("train", data_dir / "train"), ("valid", valid_dir), ("test", data_dir / "test")):
+            present = [c for c in classes if (folder / c).is_dir()]
+            extra = set(find_classes(folder) if folder.is_dir() else []) - set(classes)
+            if extra:
+                raise UserError(f"{folder} has classes {sorted(extra)} that {data_dir / 'train'} lacks")
+            if not folder.is_dir():
+                splits[name] = []
+                continue
+            found, skipped = list_samples(folder, present)
+            splits[name] = [(path, classes.index(present[label])) for path, label in found]
+            unsupported += skipped
+    else:
+        classes = find_classes(data_dir)
+        samples, unsupported = list_samples(data_dir, classes)
+        splits = split_samples(samples, seed)
+    if not splits["valid"]:
+        raise UserError(f"{data_dir}: the split leaves the valid set empty; add images (at least 2 per class)")
+    return classes, splits, unsupported
+
+
+def open_rgb(path: str, size: int | None = None) -> Image.Image:
+    """Open an image as RGB (grayscale, 16-bit, RGBA, palette and CMYK converted).
+
+    With `size`, a JPEG is decoded at a reduced scale that still covers size x size (much faster).
+    """
+    with Image.open(path) as img:
+        if size is not None:
+            img.draft("RGB", (size, size))
+        img.load()
+        if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit or float grayscale: scale to 8 bits
+            array = np.asarray(img, dtype=np.float32)
+            img = Image.fromarray((array * (255.0 / max(float(array.max()), 255.0))).astype(np.uint8))
+        elif img.mode == "P":  # palette, maybe with transparency: through RGBA, as Pillow advises
+            img = img.convert("RGBA")
+        return img.convert("RGB")
+
+
+def decode_resized(path: str, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """The image at `path` as a uint8 tensor (3, size, size): the course's Resize((size, size)), once."""
+    img = open_rgb(path, size).resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def _cache_key(path: str) -> str:
+    stat = os.stat(path)
+    return f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def decode_all(paths: list[str], size: int = IMAGE_SIZE, cache_dir: Path | None = None,
+               strict: bool = False) -> tuple[list[torch.Tensor | None], list[str]]:
+    """Decode and resize every image once: a uint8 (3, size, size) tensor per path (None if unreadable).
+
+    With `cache_dir`, results are kept on disk keyed by path, file size and mtime, so a second run decodes
+    nothing; the cache file is replaced atomically (safe when several processes build it). Unreadable
+    files (zero bytes, truncated, not an image) are returned in the second list, or raise UserError
+    when `strict`.
+    """
+    cache_file = Path(cache_dir) / f"images_{size}px.pt" if cache_dir else None
+    cache = {}
+    if cache_file and cache_file.is_file():
+        try:
+            cache = torch.load(cache_file, map_location="cpu", weights_only=True)
+        except Exception:  # a cache from another version or a damaged file: rebuild it
+            cache = {}
+    images, bad, added = [], [], False
+    for path in paths:
+        key = _cache_key(path)
+        if key not in cache:
+            try:
+                cache[key] = decode_resized(path, size)
+                added = True
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+                if strict:
+                    raise UserError(f"cannot read image {path} ({err}); fix or remove it, "
+                                    "or drop --strict to skip unreadable images") from None
+                bad.append(path)
+                images.append(None)
+                continue
+        images.append(cache[key])
+    if cache_file and added:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            torch.save(cache, f)
+        os.replace(tmp, cache_file)
+    return images, bad
+
+
+class RMBDataset(Dataset):
+    """Images from <data_dir>/<class>/<image>, decoded and resized to 32x32 once, kept in memory.
+
+    Class index = position of the folder name in sorted order (RMB: '1' -> 0, '100' -> 1).
+    `transform` gets a uint8 tensor (3, 32, 32) and should return the model's input; item = (x, label).
+    """
+
+    def __init__(self, data_dir=None, transform=None, *, samples=None, classes=None,
+                 size: int = IMAGE_SIZE, cache_dir=None, strict: bool = False):
+        if samples is None:
+            classes = find_classes(data_dir)
+            samples, unsupported = list_samples(data_dir, classes)
+        else:
+            unsupported = []
+        images, unreadable = decode_all([p for p, _ in samples], size, cache_dir, strict)
+        kept = [(s, img) for s, img in zip(samples, images) if img is not None]
+        self.classes = list(classes)
+        self.samples = [s for s, _ in kept]
+        self.images = torch.stack([img for _, img in kept]) if kept else torch.empty(0, 3, size, size,
+                                                                                    dtype=torch.uint8)
+        self.targets = [label for _, label in self.samples]
+        self.skipped = unsupported + unreadable
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        return (self.transform(image) if self.transform else image), self.targets[index]
+
+
+def build_transforms(mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """The course's train and eval transforms, for uint8 tensors already resized to 32x32.
+
+    train: RandomCrop(32, padding=4), RandomGrayscale(p=0.8), ToTensor, Normalize; eval: ToTensor, Normalize.
+    (ToDtype(float32, scale=True) is ToTensor for a uint8 tensor.)
+    """
+    from torchvision.transforms import v2  # imported when needed: it costs about a second
+
+    to_input = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    train = v2.Compose([v2.RandomCrop(IMAGE_SIZE, padding=4), v2.RandomGrayscale(p=0.8), *to_input])
+    return train, v2.Compose(to_input)
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images (N, 3, H, W), in [0, 1] units, for Normalize."""
+    x = images.double().div_(255).transpose(0, 1).reshape(3, -1)
+    return x.mean(1).tolist(), x.std(1).tolist()
+
+
+def default_data_dir(data_root: Path) -> tuple[Path, str | None]:
+    """The data folder to use when --data-dir is not given, and a message for the user (or None).
+
+    data_root/RMB_data when it exists (the real photos); otherwise the synthetic set in
+    data_root/RMB_synthetic, generated on first use (deterministic, about a second).
+    """
+    real = Path(data_root) / "RMB_data"
+    if real.is_dir():
+        return real, None
+    from tools import synthetic_rmb
+
+    folder = Path(data_root) / "RMB_synthetic"
+    if synthetic_rmb.is_generated(folder):
+        note = f"no --data-dir and no {real}: using the synthetic RMB set in {folder}"
+    else:
+        synthetic_rmb.generate(folder)
+        note = f"no --data-dir and no {real}: generated a synthetic RMB set into {folder}"
+    return folder, note + f"; for real photos put them in {real}/1 and {real}/100, or pass --data-dir"
+
+
+def load_splits(data_dir: Path, norm: str = "imagenet", cache_dir: Path | None = None,
+                strict: bool = False) -> dict:
+    """Everything a run needs from a data folder, each image decoded once.
+
+    Returns {'classes', 'train', 'valid', 'test' (RMBDataset, test None when there is none),
+    'mean', 'std' (of Normalize: ImageNet's, or with norm='data' the train split's own), 'skipped'}.
+    """
+    classes, splits, unsupported = find_splits(data_dir)
+    sets = {name: RMBDataset(samples=samples, classes=classes, cache_dir=cache_dir, strict=strict)
+            for name, samples in splits.items() if samples}
+    skipped = unsupported + [path for ds in sets.values() for path in ds.skipped]
+    if strict and unsupported:
+        raise UserError(f"unsupported image format: {unsupported[0]}; convert or remove it, "
+                        "or drop --strict to skip such files")
+    if len(sets["train"]) == 0 or len(sets["valid"]) == 0:
+        raise UserError(f"{data_dir}: no readable images left in the train or valid split")
+    mean, std = (channel_stats(sets["train"].images) if norm == "data" else (list(IMAGENET_MEAN), list(IMAGENET_STD)))
+    train_tf, eval_tf = build_transforms(mean, std)
+    sets["train"].transform = train_tf
+    for name in ("valid", "test"):
+        if name in sets:
+            sets[name].transform = eval_tf
+    return {"classes": classes, "train": sets["train"], "valid": sets["valid"], "test": sets.get("test"),
+            "mean": mean, "std": std, "skipped": skipped}
+
+
+def write_split(data_dir: Path, out_dir: Path, seed: int = SPLIT_SEED) -> dict[str, int]:
+    """Copy a raw <class>/<image> folder's split to out_dir/{train,valid,test}/<class>/; counts per split."""
+    import shutil
+
+    classes, splits, _ = find_splits(data_dir, seed)
+    counts = {}
+    for name, samples in splits.items():
+        for path, label in samples:
+            target = Path(out_dir) / name / classes[label]
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target / Path(path).name)
+        counts[name] = len(samples)
+    return counts
+
+
+def main(argv=None) -> dict[str, int]:
+    parser = argparse.ArgumentParser(description="Write the train/valid/test split of a <class>/<image> folder.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("data_dir", type=Path, help="raw folder: <data_dir>/<class>/<image>")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "data" / "rmb_split",
+                        help="where the split goes: <out>/{train,valid,test}/<class>/")
+    parser.add_argument("--seed", type=int, default=SPLIT_SEED, help="seed of the shuffle before splitting")
+    args = parser.parse_args(argv)
+    try:
+        counts = write_split(args.data_dir, args.out, args.seed)
+    except UserError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    print(f"wrote {counts['train']} train, {counts['valid']} valid, {counts['test']} test images to {args.out}")
+    return counts
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""TensorBoard set-up shared by the scripts: the writer, the run's arguments, chart layout, hparams."""
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+
+def open_writer(run_dir: Path, purge_step: int | None = None) -> SummaryWriter:
+    """A SummaryWriter on `run_dir`. On resume, `purge_step` hides every event at or after that step
+    that a killed run had written, so each step is shown exactly once."""
+    return SummaryWriter(str(run_dir), purge_step=purge_step, flush_secs=10)
+
+
+def plain(value):
+    """A flag's value as something JSON, TensorBoard and weights_only checkpoints accept."""
+    return value if isinstance(value, (bool, int, float, str, type(None))) else str(value)
+
+
+def log_args(writer: SummaryWriter, args: dict) -> None:
+    """The run's arguments as a Markdown table under the `args` text tag."""
+    rows = "\n".join(f"| {key} | {plain(value)} |" for key, value in args.items())
+    writer.add_text("args", "| flag | value |\n|---|---|\n" + rows, 0)
+
+
+def log_layout(writer: SummaryWriter) -> None:
+    """Custom Scalars tab: train and valid loss on one chart, train and valid accuracy on another."""
+    writer.add_custom_scalars({"train vs valid": {
+        "loss": ["Multiline", ["loss/train", "loss/valid"]],
+        "accuracy": ["Multiline", ["acc/train", "acc/valid"]],
+    }})
+
+
+def log_hparams(writer: SummaryWriter, args: dict, metrics: dict, step: int) -> None:
+    """The run's hyper-parameters with its final metrics (HParams tab), into the run's own event file."""
+    hparam_dict = {k: plain(v) for k, v in args.items() if v is not None}
+    metric_dict = {f"hparam/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+    for summary in hparams(hparam_dict, metric_dict):
+        writer.file_writer.add_summary(summary)
+    for tag, value in metric_dict.items():
+        writer.add_scalar(tag, value, step)

@@ -1,0 +1,222 @@
+"""Train LeNet to tell 1-yuan from 100-yuan banknotes, and watch it learn in TensorBoard.
+
+    python train_rmb.py                                    # generated data (or data/RMB_data), 10 epochs
+    python train_rmb.py --data-dir data/RMB_data --epochs 20 --device cuda
+    python train_rmb.py --resume auto                      # continue the latest run of this --run-name
+    tensorboard --logdir runs                              # curves, histograms, graph, diagnosis
+
+Each run writes runs/<YYYYmmdd-HHMMSS>_<run-name>/: TensorBoard events, metrics.json, loss_curve.png,
+checkpoint_last.pt and checkpoint_best.pt.
+"""
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from model import INIT_SCHEMES, LeNet
+from tools.checkpoint import load_checkpoint, load_model_state, restore_rng_states, rng_states, save_checkpoint
+from tools.cli import (REPO_ROOT, ArgumentParser, add_common_args, check_writable, new_run_dir, positive_float,
+                       positive_int, resume_command, run, seed_everything, select_device)
+from tools.engine import evaluate, train_one_epoch
+from tools.errors import UserError
+from tools.interrupt import stop_on_signals
+from tools.monitor import TrainingMonitor, activation_stats
+from tools.rmb_dataset import default_data_dir, load_splits
+
+EXIT_DIVERGED = 3
+HPARAMS = ("epochs", "batch_size", "lr", "momentum", "step_size", "gamma", "init", "norm", "seed")
+
+
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="<dir>/<class>/<image>, or <dir>/{train,valid,test}/<class>/<image>; "
+                             "default data/RMB_data, else a generated synthetic set")
+    parser.add_argument("--epochs", type=positive_int, default=10)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--lr", type=positive_float, default=0.01, help="SGD learning rate")
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--step-size", type=positive_int, default=10, help="StepLR: epochs between lr decays")
+    parser.add_argument("--gamma", type=positive_float, default=0.1, help="StepLR: lr factor at each decay")
+    parser.add_argument("--init", choices=INIT_SCHEMES, default="course",
+                        help="weight init: the course's LeNet scheme, PyTorch's default, xavier, kaiming, normal")
+    parser.add_argument("--norm", choices=("imagenet", "data"), default="imagenet",
+                        help="Normalize with ImageNet's mean/std, or the train split's own")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--log-interval", type=positive_int, default=10,
+                        help="iterations between gradient-norm logs")
+    parser.add_argument("--resume", default=None, metavar="PATH|auto",
+                        help="a checkpoint or run folder to continue, or auto: the latest run of --run-name")
+    parser.add_argument("--no-monitor", action="store_true",
+                        help="no weight/gradient histograms, norms or diagnosis (to measure their cost)")
+    parser.add_argument("--cache-dir", type=Path, default=REPO_ROOT / "data" / "cache",
+                        help="decoded 32x32 images are kept here between runs; '' for none")
+    parser.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
+    return add_common_args(parser, run_name="lenet")
+
+
+def find_resume_checkpoint(resume: str, logdir: Path, run_name: str) -> Path | None:
+    """The checkpoint that --resume names: a file, a run folder, or 'auto' (None if nothing to resume)."""
+    if resume == "auto":
+        runs = sorted(logdir.glob(f"*_{run_name}/checkpoint_last.pt"), key=lambda p: p.parent.name)
+        return runs[-1] if runs else None
+    path = Path(resume)
+    return path / "checkpoint_last.pt" if path.is_dir() else path
+
+
+def main(args) -> dict:
+    device = select_device(args.device)
+    check_writable(args.logdir)
+    checkpoint = None
+    if args.resume:
+        checkpoint_path = find_resume_checkpoint(args.resume, args.logdir, args.run_name)
+        if checkpoint_path is None:
+            print(f"--resume auto: no run named {args.run_name} in {args.logdir} yet; starting a new one")
+        else:
+            checkpoint = load_checkpoint(checkpoint_path)
+    run_dir = checkpoint_path.parent if checkpoint else new_run_dir(args.logdir, args.run_name)
+    seed_everything(args.seed)
+
+    # Data: every image decoded and resized once; only the random crop and grayscale run per epoch.
+    data_dir = args.data_dir
+    if data_dir is None:
+        data_dir, note = default_data_dir(REPO_ROOT / "data")
+        if note:
+            print(note)
+    data = load_splits(data_dir, args.norm, args.cache_dir or None, args.strict)
+    if data["skipped"]:
+        print(f"warning: skipped {len(data['skipped'])} unreadable or unsupported file(s): "
+              + ", ".join(data["skipped"][:10]) + (" ..." if len(data["skipped"]) > 10 else ""), file=sys.stderr)
+    classes = data["classes"]
+    loader_generator = torch.Generator().manual_seed(args.seed)
+    train_loader = DataLoader(data["train"], batch_size=args.batch_size, shuffle=True, generator=loader_generator,
+                              num_workers=args.workers, persistent_workers=args.workers > 0)
+    eval_loaders = {name: DataLoader(data[name], batch_size=256, num_workers=0)
+                    for name in ("valid", "test") if data[name] is not None}
+
+    model = LeNet(classes=len(classes)).initialize_weights(args.init).to(device)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.step_size, gamma=args.gamma)
+
+    start_epoch, global_step, skip_batches, best = 0, 0, 0, {"acc": -1.0, "epoch": 0}
+    history = {"train": [], "valid": []}
+    if checkpoint:
+        load_model_state(model, checkpoint["model"], checkpoint_path)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        start_epoch, global_step = checkpoint["epoch"], checkpoint["global_step"]
+        skip_batches, best, history = checkpoint["batches_in_epoch"], checkpoint["best"], checkpoint["history"]
+        restore_rng_states(checkpoint["epoch_rng"] if skip_batches else checkpoint["rng"], loader_generator)
+        print(f"resuming {run_dir} at epoch {start_epoch + 1}, step {global_step}")
+
+    from tools.tb_logging import log_args, log_hparams, log_layout, open_writer  # imported when needed
+
+    writer = open_writer(run_dir, purge_step=global_step + 1 if checkpoint else None)
+    monitor = TrainingMonitor(model, writer, args.log_interval, enabled=not args.no_monitor, classes=len(classes))
+    example = next(iter(eval_loaders["valid"]))[0][:1].to(device)
+    monitor.set_forward_order(example)
+    if not checkpoint:
+        log_args(writer, vars(args) | {"data_dir": data_dir, "classes": classes, "device": device})
+        log_layout(writer)
+        with warnings.catch_warnings():  # add_graph traces with torch.jit, which warns it is deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            writer.add_graph(model, example)
+        if args.norm == "data":
+            writer.add_text("normalize", f"train split mean {data['mean']}, std {data['std']}", 0)
+    if args.norm == "data":
+        print(f"Normalize with the train split's mean {[round(m, 4) for m in data['mean']]} "
+              f"and std {[round(s, 4) for s in data['std']]}")
+    print(f"{len(data['train'])} train, {len(data['valid'])} valid, "
+          f"{len(data['test']) if data['test'] else 0} test images of {classes}; device {device}; run {run_dir}")
+
+    def checkpoint_state(epoch, batches_in_epoch, epoch_rng):
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch, "global_step": global_step,
+                "batches_in_epoch": batches_in_epoch, "best": best, "history": history,
+                "rng": rng_states(loader_generator), "epoch_rng": epoch_rng, "classes": classes,
+                "norm": {"mean": data["mean"], "std": data["std"]},
+                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    train_stats = valid_stats = None
+    try:
+        with stop_on_signals() as stop:
+            for epoch in range(start_epoch, args.epochs):
+                epoch_started = time.perf_counter()
+                epoch_rng = checkpoint["epoch_rng"] if skip_batches else rng_states(loader_generator)
+                resume_rng = checkpoint["rng"] if skip_batches else None
+                with tqdm(total=len(train_loader), initial=skip_batches, desc=f"epoch {epoch + 1}/{args.epochs}",
+                          leave=False, disable=None) as bar:
+                    train_stats = train_one_epoch(model, train_loader, criterion, optimizer, device, monitor,
+                                                  writer, global_step, skip_batches, resume_rng,
+                                                  lambda: stop.requested, bar)
+                global_step = train_stats["global_step"]
+                history["train"] += train_stats["losses"]
+                if train_stats["diverged"]:
+                    step, detail = monitor.nonfinite
+                    print(f"stopped: {detail}. The last good checkpoint is {run_dir / 'checkpoint_last.pt'}; "
+                          "try a lower --lr.", file=sys.stderr)
+                    writer.add_text("diagnosis", f"diverged: {detail}", step)
+                    raise SystemExit(EXIT_DIVERGED)
+                if not train_stats["complete"]:  # a signal: save where we are, exactly
+                    save_checkpoint(checkpoint_state(epoch, train_stats["batches"], epoch_rng),
+                                    run_dir / "checkpoint_last.pt")
+                    print(f"\n{stop.name}: saved {run_dir / 'checkpoint_last.pt'} at epoch {epoch + 1}, "
+                          f"step {global_step}. Resume with:\n  {resume_command(run_dir)}", file=sys.stderr)
+                    raise SystemExit(stop.exit_code)
+                skip_batches = 0
+
+                with activation_stats(model) as acts:
+                    valid_stats = evaluate(model, eval_loaders["valid"], criterion, device, len(classes))
+                lr = optimizer.param_groups[0]["lr"]
+                scheduler.step()
+                history["valid"].append((global_step, valid_stats["loss"]))
+                writer.add_scalar("loss/valid", valid_stats["loss"], global_step)
+                writer.add_scalar("acc/valid", valid_stats["acc"], global_step)
+                writer.add_scalar("lr", lr, global_step)
+                verdict = monitor.end_epoch(global_step, train_stats["loss"], acts.result())
+                if valid_stats["acc"] > best["acc"]:
+                    best = {"acc": valid_stats["acc"], "epoch": epoch + 1}
+                state = checkpoint_state(epoch + 1, 0, None)
+                save_checkpoint(state, run_dir / "checkpoint_last.pt")
+                if best["epoch"] == epoch + 1:
+                    save_checkpoint(state, run_dir / "checkpoint_best.pt")
+                print(f"epoch {epoch + 1:>3}/{args.epochs}  train loss {train_stats['loss']:.4f} "
+                      f"acc {train_stats['acc']:6.2%}  valid loss {valid_stats['loss']:.4f} "
+                      f"acc {valid_stats['acc']:6.2%}  lr {lr:.2g}  {time.perf_counter() - epoch_started:.2f} s"
+                      + (f"\n    diagnosis: {verdict}" if verdict else ""))
+
+        test_acc = None
+        if "test" in eval_loaders and best["epoch"]:
+            load_model_state(model, load_checkpoint(run_dir / "checkpoint_best.pt")["model"], run_dir)
+            test_acc = evaluate(model, eval_loaders["test"], criterion, device, len(classes))["acc"]
+        metrics = {"train_loss": train_stats["loss"] if train_stats else None,
+                   "train_acc": train_stats["acc"] if train_stats else None,
+                   "valid_loss": valid_stats["loss"] if valid_stats else None,
+                   "valid_acc": valid_stats["acc"] if valid_stats else None,
+                   "best_valid_acc": best["acc"], "test_acc": test_acc, "best_epoch": best["epoch"],
+                   "epochs": args.epochs, "seconds": round(time.perf_counter() - started, 3)}
+        log_hparams(writer, {k: v for k, v in vars(args).items() if k in HPARAMS}, metrics, global_step)
+    finally:
+        writer.close()
+
+    from tools.plots import plot_loss_curve
+
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    plot_loss_curve(history["train"], history["valid"], run_dir / "loss_curve.png")
+    if test_acc is not None:
+        print(f"test accuracy {test_acc:.2%} (best epoch {best['epoch']}, valid {best['acc']:.2%})")
+    print(f"results in {run_dir}\nsee them with: tensorboard --logdir {run_dir}")
+    return metrics | {"run_dir": str(run_dir)}
+
+
+if __name__ == "__main__":
+    run(main, get_args_parser())
