@@ -104,7 +104,7 @@ def main(args) -> dict:
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.step_size, gamma=args.gamma)
 
-    start_epoch, global_step, skip_batches, best = 0, 0, 0, {"acc": -1.0, "epoch": 0}
+    start_epoch, global_step, skip_batches, best = 0, 0, 0, {"acc": -1.0, "loss": float("inf"), "epoch": 0}
     history = {"train": [], "valid": []}
     if checkpoint:
         load_model_state(model, checkpoint["model"], checkpoint_path)
@@ -183,8 +183,8 @@ def main(args) -> dict:
                 writer.add_scalar("acc/valid", valid_stats["acc"], global_step)
                 writer.add_scalar("lr", lr, global_step)
                 verdict = monitor.end_epoch(global_step, train_stats["loss"], acts.result())
-                if valid_stats["acc"] > best["acc"]:
-                    best = {"acc": valid_stats["acc"], "epoch": epoch + 1}
+                if (valid_stats["acc"], -valid_stats["loss"]) > (best["acc"], -best["loss"]):  # ties: lower loss
+                    best = {"acc": valid_stats["acc"], "loss": valid_stats["loss"], "epoch": epoch + 1}
                 state = checkpoint_state(epoch + 1, 0, None)
                 save_checkpoint(state, run_dir / "checkpoint_last.pt")
                 if best["epoch"] == epoch + 1:

@@ -117,12 +117,13 @@ def open_rgb(path: str, size: int | None = None) -> Image.Image:
     With `size`, a JPEG is decoded at a reduced scale that still covers size x size (much faster).
     """
     with Image.open(path) as img:
-        if size is not None:
+        if size is not None and img.format == "JPEG":
             img.draft("RGB", (size, size))
         img.load()
-        if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit or float grayscale: scale to 8 bits
+        if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit grayscale: 0..65535 to 0..255
             array = np.asarray(img, dtype=np.float32)
-            img = Image.fromarray((array * (255.0 / max(float(array.max()), 255.0))).astype(np.uint8))
+            scale = 1 / 257 if array.max() > 255 else 1.0
+            img = Image.fromarray(np.clip(array * scale + 0.5, 0, 255).astype(np.uint8))
         elif img.mode == "P":  # palette, maybe with transparency: through RGBA, as Pillow advises
             img = img.convert("RGBA")
         return img.convert("RGB")

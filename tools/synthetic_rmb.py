@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 CLASSES = ("1", "100")
@@ -62,8 +63,8 @@ def draw_note(kind: str, rng: random.Random) -> Image.Image:
     y = rng.randint(-8, max(-8, CANVAS_SIZE[1] - note.height + 8))
     photo.paste(note, (x, y), note)
     photo = ImageEnhance.Brightness(photo).enhance(rng.uniform(0.6, 1.4))
-    noise = Image.effect_noise(CANVAS_SIZE, rng.uniform(10, 40)).convert("RGB")
-    return Image.blend(photo, noise, rng.uniform(0.05, 0.25))
+    noise = np.random.default_rng(rng.randrange(2**32)).normal(128, rng.uniform(10, 40), (*CANVAS_SIZE[::-1], 3))
+    return Image.blend(photo, Image.fromarray(noise.clip(0, 255).astype(np.uint8)), rng.uniform(0.05, 0.25))
 
 
 def generate(out_dir: Path, per_class: int = IMAGES_PER_CLASS, seed: int = SEED) -> Path:

@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny image folders built in tmp_path, and a helper that runs train_rmb.main in-process."""
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+REAL_DATA = ROOT.parent / "shared" / "data" / "rmb_real" / "RMB_data"
+requires_real_data = pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"real photos not at {REAL_DATA}")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """<tmp>/tiny/{1,100}/*.jpg: 12 synthetic notes per class (split 10/1/1)."""
+    from tools.synthetic_rmb import generate
+
+    return generate(tmp_path_factory.mktemp("data") / "tiny", per_class=12, seed=3)
+
+
+def train(tmp_path: Path, data_dir: Path, *flags: str) -> dict:
+    """train_rmb.main on `data_dir`, with run folders and the image cache in tmp_path; returns its metrics."""
+    import train_rmb
+
+    argv = ["--data-dir", str(data_dir), "--logdir", str(tmp_path / "runs"), "--cache-dir",
+            str(tmp_path / "cache"), "--device", "cpu", *flags]
+    return train_rmb.main(train_rmb.get_args_parser().parse_args(argv))
+
+
+def read_events(run_dir: Path):
+    """The run's event files, read back with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
+    acc.Reload()
+    return acc

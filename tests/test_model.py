@@ -1,0 +1,45 @@
+import math
+
+import torch
+from torch import nn
+
+from model import LeNet, init_weights
+
+
+def test_lenet_shapes_and_parameters():
+    model = LeNet(classes=2)
+    assert model(torch.randn(4, 3, 32, 32)).shape == (4, 2)
+    names = [n for n, _ in model.named_parameters()]
+    assert names == [f"{layer}.{kind}" for layer in ("conv1", "conv2", "fc1", "fc2", "fc3")
+                     for kind in ("weight", "bias")]
+    assert LeNet(classes=5)(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+
+
+def test_course_init_scheme():
+    torch.manual_seed(0)
+    model = LeNet().initialize_weights()
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            assert torch.count_nonzero(p) == 0
+    # linear weights: normal(0, 0.1); fc1 has 48,000 samples, so the std is within 1% of 0.1
+    assert abs(model.fc1.weight.std().item() - 0.1) < 1e-3
+    # conv weights: xavier_normal_, std = sqrt(2 / (fan_in + fan_out))
+    fan_in, fan_out = 6 * 25, 16 * 25
+    assert abs(model.conv2.weight.std().item() - math.sqrt(2 / (fan_in + fan_out))) < 0.1 * math.sqrt(2 / (fan_in + fan_out))
+
+
+def test_batchnorm_and_kaiming_scheme():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(1000, 1000), nn.BatchNorm1d(1000))
+    net[1].weight.data.fill_(3.0)
+    init_weights(net, "kaiming")
+    assert torch.all(net[1].weight == 1) and torch.all(net[1].bias == 0)
+    assert abs(net[0].weight.std().item() - math.sqrt(2 / 1000)) < 1e-3
+
+
+def test_default_scheme_keeps_pytorch_init():
+    torch.manual_seed(0)
+    a = LeNet()
+    torch.manual_seed(0)
+    b = LeNet().initialize_weights("default")
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))

@@ -1,0 +1,153 @@
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REAL_DATA, requires_real_data
+from tools import rmb_dataset
+from tools.errors import UserError
+from tools.rmb_dataset import (IMAGENET_MEAN, IMAGENET_STD, RMBDataset, build_transforms, channel_stats,
+                               decode_all, decode_resized, find_splits, split_samples, write_split)
+from tools.synthetic_rmb import generate
+
+
+def make_folder(root, counts: dict, size=(40, 20)):
+    """root/<class>/<i>.png, each image a flat colour that encodes its class and index."""
+    for c, (name, n) in enumerate(counts.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", size, (c * 40, i, 100)).save(root / name / f"{i:03d}.png")
+    return root
+
+
+def test_class_index_is_sorted_folder_position(tmp_path):
+    make_folder(tmp_path, {"100": 3, "1": 3, "5": 3})
+    ds = RMBDataset(tmp_path)
+    assert ds.classes == ["1", "100", "5"]
+    for (path, label) in ds.samples:
+        assert ds.classes[label] == path.split("/")[-2]
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16", "LA", "1"])
+def test_every_image_mode_becomes_rgb(tmp_path, mode):
+    rgb = Image.new("RGB", (32, 32), (200, 120, 40))
+    if mode == "I;16":
+        img = Image.fromarray(np.full((32, 32), 200 * 257, dtype=np.uint16))
+        expected = (200, 200, 200)
+    else:
+        img = rgb.convert(mode)
+    path = tmp_path / ("img.png" if mode != "CMYK" else "img.jpg")
+    img.save(path)
+    if mode != "I;16":
+        with Image.open(path) as saved:
+            expected = saved.convert("RGBA").convert("RGB").getpixel((0, 0))
+    tensor = decode_resized(str(path))
+    assert tensor.shape == (3, 32, 32) and tensor.dtype == torch.uint8
+    assert tuple(tensor[:, 5, 5].tolist()) == pytest.approx(expected, abs=2)
+
+
+def test_decode_resized_matches_pil_resize_of_full_image(tmp_path):
+    """A PNG has no reduced-scale decoding: the result is exactly PIL's bilinear Resize((32, 32))."""
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (50, 90, 3), dtype=np.uint8))
+    img.save(tmp_path / "x.png")
+    expected = np.asarray(img.resize((32, 32), Image.BILINEAR)).transpose(2, 0, 1)
+    assert np.array_equal(decode_resized(str(tmp_path / "x.png")).numpy(), expected)
+
+
+def test_split_is_deterministic_disjoint_and_80_10_10():
+    samples = [(f"{c}/{i}.jpg", c) for c in range(2) for i in range(100)]
+    a, b = split_samples(samples, seed=0), split_samples(list(reversed(samples)), seed=0)
+    assert a == b
+    assert {len(v) for v in a.values()} == {160, 20}
+    assert [len(a[k]) for k in ("train", "valid", "test")] == [160, 20, 20]
+    sets = [set(v) for v in a.values()]
+    assert sum(len(s) for s in sets) == len(set().union(*sets)) == 200
+    for split in a.values():  # stratified: both classes in every split, in proportion
+        assert sum(label for _, label in split) * 2 == len(split)
+    assert split_samples(samples, seed=1) != a
+
+
+def test_presplit_folder_with_val_is_used_as_is(tmp_path):
+    make_folder(tmp_path / "train", {"1": 4, "100": 4})
+    make_folder(tmp_path / "val", {"1": 2, "100": 2})
+    classes, splits, _ = find_splits(tmp_path)
+    assert classes == ["1", "100"]
+    assert len(splits["train"]) == 8 and len(splits["valid"]) == 4 and splits["test"] == []
+    assert all("/val/" in p for p, _ in splits["valid"])
+
+
+def test_write_split_round_trip(tmp_path):
+    make_folder(tmp_path / "raw", {"1": 10, "100": 10})
+    counts = write_split(tmp_path / "raw", tmp_path / "split")
+    assert counts == {"train": 16, "valid": 2, "test": 2}
+    classes, splits, _ = find_splits(tmp_path / "split")
+    assert {k: len(v) for k, v in splits.items()} == counts
+    names = {k: sorted(p.split("/")[-1] for p, _ in v) for k, v in splits.items()}
+    original = find_splits(tmp_path / "raw")[1]
+    assert names == {k: sorted(p.split("/")[-1] for p, _ in v) for k, v in original.items()}
+
+
+def test_disk_cache_decodes_once_and_notices_changes(tmp_path, monkeypatch):
+    make_folder(tmp_path / "d", {"1": 3, "100": 3})
+    paths = sorted(str(p) for p in (tmp_path / "d").rglob("*.png"))
+    first, _ = decode_all(paths, cache_dir=tmp_path / "cache")
+
+    def no_decoding(*_):
+        raise AssertionError("decoded although cached")
+    monkeypatch.setattr(rmb_dataset, "decode_resized", no_decoding)
+    second, _ = decode_all(paths, cache_dir=tmp_path / "cache")
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+    monkeypatch.undo()
+    Image.new("RGB", (40, 20), (255, 0, 0)).save(paths[0])  # new content, new size/mtime: decoded again
+    third, _ = decode_all(paths, cache_dir=tmp_path / "cache")
+    assert third[0][:, 0, 0].tolist() == [255, 0, 0]
+
+
+def test_transforms_match_an_independent_computation():
+    images = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    train_tf, eval_tf = build_transforms()
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    assert torch.allclose(eval_tf(images), (images.float() / 255 - mean) / std, atol=1e-6)
+    torch.manual_seed(0)
+    out = train_tf(images)
+    assert out.shape == (3, 32, 32)
+    # every output pixel is a normalised input pixel (in colour or grey) or the black padding
+    grey = (0.2989 * images[0] + 0.587 * images[1] + 0.114 * images[2]).float() / 255
+    raw = out * std + mean
+    assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5
+    del grey
+
+
+def test_channel_stats_equal_numpy():
+    images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
+    mean, std = channel_stats(images)
+    x = images.numpy().astype(np.float64) / 255
+    assert np.allclose(mean, x.mean(axis=(0, 2, 3)))
+    assert np.allclose(std, x.std(axis=(0, 2, 3), ddof=1))
+
+
+def test_missing_folder_and_too_few_classes(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        find_splits(tmp_path / "nope")
+    make_folder(tmp_path / "one", {"1": 3})
+    with pytest.raises(UserError, match="at least two"):
+        find_splits(tmp_path / "one")
+
+
+def test_synthetic_set_is_deterministic(tmp_path):
+    a, b = generate(tmp_path / "a", per_class=3), generate(tmp_path / "b", per_class=3)
+    digest = lambda root: [hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.jpg"))]
+    assert len(digest(a)) == 6 and digest(a) == digest(b)
+
+
+@requires_real_data
+def test_real_photos_split_and_decode(tmp_path):
+    classes, splits, unsupported = find_splits(REAL_DATA)
+    assert classes == ["1", "100"] and unsupported == []
+    assert [len(splits[k]) for k in ("train", "valid", "test")] == [160, 20, 20]
+    ds = RMBDataset(samples=splits["valid"], classes=classes, cache_dir=tmp_path)
+    assert ds.images.shape == (20, 3, 32, 32)
