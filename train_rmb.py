@@ -112,7 +112,6 @@ def main(args) -> dict:
         scheduler.load_state_dict(checkpoint["scheduler"])
         start_epoch, global_step = checkpoint["epoch"], checkpoint["global_step"]
         skip_batches, best, history = checkpoint["batches_in_epoch"], checkpoint["best"], checkpoint["history"]
-        restore_rng_states(checkpoint["epoch_rng"] if skip_batches else checkpoint["rng"], loader_generator)
         print(f"resuming {run_dir} at epoch {start_epoch + 1}, step {global_step}")
 
     from tools.tb_logging import log_args, log_hparams, log_layout, open_writer  # imported when needed
@@ -145,6 +144,8 @@ def main(args) -> dict:
 
     from tqdm import tqdm
 
+    if checkpoint:  # last, so that nothing above (even creating a DataLoader iterator) draws from them
+        restore_rng_states(checkpoint["epoch_rng"] if skip_batches else checkpoint["rng"], loader_generator)
     started = time.perf_counter()
     train_stats = valid_stats = None
     try:

@@ -1,0 +1,181 @@
+import json
+import math
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REAL_DATA, ROOT, read_events, requires_real_data, train
+from model import LeNet
+from tools.rmb_dataset import IMAGENET_MEAN, IMAGENET_STD, RMBDataset, default_data_dir, find_splits
+
+PARAMS = [f"{layer}.{kind}" for layer in ("conv1", "conv2", "fc1", "fc2", "fc3") for kind in ("weight", "bias")]
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tiny_data, tmp_path_factory):
+    """A 2-epoch run on the tiny set: 20 train images, batch 4, so 5 steps per epoch."""
+    tmp = tmp_path_factory.mktemp("two_epochs")
+    metrics = train(tmp, tiny_data, "--epochs", "2", "--batch-size", "4", "--log-interval", "2")
+    return metrics, Path(metrics["run_dir"])
+
+
+def steps(events, tag):
+    return [e.step for e in events.Scalars(tag)]
+
+
+def test_run_folder_layout(two_epochs):
+    _, run_dir = two_epochs
+    assert run_dir.name.endswith("_lenet") and len(run_dir.name.split("_")[0]) == len("YYYYmmdd-HHMMSS")
+    for name in ("metrics.json", "loss_curve.png", "checkpoint_last.pt", "checkpoint_best.pt"):
+        assert (run_dir / name).is_file(), name
+    with Image.open(run_dir / "loss_curve.png") as img:
+        assert img.size[0] > 300
+    ckpt = torch.load(run_dir / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["global_step"] == 10 and ckpt["args"]["batch_size"] == 4
+    assert set(ckpt) >= {"model", "optimizer", "scheduler", "rng", "best", "history"}
+
+
+def test_scalars_histograms_graph_and_text_read_back(two_epochs):
+    _, run_dir = two_epochs
+    events = read_events(run_dir)
+    assert steps(events, "loss/train") == list(range(1, 11))
+    assert steps(events, "acc/train") == list(range(1, 11))
+    for tag in ("loss/valid", "acc/valid", "lr"):
+        assert steps(events, tag) == [5, 10], tag
+    for name in PARAMS:
+        assert steps(events, f"grad_norm/{name}") == [2, 4, 6, 8, 10]
+        for kind in ("weights", "grads"):
+            hists = events.Histograms(f"{kind}/{name}")
+            assert [h.step for h in hists] == [5, 10]
+            assert sum(hists[-1].histogram_value.bucket) == events.Histograms(f"weights/{name}")[0].histogram_value.num
+    assert events.Tags()["graph"]
+    text_tags = events.Tags()["tensors"]
+    assert "args/text_summary" in text_tags and "diagnosis/text_summary" in text_tags
+    assert [e.value for e in events.Scalars("lr")] == pytest.approx([0.01, 0.01])
+
+
+def test_metrics_json_matches_the_logged_values_and_an_independent_evaluation(two_epochs, tiny_data):
+    metrics, run_dir = two_epochs
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert set(saved) >= {"train_loss", "train_acc", "valid_loss", "valid_acc", "test_acc", "best_epoch",
+                          "epochs", "seconds"}
+    events = read_events(run_dir)
+    assert saved["valid_acc"] == pytest.approx(events.Scalars("acc/valid")[-1].value)
+    assert saved["valid_loss"] == pytest.approx(events.Scalars("loss/valid")[-1].value, rel=1e-5)
+    assert saved["train_acc"] == pytest.approx(events.Scalars("acc/train")[-1].value)  # running acc at epoch end
+    losses = [e.value for e in events.Scalars("loss/train")][5:]
+    assert saved["train_loss"] == pytest.approx(sum(losses) / 5, rel=1e-5)  # equal batches: mean of the steps
+    assert saved["epochs"] == 2
+
+    # independent evaluation of the final weights on the valid split: plain tensor arithmetic
+    classes, splits, _ = find_splits(tiny_data)
+    valid = RMBDataset(samples=splits["valid"], classes=classes)
+    model = LeNet(len(classes))
+    model.load_state_dict(torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["model"])
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        logits = model((valid.images.float() / 255 - mean) / std)
+    targets = torch.tensor(valid.targets)
+    assert saved["valid_acc"] == pytest.approx((logits.argmax(1) == targets).float().mean().item())
+    assert saved["valid_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, targets).item(), rel=1e-5)
+
+
+def test_resume_keeps_step_numbering_and_ends_bit_identical(two_epochs, tiny_data, tmp_path):
+    first = train(tmp_path, tiny_data, "--epochs", "1", "--batch-size", "4", "--log-interval", "2")
+    run_dir = Path(first["run_dir"])
+    resumed = train(tmp_path, tiny_data, "--epochs", "2", "--batch-size", "4", "--log-interval", "2",
+                    "--resume", "auto")
+    assert resumed["run_dir"] == str(run_dir)
+    events = read_events(run_dir)
+    assert steps(events, "loss/train") == list(range(1, 11))
+    assert steps(events, "loss/valid") == [5, 10]
+    assert [h.step for h in events.Histograms("weights/conv1.weight")] == [5, 10]
+    straight = torch.load(Path(two_epochs[1]) / "checkpoint_last.pt", weights_only=True)
+    again = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
+    for key, tensor in straight["model"].items():
+        assert torch.equal(tensor, again["model"][key]), key
+
+
+def test_no_monitor_turns_off_histograms_and_norms(tiny_data, tmp_path):
+    metrics = train(tmp_path, tiny_data, "--epochs", "1", "--batch-size", "4", "--no-monitor")
+    tags = read_events(metrics["run_dir"]).Tags()
+    assert tags["histograms"] == [] and not any(t.startswith("grad_norm/") for t in tags["scalars"])
+    assert "loss/train" in tags["scalars"]
+
+
+def test_default_data_is_generated_once(tmp_path):
+    folder, note = default_data_dir(tmp_path)
+    assert folder == tmp_path / "RMB_synthetic" and "generated a synthetic" in note and "RMB_data" in note
+    assert len(list((folder / "1").glob("*.jpg"))) == len(list((folder / "100").glob("*.jpg"))) == 100
+    again, note = default_data_dir(tmp_path)
+    assert again == folder and "using the synthetic" in note
+    (tmp_path / "RMB_data").mkdir()
+    assert default_data_dir(tmp_path) == (tmp_path / "RMB_data", None)
+
+
+def test_default_synthetic_set_gives_a_real_learning_curve(tmp_path):
+    folder, _ = default_data_dir(tmp_path / "data")
+    metrics = train(tmp_path, folder, "--no-monitor")  # the defaults: 10 epochs, batch 16
+    accs = [e.value for e in read_events(metrics["run_dir"]).Scalars("acc/valid")]
+    assert len(accs) == 10 and accs[0] < 0.9 and metrics["valid_acc"] >= 0.9
+
+
+@requires_real_data
+def test_real_photos_reach_the_target(tmp_path):
+    metrics = train(tmp_path, REAL_DATA)
+    assert metrics["valid_acc"] >= 0.95 and metrics["test_acc"] >= 0.9
+
+
+def run_script(*argv, cwd=ROOT):
+    return subprocess.run([sys.executable, "train_rmb.py", *argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_one_clear_line(tmp_path):
+    result = run_script("--device", "cuda", "--logdir", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "--device cuda" in result.stderr
+    assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tensorboard_server_serves_the_run(two_epochs):
+    _, run_dir = two_epochs
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(run_dir.parent),
+                               "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}/data/plugin"
+        deadline = time.time() + 60
+        while True:
+            try:
+                scalars = json.load(urllib.request.urlopen(f"{base}/scalars/tags", timeout=5))
+                histograms = json.load(urllib.request.urlopen(f"{base}/histograms/tags", timeout=5))
+                if scalars.get(run_dir.name) and histograms.get(run_dir.name):
+                    break
+            except OSError:
+                pass
+            assert time.time() < deadline, "TensorBoard did not serve the run within 60 s"
+            time.sleep(0.5)
+        assert {"loss/train", "loss/valid", "acc/train", "acc/valid", "lr"} <= set(scalars[run_dir.name])
+        assert {f"{k}/{p}" for k in ("weights", "grads") for p in PARAMS} <= set(histograms[run_dir.name])
+        url = f"{base}/scalars/scalars?run={run_dir.name}&tag=acc/valid"
+        points = json.load(urllib.request.urlopen(url, timeout=5))
+        assert [p[1] for p in points] == [5, 10] and all(0 <= p[2] <= 1 for p in points)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
