@@ -175,7 +175,7 @@ def main(args) -> dict:
                     raise SystemExit(stop.exit_code)
                 skip_batches = 0
 
-                with activation_stats(model) as acts:
+                with activation_stats(model, enabled=monitor.enabled, types=(nn.ReLU,)) as acts:  # dead units
                     valid_stats = evaluate(model, eval_loaders["valid"], criterion, device, len(classes))
                 lr = optimizer.param_groups[0]["lr"]
                 scheduler.step()
@@ -192,7 +192,7 @@ def main(args) -> dict:
                     save_checkpoint(state, run_dir / "checkpoint_best.pt")
                 print(f"epoch {epoch + 1:>3}/{args.epochs}  train loss {train_stats['loss']:.4f} "
                       f"acc {train_stats['acc']:6.2%}  valid loss {valid_stats['loss']:.4f} "
-                      f"acc {valid_stats['acc']:6.2%}  lr {lr:.2g}  {time.perf_counter() - epoch_started:.2f} s"
+                      f"acc {valid_stats['acc']:6.2%}  lr {lr:.2g}  {time.perf_counter() - epoch_started:.3f} s"
                       + (f"\n    diagnosis: {verdict}" if verdict else ""))
 
         test_acc = None

@@ -86,28 +86,31 @@ def histograms(tensors: list[torch.Tensor], bins: int = HIST_BINS) -> list[Histo
     flat = [t.detach().reshape(-1).float() for t in tensors]
     ranges = torch.stack([torch.stack(torch.aminmax(t)) if t.numel() else t.new_zeros(2) for t in flat])
     ranges = ranges.tolist()  # host copy 1: every range at once
-    rows = []
-    for t, (lo, hi) in zip(flat, ranges):
-        nan = inf = t.new_zeros(())
-        if not (math.isfinite(lo) and math.isfinite(hi)):  # rare: drop non-finite values, count them
-            finite = torch.isfinite(t)
-            nan, inf = torch.isnan(t).sum(), torch.isinf(t).sum()
-            t = t[finite]
-            lo, hi = (torch.stack(torch.aminmax(t)).tolist() if t.numel() else (0.0, 0.0))
-        if hi == lo:  # a constant tensor (e.g. zero biases): one value, put it in a narrow range
+    finite, counts, sums, nonfinite = [], [], [], {}
+    for index, (t, (lo, hi)) in enumerate(zip(flat, ranges)):
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # rare: drop NaN and Inf, count them
+            nan, inf = torch.isnan(t).sum().item(), torch.isinf(t).sum().item()
+            t = t[torch.isfinite(t)]
+            lo, hi = torch.stack(torch.aminmax(t)).tolist() if t.numel() else (0.0, 0.0)
+            nonfinite[index] = (nan, inf)
+        if hi == lo:  # a constant tensor (e.g. zero biases): give its one value a narrow range
             lo, hi = lo - 0.5, hi + 0.5
-        counts = torch.histc(t, bins=bins, min=lo, max=hi) if t.numel() else t.new_zeros(bins)
-        rows.append(torch.cat([counts, torch.stack([t.sum(), t.pow(2).sum(), nan.float(), inf.float(),
-                                                    t.new_tensor(float(t.numel()))]),
-                               t.new_tensor([lo, hi])]))
-    table = torch.stack(rows).cpu().double()  # host copy 2: all counts and sums at once
+        ranges[index] = (lo, hi)
+        finite.append(t)
+        counts.append(torch.histc(t, bins=bins, min=lo, max=hi) if t.numel() else t.new_zeros(bins))
+        sums.append(t.sum())
+    squares = torch.stack(torch._foreach_norm(finite)).square()  # sum of squares without a t * t temporary
+    table = torch.cat([torch.stack(counts).flatten(), torch.stack(sums), squares]).double().cpu()
+    table = table.tolist()  # host copy 2: all counts and sums at once
+    n = len(flat)
     result = []
-    for row in table.tolist():
-        counts, (total, squares, nan, inf, num, lo, hi) = row[:bins], row[bins:]
+    for index, (t, (lo, hi)) in enumerate(zip(finite, ranges)):
         width = (hi - lo) / bins
-        result.append(Histogram(min=lo, max=hi, num=int(num), sum=total, sum_squares=squares,
+        nan, inf = nonfinite.get(index, (0, 0))
+        result.append(Histogram(min=lo, max=hi, num=t.numel(), sum=table[n * bins + index],
+                                sum_squares=table[n * bins + n + index],
                                 bucket_limits=[lo + width * (i + 1) for i in range(bins)],
-                                bucket_counts=counts, nan=int(nan), inf=int(inf)))
+                                bucket_counts=table[index * bins:(index + 1) * bins], nan=nan, inf=inf))
     return result
 
 
@@ -157,7 +160,8 @@ class ActivationStats:
     """
 
     def __init__(self):
-        self._sums = {}     # name -> tensor [sum, sum of squares, count], on device
+        self._sums = {}     # name -> tensor [sum, sum of squares], on device
+        self._counts = {}   # name -> number of values
         self._active = {}   # name -> bool tensor over units: ever > 0
 
     def hook(self, name: str, module: nn.Module):
@@ -167,8 +171,9 @@ class ActivationStats:
             if not isinstance(output, torch.Tensor):
                 return
             out = output.detach().float()
-            moments = torch.stack([out.sum(), out.pow(2).sum(), out.new_tensor(float(out.numel()))])
+            moments = torch.stack([out.sum(), torch.linalg.vector_norm(out).square()])
             self._sums[name] = self._sums[name] + moments if name in self._sums else moments
+            self._counts[name] = self._counts.get(name, 0) + out.numel()
             if is_relu and out.dim() > 1:
                 active = (out > 0).any(dim=0)
                 self._active[name] = self._active[name] | active if name in self._active else active
@@ -183,7 +188,8 @@ class ActivationStats:
         table = torch.stack([self._sums[n] for n in names]).cpu().tolist()  # one sync for all layers
         dead_values = dict(zip(dead, torch.stack(list(dead.values())).tolist())) if dead else {}
         stats = {}
-        for name, (total, squares, count) in zip(names, table):
+        for name, (total, squares) in zip(names, table):
+            count = self._counts[name]
             mean = total / count
             stats[name] = {"mean": mean, "std": math.sqrt(max(squares / count - mean * mean, 0.0))}
             if name in dead_values:
@@ -192,15 +198,19 @@ class ActivationStats:
 
 
 @contextmanager
-def activation_stats(model: nn.Module):
+def activation_stats(model: nn.Module, enabled: bool = True, types: tuple = (nn.Module,)):
     """Forward hooks on every leaf module for the duration of the block; yields an ActivationStats.
 
         with activation_stats(model) as acts:
             model(x)
         acts.result()  # {'conv1': {'mean': ..., 'std': ...}, 'relu1': {..., 'dead': 0.1}, ...}
+
+    `types`: only leaf modules of these types (e.g. (nn.ReLU,) for dead units alone). With
+    enabled=False no hook is attached and the result is empty.
     """
     stats = ActivationStats()
-    leaves = [(n, m) for n, m in unwrap(model).named_modules() if n and not list(m.children())]
+    leaves = [(n, m) for n, m in unwrap(model).named_modules()
+              if enabled and n and not list(m.children()) and isinstance(m, types)]
     with hooks([m.register_forward_hook(stats.hook(n, m)) for n, m in leaves]):
         yield stats
 
@@ -283,8 +293,8 @@ class TrainingMonitor:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.nonfinite = None        # (step, what) of the first non-finite loss or gradient
         self.first_total_norm = None
-        self._epoch_norms = []       # device tensors of per-parameter norms at logged steps
-        self._epoch_ratios = []
+        self._norm_sum, self._norm_steps = None, 0    # per-parameter grad norms summed over the epoch's steps
+        self._ratio_sum, self._ratio_steps = None, 0  # update ratios summed over the epoch's logged steps
         self._before = None          # weights before a logged optimizer step
         self.order = None            # parameter names in forward order, found when first needed
 
@@ -295,25 +305,27 @@ class TrainingMonitor:
     def after_backward(self, step: int, loss: torch.Tensor) -> float:
         """Check the loss and gradients for NaN/Inf and log gradient norms; returns the loss as a float.
 
-        One host copy: the loss, and when monitoring, the total gradient norm with it.
+        One host copy per step: the loss, and when monitoring, every parameter's gradient norm with it.
         """
-        grads = [p.grad for p in self.params if p.grad is not None]
-        if not self.enabled or not grads:
+        grads = [p.grad for p in self.params if p.grad is not None] if self.enabled else []
+        if not grads:
             value = loss.item()
             if not math.isfinite(value):
                 self._record_nonfinite(step, "loss")
             return value
-        norms = tensor_norms(grads)
-        total = torch.linalg.vector_norm(norms)
-        value, total_value = torch.stack([loss.detach().float(), total]).tolist()  # one sync per step
-        if not math.isfinite(value) or not math.isfinite(total_value):
+        # one fused call for all parameters' norms, one sync per step for them and the loss
+        value, *norms = torch.stack([loss.detach().float(), *torch._foreach_norm(grads)]).tolist()
+        total = math.sqrt(sum(n * n for n in norms))
+        if not math.isfinite(value) or not math.isfinite(total):
             self._record_nonfinite(step, "loss" if not math.isfinite(value) else "gradient")
+        if len(norms) == len(self.params):  # the verdict uses the epoch's mean norms
+            self._norm_sum = norms if self._norm_sum is None else [a + b for a, b in zip(self._norm_sum, norms)]
+            self._norm_steps += 1
         if step % self.log_interval == 0:
-            self._epoch_norms.append(norms)
             if self.writer is not None:
-                for name, norm in zip(self._grad_names(), norms.tolist()):  # one sync for all parameters
+                for name, norm in zip(self._grad_names(), norms):
                     self.writer.add_scalar(f"grad_norm/{name}", norm, step)
-                self.writer.add_scalar("grad_norm/total", total_value, step)
+                self.writer.add_scalar("grad_norm/total", total, step)
             self._before = [p.detach().clone() for p in self.params]
         return value
 
@@ -322,11 +334,12 @@ class TrainingMonitor:
         if self._before is None:
             return
         deltas = torch._foreach_sub([p.detach() for p in self.params], self._before)
-        ratios = tensor_norms(deltas) / tensor_norms(self._before).clamp_min(1e-12)
-        self._epoch_ratios.append(ratios)
+        ratios = (tensor_norms(deltas) / tensor_norms(self._before).clamp_min(1e-12)).tolist()  # one sync
+        self._ratio_sum = ratios if self._ratio_sum is None else [a + b for a, b in zip(self._ratio_sum, ratios)]
+        self._ratio_steps += 1
         self._before = None
         if self.writer is not None:
-            for name, ratio in zip(self.names, ratios.tolist()):  # one sync for all parameters
+            for name, ratio in zip(self.names, ratios):
                 self.writer.add_scalar(f"update_ratio/{name}", ratio, step)
 
     def _grad_names(self) -> list[str]:
@@ -366,12 +379,8 @@ class TrainingMonitor:
             return None
         hists = self.log_histograms(epoch)
         bad = [t for t, h in hists.items() if h.nan or h.inf]
-        names = self._grad_names()
-        if self._epoch_norms:  # mean over the epoch's logged steps, one sync
-            norms = dict(zip(names, torch.stack(self._epoch_norms).mean(0).tolist()))
-        else:
-            norms = {}
-        ratios = dict(zip(self.names, torch.stack(self._epoch_ratios).mean(0).tolist())) if self._epoch_ratios else {}
+        norms = {n: v / self._norm_steps for n, v in zip(self.names, self._norm_sum or [])}
+        ratios = {n: v / self._ratio_steps for n, v in zip(self.names, self._ratio_sum or [])}
         order = self.order or self.names
         norms = {n: norms[n] for n in order if n in norms}
         total = math.sqrt(sum(v * v for v in norms.values())) if norms else None
@@ -384,5 +393,5 @@ class TrainingMonitor:
             for name, stats in (activations or {}).items():
                 if "dead" in stats:
                     self.writer.add_scalar(f"dead_relu/{name}", stats["dead"], epoch)
-        self._epoch_norms, self._epoch_ratios = [], []
+        self._norm_sum, self._norm_steps, self._ratio_sum, self._ratio_steps = None, 0, None, 0
         return verdict

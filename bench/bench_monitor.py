@@ -1,0 +1,151 @@
+"""What monitoring costs: this monitor beside the usual ways, and inside train_rmb.py.
+
+    python bench/bench_monitor.py                # about a minute on a 2-core CPU
+    python bench/bench_monitor.py --skip-train   # only the histogram and norm comparisons
+
+In one process, medians of --repeats timings:
+  1. one epoch's weight and gradient histograms of every parameter, for LeNet and torchvision's
+     resnet18: (a) the plain SummaryWriter.add_histogram loop, (c) this monitor (on-device histc,
+     add_histogram_raw); and per-parameter gradient norms: (b) a `.norm().item()` loop, (c) the fused
+     `torch._foreach_norm` with one host copy;
+  2. a LeNet training step on a batch of 16 with and without the monitor's per-step gradient norms;
+  3. train_rmb.py's steady-state epoch with monitoring on and with --no-monitor.
+"""
+import argparse
+import contextlib
+import io
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from model import LeNet  # noqa: E402
+from tools.monitor import TrainingMonitor, grad_norms  # noqa: E402
+from tools.tb_logging import open_writer  # noqa: E402
+
+
+def median_seconds(fn, repeats: int, after=lambda: None) -> float:
+    """Median wall time of fn() over `repeats` timed calls.
+
+    Each timed call follows an untimed one (warm caches and thread pool, as inside a training loop);
+    after() runs untimed after each pair (e.g. letting the TensorBoard writer thread catch up).
+    """
+    times = []
+    for _ in range(repeats):
+        fn()
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+        after()
+    return statistics.median(times)
+
+
+def with_gradients(model: nn.Module, input_shape) -> nn.Module:
+    torch.manual_seed(0)
+    model(torch.randn(*input_shape)).logsumexp(1).mean().backward()
+    return model
+
+
+def compare_histograms(name: str, model: nn.Module, writer, repeats: int) -> None:
+    params = list(model.named_parameters())
+
+    def add_histogram_loop():  # (a) what the course and most tutorials do
+        for n, p in params:
+            writer.add_histogram(f"a/weights/{n}", p, 0)
+            writer.add_histogram(f"a/grads/{n}", p.grad, 0)
+
+    def item_loop():  # (b) one host sync per parameter
+        return {n: p.grad.norm().item() for n, p in params}
+
+    monitor = TrainingMonitor(model, writer)
+    # the writer thread catches up between calls, untimed, so that neither timing pays for the other's
+    a = median_seconds(add_histogram_loop, repeats, after=writer.flush)
+    c = median_seconds(lambda: monitor.log_histograms(0), repeats, after=writer.flush)
+    b = median_seconds(item_loop, repeats * 5)
+    c_norms = median_seconds(lambda: grad_norms(model), repeats * 5)
+    print(f"{name:9s} {len(params) * 2:4d} tensors  histograms: add_histogram loop {a * 1e3:8.2f} ms, "
+          f"monitor {c * 1e3:7.2f} ms, {a / c:5.1f}x faster | norms: .item() loop {b * 1e3:6.3f} ms, "
+          f"fused {c_norms * 1e3:6.3f} ms, {b / c_norms:4.1f}x")
+
+
+def compare_step(repeats: int) -> None:
+    torch.manual_seed(0)
+    model = LeNet().initialize_weights()
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 2, (16,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    monitor = TrainingMonitor(model, writer=None, log_interval=10 ** 9)  # norms every step, no logging step
+
+    def steps(with_monitor: bool, n: int = 100):
+        for step in range(1, n + 1):
+            optimizer.zero_grad()
+            loss = criterion(model(x), y)
+            loss.backward()
+            monitor.after_backward(step, loss) if with_monitor else loss.item()
+            optimizer.step()
+
+    plain, monitored = [], []
+    for _ in range(repeats):  # interleaved, so that both see the same machine
+        plain.append(median_seconds(lambda: steps(False), 1) / 100)
+        monitored.append(median_seconds(lambda: steps(True), 1) / 100)
+    p, m = statistics.median(plain), statistics.median(monitored)
+    print(f"LeNet step (batch 16): plain {p * 1e3:.3f} ms, with per-step gradient norms {m * 1e3:.3f} ms "
+          f"({m / p - 1:+.1%})")
+
+
+def train_epochs(flags: list[str], data_dir: Path, logdir: Path) -> list[float]:
+    import train_rmb
+
+    args = train_rmb.get_args_parser().parse_args(
+        ["--data-dir", str(data_dir), "--epochs", "12", "--device", "cpu", "--logdir", str(logdir),
+         "--cache-dir", str(logdir / "cache"), *flags])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        train_rmb.main(args)
+    return [float(s) for s in re.findall(r"^epoch\s+\d+/\d+ .* ([\d.]+) s$", out.getvalue(), re.M)][2:]
+
+
+def compare_train(data_dir: Path, repeats: int) -> None:
+    logdir = Path(tempfile.mkdtemp(prefix="bench_monitor_"))
+    on, off = [], []
+    for _ in range(repeats):
+        on += train_epochs([], data_dir, logdir)
+        off += train_epochs(["--no-monitor"], data_dir, logdir)
+    m_on, m_off = statistics.median(on), statistics.median(off)
+    print(f"train_rmb.py epoch on {data_dir.name}: monitoring on {m_on * 1e3:.1f} ms, --no-monitor "
+          f"{m_off * 1e3:.1f} ms, monitor cost {m_on / m_off - 1:+.1%} (median of {len(on)} epochs each)")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "rmb_real" / "RMB_data")
+    parser.add_argument("--skip-train", action="store_true")
+    args = parser.parse_args()
+    import torchvision
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    writer = open_writer(Path(tempfile.mkdtemp(prefix="bench_monitor_tb_")))
+    compare_histograms("LeNet", with_gradients(LeNet().initialize_weights(), (16, 3, 32, 32)), writer, args.repeats)
+    compare_histograms("resnet18", with_gradients(torchvision.models.resnet18(), (2, 3, 224, 224)), writer,
+                       args.repeats)
+    writer.close()
+    compare_step(args.repeats)
+    if not args.skip_train:
+        data_dir = args.data_dir
+        if not data_dir.is_dir():
+            from tools.rmb_dataset import default_data_dir
+            data_dir, _ = default_data_dir(ROOT / "data")
+        compare_train(data_dir, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
