@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 
 from model import INIT_SCHEMES, LeNet
 from tools.checkpoint import load_checkpoint, load_model_state, restore_rng_states, rng_states, save_checkpoint
-from tools.cli import (REPO_ROOT, ArgumentParser, add_common_args, check_writable, new_run_dir, positive_float,
-                       positive_int, resume_command, run, seed_everything, select_device)
+from tools.cli import (REPO_ROOT, ArgumentParser, add_common_args, check_writable, new_run_dir, non_negative_float,
+                       non_negative_int, positive_float, positive_int, resume_command, run, seed_everything, select_device)
 from tools.engine import evaluate, train_one_epoch
 from tools.errors import UserError
 from tools.interrupt import stop_on_signals
@@ -37,17 +37,18 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="<dir>/<class>/<image>, or <dir>/{train,valid,test}/<class>/<image>; "
                              "default data/RMB_data, else a generated synthetic set")
-    parser.add_argument("--epochs", type=positive_int, default=10)
-    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--epochs", type=positive_int, default=10, help="passes over the train split")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="images per training step")
     parser.add_argument("--lr", type=positive_float, default=0.01, help="SGD learning rate")
-    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
     parser.add_argument("--step-size", type=positive_int, default=10, help="StepLR: epochs between lr decays")
     parser.add_argument("--gamma", type=positive_float, default=0.1, help="StepLR: lr factor at each decay")
     parser.add_argument("--init", choices=INIT_SCHEMES, default="course",
                         help="weight init: the course's LeNet scheme, PyTorch's default, xavier, kaiming, normal")
     parser.add_argument("--norm", choices=("imagenet", "data"), default="imagenet",
                         help="Normalize with ImageNet's mean/std, or the train split's own")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--workers", type=non_negative_int, default=0,
+                        help="DataLoader worker processes (0: load in the main process; images are decoded once)")
     parser.add_argument("--log-interval", type=positive_int, default=10,
                         help="iterations between gradient-norm logs")
     parser.add_argument("--resume", default=None, metavar="PATH|auto",

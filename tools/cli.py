@@ -38,6 +38,20 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def add_common_args(parser: argparse.ArgumentParser, run_name: str) -> argparse.ArgumentParser:
     """The flags every script shares: --seed, --device, --logdir, --run-name."""
     parser.add_argument("--seed", type=int, default=1, help="seed of random, numpy and torch")

@@ -54,9 +54,9 @@ def _note(kind: str, rng: random.Random) -> Image.Image:
 def draw_note(kind: str, rng: random.Random) -> Image.Image:
     """A photo-like RGB image, CANVAS_SIZE, of a `kind` ('1' or '100') note on a random background."""
     note = _note(kind, rng)
-    scale = rng.uniform(0.65, 1.0)
+    scale = rng.uniform(0.7, 1.0)
     note = note.resize((int(NOTE_SIZE[0] * scale), int(NOTE_SIZE[1] * scale)), Image.BILINEAR)
-    note = note.rotate(rng.uniform(-25, 25), resample=Image.BILINEAR, expand=True)
+    note = note.rotate(rng.uniform(-20, 20), resample=Image.BILINEAR, expand=True)
     background = tuple(rng.randint(40, 230) for _ in range(3))
     photo = Image.new("RGB", CANVAS_SIZE, background)
     x = rng.randint(-8, max(-8, CANVAS_SIZE[0] - note.width + 8))
