@@ -20,10 +20,23 @@ from torch.utils.data import DataLoader
 
 from model import INIT_SCHEMES, LeNet
 from tools.checkpoint import load_checkpoint, load_model_state, restore_rng_states, rng_states, save_checkpoint
-from tools.cli import (REPO_ROOT, ArgumentParser, add_common_args, check_writable, new_run_dir, non_negative_float,
-                       non_negative_int, positive_float, positive_int, resume_command, run, seed_everything, select_device)
+from tools.cli import (
+    REPO_ROOT,
+    ArgumentParser,
+    add_common_args,
+    add_data_args,
+    check_writable,
+    new_run_dir,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    resume_command,
+    run,
+    seed_everything,
+    select_device,
+)
 from tools.engine import evaluate, train_one_epoch
-from tools.errors import UserError
 from tools.interrupt import stop_on_signals
 from tools.monitor import TrainingMonitor, activation_stats
 from tools.rmb_dataset import default_data_dir, load_splits
@@ -34,9 +47,6 @@ HPARAMS = ("epochs", "batch_size", "lr", "momentum", "step_size", "gamma", "init
 
 def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="<dir>/<class>/<image>, or <dir>/{train,valid,test}/<class>/<image>; "
-                             "default data/RMB_data, else a generated synthetic set")
     parser.add_argument("--epochs", type=positive_int, default=10, help="passes over the train split")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="images per training step")
     parser.add_argument("--lr", type=positive_float, default=0.01, help="SGD learning rate")
@@ -45,8 +55,6 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--gamma", type=positive_float, default=0.1, help="StepLR: lr factor at each decay")
     parser.add_argument("--init", choices=INIT_SCHEMES, default="course",
                         help="weight init: the course's LeNet scheme, PyTorch's default, xavier, kaiming, normal")
-    parser.add_argument("--norm", choices=("imagenet", "data"), default="imagenet",
-                        help="Normalize with ImageNet's mean/std, or the train split's own")
     parser.add_argument("--workers", type=non_negative_int, default=0,
                         help="DataLoader worker processes (0: load in the main process; images are decoded once)")
     parser.add_argument("--log-interval", type=positive_int, default=10,
@@ -55,10 +63,7 @@ def get_args_parser() -> ArgumentParser:
                         help="a checkpoint or run folder to continue, or auto: the latest run of --run-name")
     parser.add_argument("--no-monitor", action="store_true",
                         help="no weight/gradient histograms, norms or diagnosis (to measure their cost)")
-    parser.add_argument("--cache-dir", type=Path, default=REPO_ROOT / "data" / "cache",
-                        help="decoded 32x32 images are kept here between runs; '' for none")
-    parser.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
-    return add_common_args(parser, run_name="lenet")
+    return add_common_args(add_data_args(parser), run_name="lenet")
 
 
 def find_resume_checkpoint(resume: str, logdir: Path, run_name: str) -> Path | None:
@@ -164,8 +169,10 @@ def main(args) -> dict:
                 history["train"] += train_stats["losses"]
                 if train_stats["diverged"]:
                     step, detail = monitor.nonfinite
-                    print(f"stopped: {detail}. The last good checkpoint is {run_dir / 'checkpoint_last.pt'}; "
-                          "try a lower --lr.", file=sys.stderr)
+                    last = run_dir / "checkpoint_last.pt"
+                    kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was saved yet"
+                    print(f"stopped: {detail}; the weights were not updated with it and {kept}. "
+                          "Try a lower --lr.", file=sys.stderr)
                     writer.add_text("diagnosis", f"diverged: {detail}", step)
                     raise SystemExit(EXIT_DIVERGED)
                 if not train_stats["complete"]:  # a signal: save where we are, exactly

@@ -3,13 +3,23 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+from conftest import REAL_DATA, requires_real_data
 from PIL import Image
 
-from conftest import REAL_DATA, requires_real_data
 from tools import rmb_dataset
 from tools.errors import UserError
-from tools.rmb_dataset import (IMAGENET_MEAN, IMAGENET_STD, RMBDataset, build_transforms, channel_stats,
-                               decode_all, decode_resized, find_splits, split_samples, write_split)
+from tools.rmb_dataset import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RMBDataset,
+    build_transforms,
+    channel_stats,
+    decode_all,
+    decode_resized,
+    find_splits,
+    split_samples,
+    write_split,
+)
 from tools.synthetic_rmb import generate
 
 

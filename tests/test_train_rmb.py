@@ -1,5 +1,4 @@
 import json
-import math
 import socket
 import subprocess
 import sys
@@ -9,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REAL_DATA, ROOT, read_events, requires_real_data, train
 from PIL import Image
 
-from conftest import REAL_DATA, ROOT, read_events, requires_real_data, train
 from model import LeNet
 from tools.rmb_dataset import IMAGENET_MEAN, IMAGENET_STD, RMBDataset, default_data_dir, find_splits
 

@@ -52,9 +52,22 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def add_common_args(parser: argparse.ArgumentParser, run_name: str) -> argparse.ArgumentParser:
+def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of every script that reads an image folder: --data-dir, --norm, --cache-dir, --strict."""
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="<dir>/<class>/<image>, or <dir>/{train,valid,test}/<class>/<image>; "
+                             "default data/RMB_data, else a generated synthetic set")
+    parser.add_argument("--norm", choices=("imagenet", "data"), default="imagenet",
+                        help="Normalize with ImageNet's mean/std, or the train split's own")
+    parser.add_argument("--cache-dir", type=Path, default=REPO_ROOT / "data" / "cache",
+                        help="decoded 32x32 images are kept here between runs; '' for none")
+    parser.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
+    return parser
+
+
+def add_common_args(parser: argparse.ArgumentParser, run_name: str, seed: int = 1) -> argparse.ArgumentParser:
     """The flags every script shares: --seed, --device, --logdir, --run-name."""
-    parser.add_argument("--seed", type=int, default=1, help="seed of random, numpy and torch")
+    parser.add_argument("--seed", type=int, default=seed, help="seed of random, numpy and torch")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--logdir", type=Path, default=REPO_ROOT / "runs",
                         help="run folders go into <logdir>/<YYYYmmdd-HHMMSS>_<run-name>/")

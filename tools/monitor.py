@@ -26,7 +26,8 @@ HIST_BINS = 64
 # Thresholds of the verdict. Each is explained, with its reasoning, in the README.
 VANISHING_RATIO = 1e-3       # first layer's grad norm / last layer's below this: the gradient is lost on the way back
 LOW_LOSS_FRACTION = 0.2      # loss below this fraction of chance level (ln classes) counts as low
-EXPLODING_GROWTH = 100.0     # total grad norm 100x its first epoch's: exploding
+EXPLODING_GROWTH = 100.0     # total grad norm 100x what it was at the first verdict: exploding
+DIVERGED_LOSS_FACTOR = 10.0  # loss 10x the chance level: the weights were thrown far off (diverged)
 DEAD_RELU_FRACTION = 0.5     # over half of a ReLU layer's units never active over an evaluation pass
 UPDATE_RATIO_LOW = 1e-5      # |update| / |weight| per step; healthy is about 1e-3 (CS231n),
 UPDATE_RATIO_HIGH = 1e-1     # these bounds sit 10x beyond the healthy band [1e-4, 1e-2]
@@ -55,6 +56,20 @@ def grad_norms(model: nn.Module) -> dict[str, float]:
     named = [(n, p.grad) for n, p in unwrap(model).named_parameters() if p.grad is not None]
     values = tensor_norms([g for _, g in named]).tolist()  # one sync for all parameters
     return {name: value for (name, _), value in zip(named, values)}
+
+
+def grad_flow(model: nn.Module) -> dict[str, tuple[float, float]]:
+    """name -> (mean |grad|, max |grad|) of every weight (dim > 1) with a gradient, in registration
+    order: the numbers of a gradient-flow chart. One host copy for all."""
+    named = [(n, p.grad) for n, p in unwrap(model).named_parameters() if p.grad is not None and p.dim() > 1]
+    if not named:
+        return {}
+    grads = [g for _, g in named]
+    sums = torch.stack(torch._foreach_norm(grads, ord=1))
+    maxs = torch.stack(torch._foreach_norm(grads, ord=float("inf")))
+    counts = torch.tensor([g.numel() for g in grads], dtype=sums.dtype, device=sums.device)
+    table = torch.stack([sums / counts, maxs]).T.tolist()  # one sync for all parameters
+    return {name: (mean, peak) for (name, _), (mean, peak) in zip(named, table)}
 
 
 @dataclass
@@ -232,7 +247,7 @@ def diagnose(norms: dict[str, float], loss: float, classes: int, first_total_nor
 
     norms: parameter name -> gradient L2 norm, in forward order (weights of the first and last layer
     are compared); loss: the epoch's mean train loss; classes: for the chance-level loss ln(classes);
-    first_total_norm: the total gradient norm of the first epoch (growth = exploding); update_ratios:
+    first_total_norm: the total gradient norm at the first verdict (growth = exploding); update_ratios:
     name -> |update| / |weight| per step; activations: `ActivationStats.result()`; nonfinite: what was
     found non-finite, if anything. Severity order: exploding, vanishing, dead-relu, lr, converged, healthy.
     """
@@ -243,19 +258,26 @@ def diagnose(norms: dict[str, float], loss: float, classes: int, first_total_nor
     loss_low = math.isfinite(loss) and loss < LOW_LOSS_FRACTION * chance
     if nonfinite or not math.isfinite(loss) or not math.isfinite(total):
         found.append(("exploding", f"non-finite values: {nonfinite or 'loss or gradient'}"))
+    elif loss > DIVERGED_LOSS_FACTOR * chance:
+        found.append(("exploding", f"loss {loss:.3g} is {loss / chance:.0f}x the chance level ln({classes}) = "
+                                   f"{chance:.2f}: training diverged"))
     elif first_total_norm and total > EXPLODING_GROWTH * first_total_norm:
         found.append(("exploding", f"total gradient norm grew {total / first_total_norm:.0f}x since the "
-                                   f"first epoch ({first_total_norm:.3g} -> {total:.3g})"))
+                                   f"first verdict ({first_total_norm:.3g} -> {total:.3g})"))
     if len(weights) >= 2 and math.isfinite(total) and not loss_low:
         first, last = norms[weights[0]], norms[weights[-1]]
         if last > 0 and first / last < VANISHING_RATIO:
             found.append(("vanishing", f"{weights[0]} gradient {first:.2e} is {last / max(first, 1e-45):.0e}x "
                                        f"smaller than {weights[-1]}'s {last:.2e} while the loss "
                                        f"{loss:.3f} is not low"))
-    for name, stats in (activations or {}).items():
-        if stats.get("dead", 0.0) > DEAD_RELU_FRACTION:
-            found.append(("dead-relu", f"{stats['dead']:.0%} of {name}'s units never fire"))
-    ratios = [v for n, v in (update_ratios or {}).items() if n.endswith("weight")] or list((update_ratios or {}).values())
+    dead = {name: stats["dead"] for name, stats in (activations or {}).items()
+            if stats.get("dead", 0.0) > DEAD_RELU_FRACTION}
+    if dead:
+        worst = max(dead, key=dead.get)
+        found.append(("dead-relu", f"dead ReLUs: over {DEAD_RELU_FRACTION:.0%} of the units never fire in "
+                                   f"{len(dead)} layer(s), worst {worst} ({dead[worst]:.0%})"))
+    update_ratios = update_ratios or {}
+    ratios = [v for n, v in update_ratios.items() if n.endswith("weight")] or list(update_ratios.values())
     if ratios:
         median = sorted(ratios)[len(ratios) // 2]
         if median < UPDATE_RATIO_LOW:
@@ -317,7 +339,7 @@ class TrainingMonitor:
         value, *norms = torch.stack([loss.detach().float(), *torch._foreach_norm(grads)]).tolist()
         total = math.sqrt(sum(n * n for n in norms))
         if not math.isfinite(value) or not math.isfinite(total):
-            self._record_nonfinite(step, "loss" if not math.isfinite(value) else "gradient")
+            self._record_nonfinite(step, "loss" if not math.isfinite(value) else "gradient", norms)
         if len(norms) == len(self.params):  # the verdict uses the epoch's mean norms
             self._norm_sum = norms if self._norm_sum is None else [a + b for a, b in zip(self._norm_sum, norms)]
             self._norm_steps += 1
@@ -345,14 +367,18 @@ class TrainingMonitor:
     def _grad_names(self) -> list[str]:
         return [n for n, p in zip(self.names, self.params) if p.grad is not None]
 
-    def _record_nonfinite(self, step: int, what: str) -> None:
+    def _record_nonfinite(self, step: int, what: str, norms: list | None = None) -> None:
+        """Remember the first non-finite loss or gradient: the step, and the first parameter in forward
+        order whose gradient norm is NaN or Inf (NaN/Inf values, or values so large the norm overflows)."""
         if self.nonfinite is not None:
             return
-        order = self.order or self.names
-        bad = {n for n, p in zip(self.names, self.params)
-               if p.grad is not None and not torch.isfinite(p.grad).all()}
-        first = next((n for n in order if n in bad), None)
-        detail = f"non-finite {what} at step {step}" + (f"; first non-finite gradient: {first}" if first else "")
+        names = self._grad_names()
+        if norms is None:  # monitoring off: look at the gradients now, once
+            norms = [torch.linalg.vector_norm(p.grad).item() for p in self.params if p.grad is not None]
+        bad = {n for n, v in zip(names, norms) if not math.isfinite(v)}
+        first = next((n for n in (self.order or self.names) if n in bad), None)
+        detail = f"non-finite {what} at step {step}" + (f"; first parameter with a non-finite gradient: {first}"
+                                                        if first else "")
         self.nonfinite = (step, detail)
 
     def log_histograms(self, step: int) -> dict[str, Histogram]:

@@ -31,3 +31,65 @@ def plot_loss_curve(train: list, valid: list, path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def plot_histograms(hists: dict, path: Path, title: str = "gradient histograms") -> Path:
+    """One bar chart per tensor: hists is name -> tools.monitor.Histogram. Returns path."""
+    plt = pyplot()
+    cols = min(len(hists), 3) or 1
+    rows = (len(hists) + cols - 1) // cols or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), dpi=90, squeeze=False)
+    for ax, (name, hist) in zip(axes.flat, hists.items()):
+        edges = hist.edges
+        ax.bar(edges[:-1], hist.bucket_counts, width=[b - a for a, b in zip(edges[:-1], edges[1:])],
+               align="edge", color="tab:blue", edgecolor="white", linewidth=0.3)
+        extra = f", {hist.nan} NaN, {hist.inf} Inf" if hist.nan or hist.inf else ""
+        ax.set_title(f"{name} ({hist.num} values{extra})", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
+    for ax in list(axes.flat)[len(hists):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_grad_flow(flows: list, path: Path) -> Path:
+    """The gradient-flow chart: mean and max |grad| per layer (forward order), one line per logged step.
+
+    flows: [(step, {layer: (mean |grad|, max |grad|)})]. Log scale, so vanishing gradients show as a
+    slope down towards the first layers. Returns path.
+    """
+    plt = pyplot()
+    fig, (ax_mean, ax_max) = plt.subplots(1, 2, figsize=(11, 4), dpi=90, sharex=True)
+    colors = plt.cm.viridis([i / max(len(flows) - 1, 1) for i in range(len(flows))])
+    for color, (step, flow) in zip(colors, flows):
+        layers = list(flow)
+        ax_mean.plot(range(len(layers)), [flow[n][0] for n in layers], "o-", color=color, label=f"step {step}")
+        ax_max.plot(range(len(layers)), [flow[n][1] for n in layers], "o-", color=color, label=f"step {step}")
+    for ax, what in ((ax_mean, "mean |grad|"), (ax_max, "max |grad|")):
+        ax.set_yscale("log")
+        ax.set_ylabel(what)
+        ax.set_xlabel("layer (input -> output)")
+        ax.grid(alpha=0.3, which="both")
+        if flows:
+            names = list(flows[0][1])
+            ax.set_xticks(range(len(names)))
+            ax.set_xticklabels([n.removesuffix(".weight") for n in names], rotation=60, ha="right", fontsize=7)
+    ax_max.legend(fontsize=7)
+    fig.suptitle("gradient flow")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def png_to_array(path: Path):
+    """A PNG file as an (H, W, 3) uint8 numpy array, e.g. for SummaryWriter.add_image(dataformats='HWC')."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))

@@ -1,0 +1,149 @@
+"""Watch gradients layer by layer: norms, histograms, gradient flow, and a verdict on training health.
+
+    python monitor_grads.py                         # the course's toy net on 40 random 224x224 images
+    python monitor_grads.py --model lenet           # LeNet on the RMB photos (or the generated set)
+    python monitor_grads.py --scenario vanishing    # a 20-layer sigmoid MLP: the verdict says vanishing
+    python monitor_grads.py --scenario exploding    # a 20-layer ReLU MLP with too high a learning rate
+
+One sample per step; gradients accumulate and, every --accumulate samples, are printed (per-parameter
+L2 norms in forward order, histograms as counts and bin edges) before optimizer.step() and zero_grad().
+Writes grad_histograms.png, gradient_flow.png and TensorBoard events into runs/<time>_<run-name>/.
+"""
+import json
+import sys
+
+import torch
+from torch import nn
+
+from model import LeNet, ToyModel, init_weights, mlp_classifier
+from tools.cli import (
+    REPO_ROOT,
+    ArgumentParser,
+    add_common_args,
+    add_data_args,
+    new_run_dir,
+    positive_float,
+    positive_int,
+    run,
+    seed_everything,
+    select_device,
+)
+from tools.monitor import TrainingMonitor, activation_stats, grad_flow, grad_norms, histograms
+
+SCENARIO_WIDTH = 64   # features of the MLP scenarios' random inputs
+SCENARIO_DEPTH = 20   # Linear layers in the MLP scenarios
+
+
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("toy", "lenet"), default="toy",
+                        help="toy: the course's ToyModel on random images; lenet: LeNet on RMB data")
+    parser.add_argument("--scenario", choices=("none", "vanishing", "exploding"), default="none",
+                        help="replace the model by an MLP that provokes a verdict")
+    parser.add_argument("--samples", type=positive_int, default=40, help="samples in all, one per step")
+    parser.add_argument("--accumulate", type=positive_int, default=10,
+                        help="samples whose gradients add up before each print and optimizer step")
+    parser.add_argument("--lr", type=positive_float, default=None,
+                        help="SGD learning rate (default: 1e-3; 3.0 for --scenario exploding)")
+    parser.add_argument("--bins", type=positive_int, default=10, help="bins of the printed histograms")
+    return add_common_args(add_data_args(parser), run_name="grads", seed=0)
+
+
+def build_experiment(args, device: torch.device):
+    """(model, inputs, labels, classes, lr) for the chosen model or scenario; inputs (samples, ...)."""
+    n = args.samples
+    if args.scenario != "none":
+        activation = "sigmoid" if args.scenario == "vanishing" else "relu"
+        model = init_weights(mlp_classifier(SCENARIO_DEPTH, SCENARIO_WIDTH, activation),
+                             "default" if args.scenario == "vanishing" else "kaiming")
+        inputs, labels = torch.randn(n, SCENARIO_WIDTH), torch.randint(0, 2, (n,))
+        lr = args.lr or (3.0 if args.scenario == "exploding" else 1e-3)
+        return model.to(device), inputs, labels, ["0", "1"], lr
+    if args.model == "toy":  # the course's experiment: torch.manual_seed(0), random images and labels
+        model = ToyModel(in_channels=3, out_channels=64, classes=2)
+        inputs, labels = torch.randn(n, 3, 224, 224), torch.randint(0, 2, (n,))
+        return model.to(device), inputs, labels, ["0", "1"], args.lr or 1e-3
+    from tools.rmb_dataset import default_data_dir, load_splits
+
+    data_dir = args.data_dir or default_data_dir(REPO_ROOT / "data")[0]
+    train = load_splits(data_dir, args.norm, args.cache_dir or None, args.strict)["train"]
+    order = torch.randperm(len(train))[:n]
+    inputs = torch.stack([train[i][0] for i in order.tolist()])
+    labels = torch.tensor([train.targets[i] for i in order.tolist()])
+    return LeNet(len(train.classes)).initialize_weights().to(device), inputs, labels, train.classes, args.lr or 1e-3
+
+
+def format_report(samples: int, total: int, loss: float, norms: dict, hists: dict) -> str:
+    """The terminal block for one print: norms as an ordered table, histograms as counts and edges."""
+    width = max(len(n) for n in norms)
+    lines = [f"samples {samples}/{total}  mean loss {loss:.4f}", "  gradient L2 norms (forward order):"]
+    lines += [f"    {name:<{width}}  {value:.4e}" for name, value in norms.items()]
+    lines.append(f"  gradient histograms ({len(next(iter(hists.values())).bucket_counts)} bins):")
+    for name, hist in hists.items():
+        counts = " ".join(f"{int(c)}" for c in hist.bucket_counts)
+        edges = " ".join(f"{e:.3g}" for e in hist.edges)
+        extra = f"  NaN {hist.nan} Inf {hist.inf}" if hist.nan or hist.inf else ""
+        lines.append(f"    {name:<{width}}  counts [{counts}]  edges [{edges}]{extra}")
+    return "\n".join(lines)
+
+
+def main(args) -> dict:
+    device = select_device(args.device)
+    run_dir = new_run_dir(args.logdir, args.run_name)
+    seed_everything(args.seed)
+    model, inputs, labels, classes, lr = build_experiment(args, device)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+
+    from tools.plots import plot_grad_flow, plot_histograms, png_to_array
+    from tools.tb_logging import log_args, open_writer
+
+    writer = open_writer(run_dir)
+    log_args(writer, vars(args) | {"lr": lr, "device": device})
+    # Each group of --accumulate samples is one optimizer step: the monitor's "step" and "epoch".
+    monitor = TrainingMonitor(model, writer, log_interval=1, classes=len(classes))
+    monitor.set_forward_order(inputs[:1].to(device))
+    flows, reports, verdicts = [], [], []
+    try:
+        for step, start in enumerate(range(0, args.samples, args.accumulate), start=1):
+            group = range(start, min(start + args.accumulate, args.samples))
+            losses = []
+            with activation_stats(model) as acts:  # dead units: never active over the whole group
+                for i in group:
+                    loss = criterion(model(inputs[i:i + 1].to(device)), labels[i:i + 1].to(device))
+                    (loss / len(group)).backward()  # the accumulated gradient is the group's mean
+                    losses.append(loss.detach())
+            mean_loss = torch.stack(losses).mean()
+            monitor.after_backward(step, mean_loss)
+            norms = grad_norms(model)
+            norms = {name: norms[name] for name in monitor.order if name in norms}
+            params = dict(model.named_parameters())
+            hists = dict(zip(norms, histograms([params[n].grad for n in norms], args.bins)))
+            flows.append((group[-1] + 1, grad_flow(model)))
+            verdict = monitor.end_epoch(step, mean_loss.item(), acts.result())
+            verdicts.append(verdict)
+            reports.append({"samples": group[-1] + 1, "loss": mean_loss.item(), "norms": norms,
+                            "verdict": verdict.status, "findings": verdict.findings})
+            print(format_report(group[-1] + 1, args.samples, mean_loss.item(), norms, hists)
+                  + f"\n  verdict: {verdict}\n")
+            if monitor.nonfinite:
+                print(f"stopped: {monitor.nonfinite[1]}", file=sys.stderr)
+                break
+            optimizer.step()
+            monitor.after_step(step)
+            optimizer.zero_grad()
+        samples = reports[-1]["samples"]
+        plot_histograms(hists, run_dir / "grad_histograms.png", f"gradient histograms after {samples} samples")
+        plot_grad_flow(flows, run_dir / "gradient_flow.png")
+        writer.add_image("gradient_flow", png_to_array(run_dir / "gradient_flow.png"), step, dataformats="HWC")
+    finally:
+        writer.close()
+    (run_dir / "grad_report.json").write_text(json.dumps(reports, indent=2) + "\n")
+    print(f"final verdict: {verdicts[-1]}")
+    print(f"charts in {run_dir} (grad_histograms.png, gradient_flow.png)\n"
+          f"see them with: tensorboard --logdir {run_dir}")
+    return {"run_dir": str(run_dir), "reports": reports, "verdict": verdicts[-1].status}
+
+
+if __name__ == "__main__":
+    run(main, get_args_parser())

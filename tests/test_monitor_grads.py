@@ -1,0 +1,62 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import read_events
+from PIL import Image
+
+import monitor_grads
+from model import ToyModel
+
+
+def run(tmp_path, *flags):
+    args = monitor_grads.get_args_parser().parse_args(["--logdir", str(tmp_path), "--device", "cpu", *flags])
+    return monitor_grads.main(args)
+
+
+def test_toy_experiment_prints_norms_every_10_samples_and_writes_the_charts(tmp_path, capsys):
+    result = run(tmp_path)
+    out = capsys.readouterr().out
+    assert [r["samples"] for r in result["reports"]] == [10, 20, 30, 40]
+    assert out.count("gradient L2 norms (forward order):") == 4
+    run_dir = Path(result["run_dir"])
+    for name in ("grad_histograms.png", "gradient_flow.png"):
+        with Image.open(run_dir / name) as img:
+            assert img.size[0] > 400
+    events = read_events(run_dir)
+    assert [e.step for e in events.Scalars("grad_norm/conv1.weight")] == [1, 2, 3, 4]
+    assert len(events.Histograms("grads/fc.weight")) == 4
+    assert events.Tags()["images"] == ["gradient_flow"]
+    report = json.loads((run_dir / "grad_report.json").read_text())
+    assert list(report[0]["norms"]) == ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc.weight"]
+
+
+def test_first_printed_norms_are_the_course_experiment(tmp_path):
+    """Recompute the first group independently: seed 0, ToyModel, 40 random images, 10 accumulated."""
+    result = run(tmp_path, "--samples", "10")
+    torch.manual_seed(0)
+    model = ToyModel()
+    inputs, labels = torch.randn(10, 3, 224, 224), torch.randint(0, 2, (10,))
+    for i in range(10):
+        (torch.nn.functional.cross_entropy(model(inputs[i:i + 1]), labels[i:i + 1]) / 10).backward()
+    for name, p in model.named_parameters():
+        assert result["reports"][0]["norms"][name] == pytest.approx(p.grad.norm().item(), rel=1e-4)
+
+
+def test_vanishing_scenario_says_vanishing(tmp_path, capsys):
+    result = run(tmp_path, "--scenario", "vanishing")
+    assert result["verdict"] == "vanishing"
+    assert "verdict: vanishing" in capsys.readouterr().out
+
+
+def test_exploding_scenario_says_exploding(tmp_path):
+    result = run(tmp_path, "--scenario", "exploding")
+    assert result["verdict"] == "exploding"
+    assert result["reports"][0]["verdict"] != "exploding"
+
+
+def test_lenet_on_rmb_data(tmp_path, tiny_data):
+    result = run(tmp_path, "--model", "lenet", "--data-dir", str(tiny_data), "--samples", "20",
+                 "--cache-dir", str(tmp_path / "cache"))
+    assert len(result["reports"]) == 2 and result["verdict"] in ("healthy", "converged")
