@@ -93,3 +93,30 @@ def png_to_array(path: Path):
 
     with Image.open(path) as img:
         return np.asarray(img.convert("RGB"))
+
+
+def plot_activation_std(stds: dict, path: Path) -> Path:
+    """Activation std against layer for several init modes on one log-scale chart.
+
+    stds: mode -> [std after layer 1, ...], None after a blow-up (that line ends with an x). Returns path.
+    """
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for mode, values in stds.items():
+        finite = [(i, v) for i, v in enumerate(values, start=1) if v is not None and v > 0]
+        if not finite:
+            continue
+        style = "--" if mode.endswith("-torch") else "-"  # PyTorch's own init lies on top of the manual one
+        line, = ax.plot(*zip(*finite), style, label=mode, linewidth=1.5)
+        if len(finite) < len(values):
+            ax.plot(*finite[-1], "x", color=line.get_color(), markersize=9)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("std of the activations")
+    ax.set_title("activations through the layers (x: NaN/Inf next)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
