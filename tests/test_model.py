@@ -44,3 +44,26 @@ def test_default_scheme_keeps_pytorch_init():
     torch.manual_seed(0)
     b = LeNet().initialize_weights("default")
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+def test_each_scheme_sets_the_variance_it_promises():
+    torch.manual_seed(0)
+    fan_in = fan_out = 1000
+    expected = {"xavier": math.sqrt(2.0) * math.sqrt(2 / (fan_in + fan_out)),  # ReLU gain
+                "kaiming": math.sqrt(2 / fan_in), "normal": 1.0}
+    for scheme, std in expected.items():
+        layer = init_weights(nn.Sequential(nn.Linear(fan_in, fan_out)), scheme)[0]
+        assert abs(layer.weight.std().item() - std) < 0.01 * std, scheme
+        assert torch.count_nonzero(layer.bias) == 0
+
+
+def test_train_rmb_init_flag_reaches_the_model(tiny_data, tmp_path, monkeypatch):
+    import train_rmb
+    from conftest import train
+
+    seen = []
+    original = train_rmb.LeNet.initialize_weights
+    monkeypatch.setattr(train_rmb.LeNet, "initialize_weights",
+                        lambda self, scheme="course": seen.append(scheme) or original(self, scheme))
+    train(tmp_path, tiny_data, "--epochs", "1", "--init", "kaiming", "--no-monitor")
+    assert seen == ["kaiming"]
