@@ -9,6 +9,7 @@ Each run writes runs/<YYYYmmdd-HHMMSS>_<run-name>/: TensorBoard events, metrics.
 checkpoint_last.pt and checkpoint_best.pt.
 """
 import json
+import math
 import sys
 import time
 import warnings
@@ -37,11 +38,15 @@ from tools.cli import (
     select_device,
 )
 from tools.engine import evaluate, train_one_epoch
+from tools.errors import UserError
 from tools.interrupt import stop_on_signals
 from tools.monitor import TrainingMonitor, activation_stats
 from tools.rmb_dataset import default_data_dir, load_splits
 
 EXIT_DIVERGED = 3
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "global_step", "batches_in_epoch", "epoch_sums",
+                   "best", "history", "rng", "epoch_rng", "first_total_norm")
+RESUMED_FLAGS = ("data_dir", "batch_size", "lr", "momentum", "step_size", "gamma", "init", "norm", "seed")
 HPARAMS = ("epochs", "batch_size", "lr", "momentum", "step_size", "gamma", "init", "norm", "seed")
 
 
@@ -75,17 +80,46 @@ def find_resume_checkpoint(resume: str, logdir: Path, run_name: str) -> Path | N
     return path / "checkpoint_last.pt" if path.is_dir() else path
 
 
+def load_training_checkpoint(path: Path) -> dict:
+    """A train_rmb.py checkpoint, loaded safely; UserError if the file is something else."""
+    checkpoint = load_checkpoint(path)
+    missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
+    if missing:
+        raise UserError(f"{path} is not a train_rmb.py checkpoint (it lacks {', '.join(missing)})")
+    return checkpoint
+
+
+def adopt_checkpoint_flags(args, saved: dict) -> None:
+    """A resumed run goes on with the flags it was started with (RESUMED_FLAGS); say which differ."""
+    for flag in RESUMED_FLAGS:
+        now = str(getattr(args, flag)) if getattr(args, flag) is not None else None
+        if flag in saved and now != (str(saved[flag]) if saved[flag] is not None else None):
+            print(f"resuming: using the run's --{flag.replace('_', '-')} {saved[flag]} (not {now})")
+            value = saved[flag]
+            setattr(args, flag, Path(value) if flag == "data_dir" and value is not None else value)
+
+
+def stop_diverged(step: int, detail: str, run_dir: Path, writer) -> None:
+    """Say where training diverged and that the last checkpoint is still good; exit with EXIT_DIVERGED."""
+    last = run_dir / "checkpoint_last.pt"
+    kept = f"the last good checkpoint, {last}, is kept" if last.exists() else "no checkpoint was saved yet"
+    print(f"stopped: {detail}. Nothing from this point on is saved; {kept}. Try a lower --lr.", file=sys.stderr)
+    writer.add_text("diagnosis", f"diverged: {detail}", step)
+    raise SystemExit(EXIT_DIVERGED)
+
+
 def main(args) -> dict:
+    # Everything a user can get wrong is checked before any training, and before a run folder exists.
     device = select_device(args.device)
     check_writable(args.logdir)
-    checkpoint = None
+    checkpoint, checkpoint_path = None, None
     if args.resume:
         checkpoint_path = find_resume_checkpoint(args.resume, args.logdir, args.run_name)
         if checkpoint_path is None:
             print(f"--resume auto: no run named {args.run_name} in {args.logdir} yet; starting a new one")
         else:
-            checkpoint = load_checkpoint(checkpoint_path)
-    run_dir = checkpoint_path.parent if checkpoint else new_run_dir(args.logdir, args.run_name)
+            checkpoint = load_training_checkpoint(checkpoint_path)
+            adopt_checkpoint_flags(args, checkpoint["args"])
     seed_everything(args.seed)
 
     # Data: every image decoded and resized once; only the random crop and grayscale run per epoch.
@@ -118,12 +152,16 @@ def main(args) -> dict:
         scheduler.load_state_dict(checkpoint["scheduler"])
         start_epoch, global_step = checkpoint["epoch"], checkpoint["global_step"]
         skip_batches, best, history = checkpoint["batches_in_epoch"], checkpoint["best"], checkpoint["history"]
+    run_dir = checkpoint_path.parent if checkpoint else new_run_dir(args.logdir, args.run_name)
+    if checkpoint:
         print(f"resuming {run_dir} at epoch {start_epoch + 1}, step {global_step}")
 
     from tools.tb_logging import log_args, log_hparams, log_layout, open_writer  # imported when needed
 
     writer = open_writer(run_dir, purge_step=global_step + 1 if checkpoint else None)
     monitor = TrainingMonitor(model, writer, args.log_interval, enabled=not args.no_monitor, classes=len(classes))
+    if checkpoint:
+        monitor.first_total_norm = checkpoint["first_total_norm"]
     example = next(iter(eval_loaders["valid"]))[0][:1].to(device)
     monitor.set_forward_order(example)
     if not checkpoint:
@@ -140,11 +178,14 @@ def main(args) -> dict:
     print(f"{len(data['train'])} train, {len(data['valid'])} valid, "
           f"{len(data['test']) if data['test'] else 0} test images of {classes}; device {device}; run {run_dir}")
 
-    def checkpoint_state(epoch, batches_in_epoch, epoch_rng):
+    def checkpoint_state(epoch, batches_in_epoch=0, epoch_rng=None, epoch_sums=None):
+        """Everything a resumed run needs to go on exactly; mid-epoch (after a signal) also where the
+        epoch began (its RNG states) and its running sums."""
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch, "global_step": global_step,
-                "batches_in_epoch": batches_in_epoch, "best": best, "history": history,
+                "batches_in_epoch": batches_in_epoch, "epoch_sums": epoch_sums, "best": best, "history": history,
                 "rng": rng_states(loader_generator), "epoch_rng": epoch_rng, "classes": classes,
+                "first_total_norm": monitor.first_total_norm,
                 "norm": {"mean": data["mean"], "std": data["std"]},
                 "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
 
@@ -158,25 +199,20 @@ def main(args) -> dict:
         with stop_on_signals() as stop:
             for epoch in range(start_epoch, args.epochs):
                 epoch_started = time.perf_counter()
-                epoch_rng = checkpoint["epoch_rng"] if skip_batches else rng_states(loader_generator)
-                resume_rng = checkpoint["rng"] if skip_batches else None
+                mid_epoch = checkpoint if skip_batches else None  # resuming an interrupted epoch
+                epoch_rng = mid_epoch["epoch_rng"] if mid_epoch else rng_states(loader_generator)
                 with tqdm(total=len(train_loader), initial=skip_batches, desc=f"epoch {epoch + 1}/{args.epochs}",
                           leave=False, disable=None) as bar:
                     train_stats = train_one_epoch(model, train_loader, criterion, optimizer, device, monitor,
-                                                  writer, global_step, skip_batches, resume_rng,
+                                                  writer, global_step, skip_batches,
+                                                  mid_epoch and mid_epoch["rng"], mid_epoch and mid_epoch["epoch_sums"],
                                                   lambda: stop.requested, bar)
                 global_step = train_stats["global_step"]
                 history["train"] += train_stats["losses"]
                 if train_stats["diverged"]:
-                    step, detail = monitor.nonfinite
-                    last = run_dir / "checkpoint_last.pt"
-                    kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was saved yet"
-                    print(f"stopped: {detail}; the weights were not updated with it and {kept}. "
-                          "Try a lower --lr.", file=sys.stderr)
-                    writer.add_text("diagnosis", f"diverged: {detail}", step)
-                    raise SystemExit(EXIT_DIVERGED)
+                    stop_diverged(*monitor.nonfinite, run_dir, writer)
                 if not train_stats["complete"]:  # a signal: save where we are, exactly
-                    save_checkpoint(checkpoint_state(epoch, train_stats["batches"], epoch_rng),
+                    save_checkpoint(checkpoint_state(epoch, train_stats["batches"], epoch_rng, train_stats["sums"]),
                                     run_dir / "checkpoint_last.pt")
                     print(f"\n{stop.name}: saved {run_dir / 'checkpoint_last.pt'} at epoch {epoch + 1}, "
                           f"step {global_step}. Resume with:\n  {resume_command(run_dir)}", file=sys.stderr)
@@ -185,6 +221,8 @@ def main(args) -> dict:
 
                 with activation_stats(model, enabled=monitor.enabled, types=(nn.ReLU,)) as acts:  # dead units
                     valid_stats = evaluate(model, eval_loaders["valid"], criterion, device, len(classes))
+                if not math.isfinite(valid_stats["loss"]):  # a finite train loss, but weights thrown too far
+                    stop_diverged(global_step, f"non-finite valid loss after step {global_step}", run_dir, writer)
                 lr = optimizer.param_groups[0]["lr"]
                 scheduler.step()
                 history["valid"].append((global_step, valid_stats["loss"]))
@@ -194,7 +232,8 @@ def main(args) -> dict:
                 verdict = monitor.end_epoch(global_step, train_stats["loss"], acts.result())
                 if (valid_stats["acc"], -valid_stats["loss"]) > (best["acc"], -best["loss"]):  # ties: lower loss
                     best = {"acc": valid_stats["acc"], "loss": valid_stats["loss"], "epoch": epoch + 1}
-                state = checkpoint_state(epoch + 1, 0, None)
+                writer.flush()  # the epoch's events are on disk before the checkpoint that covers them
+                state = checkpoint_state(epoch + 1)
                 save_checkpoint(state, run_dir / "checkpoint_last.pt")
                 if best["epoch"] == epoch + 1:
                     save_checkpoint(state, run_dir / "checkpoint_best.pt")

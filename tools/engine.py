@@ -10,20 +10,23 @@ from tools.monitor import TrainingMonitor
 
 def train_one_epoch(model: nn.Module, loader, criterion, optimizer, device: torch.device,
                     monitor: TrainingMonitor, writer=None, global_step: int = 0, skip_batches: int = 0,
-                    resume_rng: dict | None = None, should_stop=lambda: False, progress=None) -> dict:
+                    resume_rng: dict | None = None, resume_sums: dict | None = None, should_stop=lambda: False,
+                    progress=None) -> dict:
     """Train over `loader` once; returns the epoch's figures.
 
     `global_step` counts optimizer steps done; step k's `loss/train` and running `acc/train` (accuracy
     over the epoch so far) are logged at k = 1, 2, ...
     `skip_batches`: batches already trained in this epoch before an interruption; they are drawn again
     (same order, same augmentation) but not trained on, then `resume_rng` (the random states saved at
-    the interruption) is restored, so the epoch goes on exactly as it would have. `should_stop()` is asked after
+    the interruption) is restored and `resume_sums` (the epoch's running loss sum, correct and seen
+    counts) carried on, so the epoch goes on exactly as it would have. `should_stop()` is asked after
     every step; when it says yes the epoch ends early. `progress`: a tqdm-like bar or None.
     Returns {'loss', 'acc', 'global_step', 'batches' (done in this epoch), 'complete', 'diverged',
-    'losses': [(global step, loss)]}.
+    'losses': [(global step, loss)], 'sums': the running sums, for a checkpoint mid-epoch}.
     """
     model.train()
-    loss_sum, correct, seen, batches = 0.0, 0, 0, skip_batches
+    sums = resume_sums or {"loss_sum": 0.0, "correct": 0, "seen": 0}
+    loss_sum, correct, seen, batches = sums["loss_sum"], sums["correct"], sums["seen"], skip_batches
     losses = []
     stopped = False
     batches_iter = iter(loader)
@@ -41,7 +44,7 @@ def train_one_epoch(model: nn.Module, loader, criterion, optimizer, device: torc
         loss_value = monitor.after_backward(step, loss)
         if monitor.nonfinite is not None:  # never step with NaN gradients: the weights stay good
             return {"loss": float("nan"), "acc": correct / max(seen, 1), "global_step": global_step,
-                    "batches": batches, "complete": False, "diverged": True, "losses": losses}
+                    "batches": batches, "complete": False, "diverged": True, "losses": losses, "sums": None}
         optimizer.step()
         monitor.after_step(step)
         global_step = step
@@ -62,7 +65,8 @@ def train_one_epoch(model: nn.Module, loader, criterion, optimizer, device: torc
             stopped = True
             break
     return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1), "global_step": global_step,
-            "batches": batches, "complete": not stopped, "diverged": False, "losses": losses}
+            "batches": batches, "complete": not stopped, "diverged": False, "losses": losses,
+            "sums": {"loss_sum": loss_sum, "correct": correct, "seen": seen}}
 
 
 @torch.no_grad()
