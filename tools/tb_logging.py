@@ -1,4 +1,5 @@
 """TensorBoard set-up shared by the scripts: the writer, the run's arguments, chart layout, hparams."""
+import time
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
@@ -10,9 +11,20 @@ from tools.event_crc import speed_up_event_writing
 def open_writer(run_dir: Path, purge_step: int | None = None) -> SummaryWriter:
     """A SummaryWriter on `run_dir`. On resume, `purge_step` hides every event at or after that step
     that a killed run had written, so each step is shown exactly once."""
+    wait_for_a_later_second(Path(run_dir))
     speed_up_event_writing()
     # A long queue: adding an event never waits for the writer thread to catch up with the disk.
     return SummaryWriter(str(run_dir), purge_step=purge_step, max_queue=1000, flush_secs=10)
+
+
+def wait_for_a_later_second(run_dir: Path) -> None:
+    """TensorBoard reads a folder's event files in name order, and a name starts with the second the file
+    was made: a new file must start in a later second than every file already there (a run killed and
+    resumed within one second), or its events would be read first and the purge would not apply."""
+    stamps = [int(p.name.split(".")[3]) for p in run_dir.glob("events.out.tfevents.*")
+              if len(p.name.split(".")) > 3 and p.name.split(".")[3].isdigit()]
+    while stamps and time.time() < max(stamps) + 1:
+        time.sleep(0.05)
 
 
 def plain(value):
