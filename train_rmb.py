@@ -15,6 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -40,14 +41,25 @@ from tools.cli import (
 from tools.engine import evaluate, train_one_epoch
 from tools.errors import UserError
 from tools.interrupt import stop_on_signals
+from tools.lr_schedules import SCHEDULERS, build_scheduler
 from tools.monitor import TrainingMonitor, activation_stats
 from tools.rmb_dataset import default_data_dir, load_splits
+from tools.visualize import (
+    explain,
+    log_pictures,
+    precision_recall,
+    render_confusion_matrix,
+    save_png,
+    snapshot,
+    write_explanation,
+)
 
 EXIT_DIVERGED = 3
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "global_step", "batches_in_epoch", "epoch_sums",
                    "best", "history", "rng", "epoch_rng", "first_total_norm")
-RESUMED_FLAGS = ("data_dir", "batch_size", "lr", "momentum", "step_size", "gamma", "init", "norm", "seed")
-HPARAMS = ("epochs", "batch_size", "lr", "momentum", "step_size", "gamma", "init", "norm", "seed")
+RESUMED_FLAGS = ("data_dir", "batch_size", "lr", "momentum", "scheduler", "step_size", "gamma", "init", "norm",
+                 "seed")
+HPARAMS = ("epochs", "batch_size", "lr", "momentum", "scheduler", "step_size", "gamma", "init", "norm", "seed")
 
 
 def get_args_parser() -> ArgumentParser:
@@ -56,6 +68,8 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int, default=16, help="images per training step")
     parser.add_argument("--lr", type=positive_float, default=0.01, help="SGD learning rate")
     parser.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default="step",
+                        help="learning-rate schedule, stepped once per epoch (see tools/lr_schedules.py)")
     parser.add_argument("--step-size", type=positive_int, default=10, help="StepLR: epochs between lr decays")
     parser.add_argument("--gamma", type=positive_float, default=0.1, help="StepLR: lr factor at each decay")
     parser.add_argument("--init", choices=INIT_SCHEMES, default="course",
@@ -142,7 +156,7 @@ def main(args) -> dict:
     model = LeNet(classes=len(classes)).initialize_weights(args.init).to(device)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.step_size, gamma=args.gamma)
+    scheduler = build_scheduler(args.scheduler, optimizer, args.epochs, args.step_size, args.gamma)
 
     start_epoch, global_step, skip_batches, best = 0, 0, 0, {"acc": -1.0, "loss": float("inf"), "epoch": 0}
     history = {"train": [], "valid": []}
@@ -172,6 +186,7 @@ def main(args) -> dict:
             writer.add_graph(model, example)
         if args.norm == "data":
             writer.add_text("normalize", f"train split mean {data['mean']}, std {data['std']}", 0)
+        log_pictures(writer, snapshot(model, example[0], data["mean"], data["std"]), 0)  # kernels before training
     if args.norm == "data":
         print(f"Normalize with the train split's mean {[round(m, 4) for m in data['mean']]} "
               f"and std {[round(s, 4) for s in data['std']]}")
@@ -224,11 +239,13 @@ def main(args) -> dict:
                 if not math.isfinite(valid_stats["loss"]):  # a finite train loss, but weights thrown too far
                     stop_diverged(global_step, f"non-finite valid loss after step {global_step}", run_dir, writer)
                 lr = optimizer.param_groups[0]["lr"]
-                scheduler.step()
+                scheduler.step(valid_stats["loss"]) if args.scheduler == "plateau" else scheduler.step()
                 history["valid"].append((global_step, valid_stats["loss"]))
                 writer.add_scalar("loss/valid", valid_stats["loss"], global_step)
                 writer.add_scalar("acc/valid", valid_stats["acc"], global_step)
                 writer.add_scalar("lr", lr, global_step)
+                writer.add_image("confusion/valid", np.asarray(render_confusion_matrix(
+                    valid_stats["confusion"], classes, f"valid, epoch {epoch + 1}")), global_step, dataformats="HWC")
                 verdict = monitor.end_epoch(global_step, train_stats["loss"], acts.result())
                 if (valid_stats["acc"], -valid_stats["loss"]) > (best["acc"], -best["loss"]):  # ties: lower loss
                     best = {"acc": valid_stats["acc"], "loss": valid_stats["loss"], "epoch": epoch + 1}
@@ -242,16 +259,25 @@ def main(args) -> dict:
                       f"acc {valid_stats['acc']:6.2%}  lr {lr:.2g}  {time.perf_counter() - epoch_started:.3f} s"
                       + (f"\n    diagnosis: {verdict}" if verdict else ""))
 
-        test_acc = None
-        if "test" in eval_loaders and best["epoch"]:
+        # The best checkpoint, explained: test accuracy and confusion matrix, Grad-CAM, feature maps, kernels.
+        test_acc, per_class = None, {"valid": precision_recall(valid_stats["confusion"], classes) if valid_stats else None}
+        if best["epoch"]:
             load_model_state(model, load_checkpoint(run_dir / "checkpoint_best.pt")["model"], run_dir)
-            test_acc = evaluate(model, eval_loaders["test"], criterion, device, len(classes))["acc"]
+        if "test" in eval_loaders and best["epoch"]:
+            test_stats = evaluate(model, eval_loaders["test"], criterion, device, len(classes))
+            test_acc, per_class["test"] = test_stats["acc"], precision_recall(test_stats["confusion"], classes)
+            confusion = render_confusion_matrix(test_stats["confusion"], classes, f"test, best epoch {best['epoch']}")
+            save_png(confusion, run_dir / "confusion_test.png")
+            writer.add_image("confusion/test", np.asarray(confusion), global_step, dataformats="HWC")
+        if best["epoch"]:
+            write_explanation(explain(model, data["test"] or data["valid"], classes, data["mean"], data["std"]),
+                              run_dir, writer, global_step)
         metrics = {"train_loss": train_stats["loss"] if train_stats else None,
                    "train_acc": train_stats["acc"] if train_stats else None,
                    "valid_loss": valid_stats["loss"] if valid_stats else None,
                    "valid_acc": valid_stats["acc"] if valid_stats else None,
                    "best_valid_acc": best["acc"], "test_acc": test_acc, "best_epoch": best["epoch"],
-                   "epochs": args.epochs, "seconds": round(time.perf_counter() - started, 3)}
+                   "epochs": args.epochs, "seconds": round(time.perf_counter() - started, 3), "per_class": per_class}
         log_hparams(writer, {k: v for k, v in vars(args).items() if k in HPARAMS}, metrics, global_step)
     finally:
         writer.close()

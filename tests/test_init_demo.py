@@ -3,10 +3,10 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import read_events
 from PIL import Image
 
 import init_demo
-from conftest import read_events
 
 
 def run(tmp_path, *flags):

@@ -58,8 +58,9 @@ def test_each_scheme_sets_the_variance_it_promises():
 
 
 def test_train_rmb_init_flag_reaches_the_model(tiny_data, tmp_path, monkeypatch):
-    import train_rmb
     from conftest import train
+
+    import train_rmb
 
     seen = []
     original = train_rmb.LeNet.initialize_weights

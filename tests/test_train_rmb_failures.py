@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, read_events, train
 from PIL import Image
 
 import train_rmb
-from conftest import ROOT, read_events, train
 from tools.cli import run
 
 FLAGS = ["--batch-size", "4", "--device", "cpu", "--seed", "7"]

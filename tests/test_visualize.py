@@ -1,0 +1,175 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import read_events, train
+from PIL import Image
+from torch import nn
+from torch.optim import lr_scheduler
+
+from model import LeNet
+from tools.engine import evaluate
+from tools.gradcam import gradcam, last_conv
+from tools.lr_schedules import PLATEAU_PATIENCE, build_scheduler, lr_curves, synthetic_valid_loss
+from tools.visualize import feature_map_grids, feature_maps, kernel_grids, precision_recall, render_confusion_matrix
+
+
+def no_hooks(model):
+    return all(not m._forward_hooks and not m._backward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_confusion_matrix_equals_a_brute_force_count():
+    torch.manual_seed(0)
+    model = LeNet(classes=3)
+    images, labels = torch.randn(37, 3, 32, 32), torch.randint(0, 3, (37,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=8)
+    stats = evaluate(model, loader, nn.CrossEntropyLoss(), torch.device("cpu"), 3)
+    with torch.no_grad():
+        predicted = model(images).argmax(1)
+    brute = np.zeros((3, 3), dtype=int)
+    for t, p in zip(labels.tolist(), predicted.tolist()):
+        brute[t, p] += 1
+    assert stats["confusion"].sum() == 37 and np.array_equal(stats["confusion"].numpy(), brute)
+    assert stats["acc"] == pytest.approx(np.trace(brute) / 37)
+    pr = precision_recall(stats["confusion"], ["a", "b", "c"])
+    for k, name in enumerate("abc"):
+        if brute[:, k].sum():
+            assert pr[name]["precision"] == pytest.approx(brute[k, k] / brute[:, k].sum())
+        assert pr[name]["recall"] == pytest.approx(brute[k, k] / brute[k].sum())
+    img = render_confusion_matrix(stats["confusion"], ["a", "b", "c"], "title")
+    assert img.mode == "RGB" and img.width > 200
+
+
+class LooksAtTheTopLeft(nn.Module):
+    """A conv net whose decision depends only on the top-left 8x8 corner of the image."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        nn.init.constant_(self.conv.weight, 0.1)
+        nn.init.zeros_(self.conv.bias)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        mask = torch.zeros_like(x)
+        mask[..., :8, :8] = 1  # the rest of the image never reaches the decision
+        return self.head(torch.relu(self.conv(x * mask)).mean(dim=(2, 3)))
+
+
+def test_gradcam_is_in_0_1_at_the_input_size_and_finds_the_region():
+    torch.manual_seed(0)
+    model = LooksAtTheTopLeft()
+    image = torch.rand(3, 32, 32)
+    cam, target, probs = gradcam(model, model.conv, image, target=int(model.head.weight.sum(1).argmax()))
+    assert cam.shape == (32, 32) and cam.min() >= 0 and cam.max() == pytest.approx(1.0)
+    peak = divmod(int(cam.argmax()), 32)
+    assert peak[0] < 8 and peak[1] < 8
+    assert cam[12:, :].max() < 0.05 and cam[:, 12:].max() < 0.05  # nothing away from the region
+    assert probs.sum().item() == pytest.approx(1.0) and no_hooks(model)
+    lenet = LeNet()
+    default_cam, predicted, _ = gradcam(lenet, last_conv(lenet), image)
+    assert default_cam.shape == (32, 32) and predicted in (0, 1)
+
+
+def test_feature_maps_are_what_forward_computes_and_hooks_are_removed():
+    torch.manual_seed(0)
+    model = LeNet()
+    image = torch.randn(3, 32, 32)
+    maps = feature_maps(model, image)
+    assert list(maps) == ["conv1", "conv2"]
+    assert torch.allclose(maps["conv1"], model.conv1(image[None])[0])
+    second_input = model.pool1(model.relu1(model.conv1(image[None])))
+    assert torch.allclose(maps["conv2"], model.conv2(second_input)[0], atol=1e-6)
+    grids = feature_map_grids(maps)
+    assert grids["conv1"].shape == (28 + 2 * 2, 6 * 28 + 7 * 2, 3)      # 6 maps of 28x28 in one row
+    assert grids["conv2"].shape == (2 * 10 + 3 * 2, 8 * 10 + 9 * 2, 3)  # 16 maps of 10x10, 8 per row
+    assert no_hooks(model)
+
+
+def test_kernel_grids_have_the_expected_shapes():
+    grids = kernel_grids(LeNet(), scale=1)
+    assert grids["conv1/all"].shape == (5 + 2, 6 * 5 + 7, 3)      # six RGB 5x5 kernels in a row
+    assert grids["conv2/all"].shape == (16 * 5 + 17, 6 * 5 + 7, 3)  # a row of 6 input channels per output
+    assert grids["conv2/out_15"].shape == (5 + 2, 6 * 5 + 7, 3)
+    assert len([t for t in grids if t.startswith("conv2/out_")]) == 16
+
+
+def test_lr_curves_equal_get_last_lr():
+    curves = lr_curves(epochs=30, lr=0.1, steps_per_epoch=4)
+    assert len(curves) == 9
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
+    scheduler = lr_scheduler.CosineAnnealingLR(optimizer, T_max=30)
+    expected = []
+    for _ in range(30):
+        expected.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert [v for _, v in curves["CosineAnnealingLR"]] == expected
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    scheduler = lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=120)
+    expected = []
+    for _ in range(120):
+        expected.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert [v for _, v in curves["OneCycleLR"]] == expected
+    plateau = [v for _, v in curves["ReduceLROnPlateau"]]
+    assert plateau[0] == 0.1 and plateau[-1] < 0.1  # the synthetic loss flattens out: the rate is cut
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    scheduler = lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=PLATEAU_PATIENCE)
+    expected = []
+    for epoch in range(30):
+        expected.append(scheduler.get_last_lr()[0])
+        scheduler.step(synthetic_valid_loss(epoch))
+    assert plateau == expected
+
+
+@pytest.mark.parametrize("name", ["step", "multistep", "exponential", "cosine", "plateau"])
+def test_train_rmb_scheduler_flag(tiny_data, tmp_path, name):
+    metrics = train(tmp_path, tiny_data, "--epochs", "4", "--batch-size", "4", "--scheduler", name,
+                    "--step-size", "2", "--gamma", "0.5", "--no-monitor")
+    lrs = [e.value for e in read_events(metrics["run_dir"]).Scalars("lr")]
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+    scheduler = build_scheduler(name, optimizer, 4, 2, 0.5)
+    if name != "plateau":
+        expected = []
+        for _ in range(4):
+            expected.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        assert lrs == pytest.approx(expected)
+    assert len(lrs) == 4 and lrs[0] == pytest.approx(0.01)
+
+
+def test_training_writes_the_pictures(tiny_data, tmp_path):
+    metrics = train(tmp_path, tiny_data, "--epochs", "2", "--batch-size", "4")
+    run_dir = Path(metrics["run_dir"])
+    for name in ("confusion_test.png", "gradcam.png", "feature_maps_conv1.png", "feature_maps_conv2.png",
+                 "kernels_conv1.png", "kernels_conv2.png"):
+        with Image.open(run_dir / name) as img:
+            img.verify()
+    events = read_events(run_dir)
+    images = events.Tags()["images"]
+    assert [e.step for e in events.Images("confusion/valid")] == [5, 10]
+    assert {"confusion/test", "feature_maps/input", "feature_maps/conv1", "kernels/conv1/all",
+            "kernels/conv2/out_00", "gradcam/0"} <= set(images)
+    assert [e.step for e in events.Images("kernels/conv1/all")] == [0, 10]  # start and end
+    assert set(metrics["per_class"]["test"]) == {"1", "100"}
+
+
+def test_inspect_run_command(tiny_data, tmp_path, capsys):
+    from tools import inspect_run
+
+    metrics = train(tmp_path, tiny_data, "--epochs", "2", "--batch-size", "4", "--no-monitor")
+    run_dir = Path(metrics["run_dir"])
+    result = inspect_run.main(inspect_run.get_args_parser().parse_args([str(run_dir), "--device", "cpu"]))
+    assert result["split"] == "test" and result["acc"] == pytest.approx(metrics["test_acc"])
+    assert sum(map(sum, result["confusion"])) == 2
+    for png in result["pngs"]:
+        with Image.open(png) as img:
+            img.verify()
+    photo = sorted((tiny_data / "100").glob("*.jpg"))[0]
+    single = inspect_run.main(inspect_run.get_args_parser().parse_args([str(run_dir), "--image", str(photo)]))
+    assert single["prediction"] in ("1", "100") and sum(single["probabilities"].values()) == pytest.approx(1)
+    assert Path(single["png"]).is_file()

@@ -1,0 +1,116 @@
+"""Explain a saved run: confusion matrix, Grad-CAM overlays, feature maps and kernels of its best checkpoint.
+
+    python -m tools.inspect_run runs/20261125-101500_lenet                 # PNGs into <run>/inspect/
+    python -m tools.inspect_run runs/20261125-101500_lenet --image note.jpg  # predict and explain one photo
+"""
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from model import LeNet
+from tools.checkpoint import load_checkpoint, load_model_state
+from tools.cli import ArgumentParser, run, select_device
+from tools.engine import evaluate
+from tools.errors import UserError
+from tools.gradcam import gradcam, last_conv
+from tools.rmb_dataset import RMBDataset, build_transforms, decode_resized, find_splits
+from tools.visualize import (
+    class_label,
+    denormalize,
+    explain,
+    overlay,
+    overlay_on_photo,
+    plot_gradcam_panel,
+    precision_recall,
+    render_confusion_matrix,
+    save_png,
+    write_explanation,
+)
+
+
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__.splitlines()[0], prog="python -m tools.inspect_run")
+    parser.add_argument("run_dir", type=Path, help="a run folder written by train_rmb.py")
+    parser.add_argument("--image", type=Path, default=None, help="predict and explain this image file only")
+    parser.add_argument("--data-dir", type=Path, default=None, help="the data to explain (default: the run's)")
+    parser.add_argument("--out", type=Path, default=None, help="where the PNGs go (default: <run_dir>/inspect)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    return parser
+
+
+def load_run(run_dir: Path, device: torch.device):
+    """(model in eval mode, checkpoint) from the run's best checkpoint (its last if there is no best)."""
+    path = next((run_dir / n for n in ("checkpoint_best.pt", "checkpoint_last.pt") if (run_dir / n).is_file()), None)
+    if path is None:
+        raise UserError(f"{run_dir} has no checkpoint_best.pt or checkpoint_last.pt; pass a run folder of train_rmb.py")
+    checkpoint = load_checkpoint(path)
+    missing = [k for k in ("model", "classes", "norm", "args") if k not in checkpoint]
+    if missing:
+        raise UserError(f"{path} is not a train_rmb.py checkpoint (it lacks {', '.join(missing)})")
+    model = LeNet(classes=len(checkpoint["classes"]))
+    load_model_state(model, checkpoint["model"], path)
+    return model.to(device).eval(), checkpoint
+
+
+def explain_image(model: nn.Module, checkpoint: dict, image_path: Path, out_dir: Path) -> dict:
+    """Prediction, class probabilities and a Grad-CAM panel (PNG) for one image file."""
+    if not image_path.is_file():
+        raise UserError(f"--image {image_path} does not exist")
+    try:
+        pixels = decode_resized(str(image_path))
+    except (OSError, ValueError, SyntaxError) as err:
+        raise UserError(f"--image {image_path} cannot be read as an image ({err})") from None
+    mean, std = checkpoint["norm"]["mean"], checkpoint["norm"]["std"]
+    image = build_transforms(mean, std)[1](pixels).to(next(model.parameters()).device)
+    cam, predicted, probs = gradcam(model, last_conv(model), image)
+    classes = checkpoint["classes"]
+    rgb = denormalize(image, mean, std)
+    title = f"LeNet got {class_label(classes[predicted])} ({probs[predicted]:.0%})"
+    path = plot_gradcam_panel([{"image": rgb, "overlay": overlay(rgb, cam), "title": title,
+                                "photo": overlay_on_photo(str(image_path), cam)}],
+                              out_dir / f"gradcam_{image_path.stem}.png", title="Grad-CAM")
+    return {"prediction": classes[predicted], "probabilities": dict(zip(classes, probs.tolist())), "png": str(path)}
+
+
+def main(args) -> dict:
+    device = select_device(args.device)
+    if not args.run_dir.is_dir():
+        raise UserError(f"run folder {args.run_dir} does not exist")
+    model, checkpoint = load_run(args.run_dir, device)
+    out_dir = args.out or args.run_dir / "inspect"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.image:
+        result = explain_image(model, checkpoint, args.image, out_dir)
+        odds = ", ".join(f"{class_label(c)} {p:.1%}" for c, p in result["probabilities"].items())
+        print(f"{args.image}: {class_label(result['prediction'])} ({odds})\nGrad-CAM in {result['png']}")
+        return result
+
+    data_dir = args.data_dir or (Path(checkpoint["args"]["data_dir"]) if checkpoint["args"].get("data_dir") else None)
+    if data_dir is None:
+        from tools.cli import REPO_ROOT
+        from tools.rmb_dataset import default_data_dir
+        data_dir = default_data_dir(REPO_ROOT / "data")[0]
+    classes, splits, _ = find_splits(data_dir)
+    if classes != checkpoint["classes"]:
+        raise UserError(f"{data_dir} has classes {classes}, the run was trained on {checkpoint['classes']}")
+    split = "test" if splits["test"] else "valid"
+    mean, std = checkpoint["norm"]["mean"], checkpoint["norm"]["std"]
+    dataset = RMBDataset(samples=splits[split], classes=classes, transform=build_transforms(mean, std)[1])
+    stats = evaluate(model, DataLoader(dataset, batch_size=256), nn.CrossEntropyLoss(), device, len(classes))
+    confusion = render_confusion_matrix(stats["confusion"], classes, f"{split}, {args.run_dir.name}")
+    paths = [save_png(confusion, out_dir / f"confusion_{split}.png")]
+    paths += write_explanation(explain(model, dataset, classes, mean, std), out_dir)
+    result = {"split": split, "acc": stats["acc"], "confusion": stats["confusion"].tolist(),
+              "per_class": precision_recall(stats["confusion"], classes), "pngs": [str(p) for p in paths]}
+    (out_dir / "inspect.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{split} accuracy {stats['acc']:.2%} on {len(dataset)} images of {data_dir}")
+    print(f"confusion (rows true {classes}, columns predicted):\n{stats['confusion'].numpy()}")
+    print(f"pictures in {out_dir}: " + ", ".join(p.name for p in paths))
+    return result
+
+
+if __name__ == "__main__":
+    run(main, get_args_parser())
