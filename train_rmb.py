@@ -244,8 +244,9 @@ def main(args) -> dict:
                 writer.add_scalar("loss/valid", valid_stats["loss"], global_step)
                 writer.add_scalar("acc/valid", valid_stats["acc"], global_step)
                 writer.add_scalar("lr", lr, global_step)
-                writer.add_image("confusion/valid", np.asarray(render_confusion_matrix(
-                    valid_stats["confusion"], classes, f"valid, epoch {epoch + 1}")), global_step, dataformats="HWC")
+                confusion = render_confusion_matrix(valid_stats["confusion"], classes, f"valid, epoch {epoch + 1}",
+                                                    cell=48)  # small: TensorBoard's PNG encoding costs per pixel
+                writer.add_image("confusion/valid", np.asarray(confusion), global_step, dataformats="HWC")
                 verdict = monitor.end_epoch(global_step, train_stats["loss"], acts.result())
                 if (valid_stats["acc"], -valid_stats["loss"]) > (best["acc"], -best["loss"]):  # ties: lower loss
                     best = {"acc": valid_stats["acc"], "loss": valid_stats["loss"], "epoch": epoch + 1}
@@ -260,7 +261,8 @@ def main(args) -> dict:
                       + (f"\n    diagnosis: {verdict}" if verdict else ""))
 
         # The best checkpoint, explained: test accuracy and confusion matrix, Grad-CAM, feature maps, kernels.
-        test_acc, per_class = None, {"valid": precision_recall(valid_stats["confusion"], classes) if valid_stats else None}
+        test_acc = None
+        per_class = {"valid": precision_recall(valid_stats["confusion"], classes) if valid_stats else None}
         if best["epoch"]:
             load_model_state(model, load_checkpoint(run_dir / "checkpoint_best.pt")["model"], run_dir)
         if "test" in eval_loaders and best["epoch"]:

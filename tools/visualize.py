@@ -4,6 +4,7 @@ Images come back as uint8 arrays (H, W, 3) or PIL images, ready for PNG files an
 SummaryWriter.add_image(..., dataformats="HWC"). The confusion matrix is drawn with PIL alone (about a
 millisecond), so that it can be logged every epoch without slowing training.
 """
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,9 @@ def precision_recall(confusion: torch.Tensor, classes: list[str]) -> dict:
     return result
 
 
+@lru_cache(maxsize=8)
 def _font(size: int):
-    return ImageFont.load_default(size=size)
+    return ImageFont.load_default(size=size)  # loaded once per size: it parses a font file
 
 
 def _blues(value: float) -> tuple:
@@ -46,7 +48,7 @@ def render_confusion_matrix(confusion: torch.Tensor, classes: list[str], title: 
     share = (cm / rows).tolist()
     font, small = _font(max(cell // 5, 11)), _font(max(cell // 7, 10))
     left, top = cell + 30, cell // 2 + 40
-    img = Image.new("RGB", (left + n * cell + 20, top + n * cell + 50), "white")
+    img = Image.new("RGB", (max(left + n * cell + 20, 260), top + n * cell + 50), "white")
     draw = ImageDraw.Draw(img)
     if title:
         draw.text((10, 6), title, fill="black", font=font)

@@ -1,0 +1,76 @@
+"""Regenerate the README's pictures in docs/ from real runs of the scripts (about half a minute).
+
+    python -m tools.readme_pictures                    # uses ../shared/data/rmb_real/RMB_data when present
+    python -m tools.readme_pictures --data-dir data/RMB_data
+
+Runs the commands a user would (train_rmb.py, monitor_grads.py, init_demo.py, tools.lr_schedules) into a
+temporary folder and copies their pictures into docs/, each shrunk to at most MAX_WIDTH pixels wide.
+"""
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REAL_PHOTOS = REPO_ROOT.parent / "shared" / "data" / "rmb_real" / "RMB_data"
+MAX_WIDTH = 1200       # pixels
+MAX_BYTES = 200_000    # every picture must stay well under this
+
+
+def run_script(*argv: str) -> None:
+    subprocess.run([sys.executable, *argv], cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
+
+
+def newest(folder: Path, pattern: str) -> Path:
+    return sorted(folder.glob(pattern))[-1]
+
+
+def shrink_into(source: Path, target: Path) -> Path:
+    """Copy a PNG, scaled down to MAX_WIDTH and with a reduced palette if it is still too big."""
+    with Image.open(source) as img:
+        img = img.convert("RGB")
+        if img.width > MAX_WIDTH:
+            img = img.resize((MAX_WIDTH, round(img.height * MAX_WIDTH / img.width)), Image.LANCZOS)
+        img.save(target, optimize=True)
+        if target.stat().st_size > MAX_BYTES:
+            img.quantize(256).save(target, optimize=True)
+    if target.stat().st_size > MAX_BYTES:
+        raise RuntimeError(f"{target} is {target.stat().st_size} bytes, over {MAX_BYTES}")
+    return target
+
+
+def main(argv=None) -> list[Path]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=REAL_PHOTOS if REAL_PHOTOS.is_dir() else None,
+                        help="photos to train on (default: the shared real photos, else the generated set)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs")
+    args = parser.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="readme_pictures_"))
+    data = ["--data-dir", str(args.data_dir)] if args.data_dir else []
+    run_script("train_rmb.py", *data, "--epochs", "10", "--device", "cpu", "--logdir", str(tmp / "train"))
+    run_dir = newest(tmp / "train", "*_lenet")
+    run_script("monitor_grads.py", "--scenario", "vanishing", "--device", "cpu", "--logdir", str(tmp / "grads"))
+    run_script("init_demo.py", "--device", "cpu", "--logdir", str(tmp / "init"))
+    run_script("-m", "tools.lr_schedules", "--logdir", str(tmp / "lr"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    pictures = {
+        "gradcam.png": run_dir / "gradcam.png",
+        "confusion_test.png": run_dir / "confusion_test.png",
+        "loss_curve.png": run_dir / "loss_curve.png",
+        "kernels_conv1.png": run_dir / "kernels_conv1.png",
+        "gradient_flow_vanishing.png": newest(tmp / "grads", "*_grads") / "gradient_flow.png",
+        "activation_std.png": newest(tmp / "init", "*_init") / "activation_std.png",
+        "lr_schedules.png": newest(tmp / "lr", "*_lr_schedules") / "lr_schedules.png",
+    }
+    written = [shrink_into(source, args.out / name) for name, source in pictures.items()]
+    for path in written:
+        print(f"{path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}  "
+              f"{path.stat().st_size // 1024} KB")
+    return written
+
+
+if __name__ == "__main__":
+    main()
