@@ -1,5 +1,6 @@
 """What every script shares on the command line: common flags, device choice, seeding, run folders."""
 import argparse
+import os
 import random
 import sys
 import tempfile
@@ -131,7 +132,8 @@ def run(main, parser: argparse.ArgumentParser, argv=None):
     try:
         return main(args)
     except UserError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets the same error: say it once
+            print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(2)
 
 

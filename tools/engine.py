@@ -5,13 +5,14 @@ import torch
 from torch import nn
 
 from tools.checkpoint import restore_rng_states
+from tools.distributed import all_reduce_sum
 from tools.monitor import TrainingMonitor
 
 
 def train_one_epoch(model: nn.Module, loader, criterion, optimizer, device: torch.device,
                     monitor: TrainingMonitor, writer=None, global_step: int = 0, skip_batches: int = 0,
                     resume_rng: dict | None = None, resume_sums: dict | None = None, should_stop=lambda: False,
-                    progress=None) -> dict:
+                    progress=None, reduce=None) -> dict:
     """Train over `loader` once; returns the epoch's figures.
 
     `global_step` counts optimizer steps done; step k's `loss/train` and running `acc/train` (accuracy
@@ -19,8 +20,11 @@ def train_one_epoch(model: nn.Module, loader, criterion, optimizer, device: torc
     `skip_batches`: batches already trained in this epoch before an interruption; they are drawn again
     (same order, same augmentation) but not trained on, then `resume_rng` (the random states saved at
     the interruption) is restored and `resume_sums` (the epoch's running loss sum, correct and seen
-    counts) carried on, so the epoch goes on exactly as it would have. `should_stop()` is asked after
-    every step; when it says yes the epoch ends early. `progress`: a tqdm-like bar or None.
+    counts) carried on, so the epoch goes on exactly as it would have. `should_stop()` is asked at
+    every step; when it says yes the epoch ends after that step. `progress`: a tqdm-like bar or None.
+    `reduce`: under torchrun, a function that sums a list of numbers over all ranks; once per step it
+    turns the local loss and accuracy into the global batch's, and makes every rank stop together when
+    any rank saw NaN/Inf or was asked to stop.
     Returns {'loss', 'acc', 'global_step', 'batches' (done in this epoch), 'complete', 'diverged',
     'losses': [(global step, loss)], 'sums': the running sums, for a checkpoint mid-epoch}.
     """
@@ -42,17 +46,23 @@ def train_one_epoch(model: nn.Module, loader, criterion, optimizer, device: torc
         loss = criterion(logits, labels)
         loss.backward()
         loss_value = monitor.after_backward(step, loss)
-        if monitor.nonfinite is not None:  # never step with NaN gradients: the weights stay good
+        n, batch_correct = labels.size(0), (logits.argmax(1) == labels).sum().item()
+        bad, stop = monitor.nonfinite is not None, should_stop()
+        if reduce is not None:  # one all-reduce per step, over every rank
+            batch_loss, batch_correct, n, bad, stop = reduce([loss_value * n, batch_correct, n, bad, stop])
+            loss_value = batch_loss / n
+            if bad and monitor.nonfinite is None:
+                monitor.nonfinite = (step, f"non-finite loss or gradient on another rank at step {step}")
+        if bad:  # never step with NaN gradients: the weights stay good
             return {"loss": float("nan"), "acc": correct / max(seen, 1), "global_step": global_step,
                     "batches": batches, "complete": False, "diverged": True, "losses": losses, "sums": None}
         optimizer.step()
         monitor.after_step(step)
         global_step = step
 
-        n = labels.size(0)
-        correct += (logits.argmax(1) == labels).sum().item()
+        correct += int(batch_correct)
         loss_sum += loss_value * n
-        seen += n
+        seen += int(n)
         losses.append((step, loss_value))
         if writer is not None:
             writer.add_scalar("loss/train", loss_value, step)
@@ -61,7 +71,7 @@ def train_one_epoch(model: nn.Module, loader, criterion, optimizer, device: torc
             progress.set_postfix(loss=f"{loss_value:.4f}", acc=f"{correct / seen:.2%}", refresh=False)
             progress.update(1)
         batches += 1
-        if should_stop():
+        if stop:
             stopped = True
             break
     return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1), "global_step": global_step,
@@ -85,6 +95,8 @@ def evaluate(model: nn.Module, loader, criterion, device: torch.device, classes:
         logits = model(images)
         loss_sum += criterion(logits, labels).double() * labels.size(0)
         confusion += torch.bincount(labels * classes + logits.argmax(1), minlength=classes * classes)
+    all_reduce_sum(loss_sum)  # under torchrun each rank saw its own shard: add them up (else nothing)
+    all_reduce_sum(confusion)
     confusion = confusion.view(classes, classes).cpu()
     total = int(confusion.sum())
     return {"loss": loss_sum.item() / max(total, 1), "acc": confusion.trace().item() / max(total, 1),

@@ -27,6 +27,13 @@ def wait_for_a_later_second(run_dir: Path) -> None:
         time.sleep(0.05)
 
 
+class NullWriter:
+    """A SummaryWriter that writes nothing: what the ranks other than 0 log to under torchrun."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 def plain(value):
     """A flag's value as something JSON, TensorBoard and weights_only checkpoints accept."""
     return value if isinstance(value, (bool, int, float, str, type(None))) else str(value)

@@ -1,0 +1,98 @@
+"""train_rmb.py under torchrun: 2 processes on the CPU with gloo."""
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from conftest import ROOT, read_events
+from model import LeNet
+from tools.distributed import ShardSampler
+from tools.engine import evaluate
+from tools.rmb_dataset import build_transforms, find_splits, RMBDataset
+
+BATCH = 4
+
+
+def torchrun(tiny_data, logdir: Path, *extra, wait=True):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train_rmb.py",
+           "--data-dir", str(tiny_data), "--batch-size", str(BATCH), "--logdir", str(logdir),
+           "--cache-dir", str(logdir.parent / "cache"), "--device", "cpu", *extra]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny_data, tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("ddp") / "runs"
+    result = torchrun(tiny_data, logdir, "--epochs", "2")
+    return result, logdir
+
+
+def test_two_processes_train_one_run(ddp_run, tiny_data):
+    result, logdir = ddp_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list(logdir.iterdir())
+    assert len(runs) == 1 and len(list(runs[0].glob("events.out.tfevents.*"))) == 1  # rank 0 alone writes
+    assert "weights identical on all 2 processes" in result.stdout
+    assert result.stdout.count("epoch   1/2") == 1  # one rank prints
+    _, splits, _ = find_splits(tiny_data)
+    steps_per_epoch = math.ceil(len(splits["train"]) / (2 * BATCH))
+    events = read_events(runs[0])
+    assert [e.step for e in events.Scalars("loss/train")] == list(range(1, 2 * steps_per_epoch + 1))
+    assert [e.step for e in events.Scalars("acc/valid")] == [steps_per_epoch, 2 * steps_per_epoch]
+
+
+def test_logged_valid_accuracy_equals_a_single_process_evaluation(ddp_run, tiny_data):
+    _, logdir = ddp_run
+    run_dir = next(logdir.iterdir())
+    checkpoint = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
+    model = LeNet(len(checkpoint["classes"]))
+    model.load_state_dict(checkpoint["model"])
+    classes, splits, _ = find_splits(tiny_data)
+    valid = RMBDataset(samples=splits["valid"], classes=classes, transform=build_transforms()[1])
+    stats = evaluate(model, DataLoader(valid, batch_size=3), nn.CrossEntropyLoss(), torch.device("cpu"), 2)
+    events = read_events(run_dir)
+    assert events.Scalars("acc/valid")[-1].value == pytest.approx(stats["acc"])
+    assert events.Scalars("loss/valid")[-1].value == pytest.approx(stats["loss"], rel=1e-5)
+
+
+def test_shard_sampler_covers_every_sample_once():
+    shards = [list(ShardSampler(11, rank, 3)) for rank in range(3)]
+    assert sorted(i for shard in shards for i in shard) == list(range(11))
+
+
+def test_sigterm_on_one_rank_saves_once_and_resume_is_exact(ddp_run, tiny_data, tmp_path):
+    logdir = tmp_path / "runs"
+    process = torchrun(tiny_data, logdir, "--epochs", "40", wait=False)
+    deadline = time.time() + 120
+    while not list(logdir.glob("*_lenet/checkpoint_last.pt")):
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-f", "-P", str(process.pid), "train_rmb.py"], capture_output=True,
+                             text=True).stdout.split()
+    assert len(workers) == 2
+    os.kill(int(workers[-1]), signal.SIGTERM)  # one rank only
+    out, err = process.communicate(timeout=120)
+    assert "Resume with:" in err and err.count("saved ") == 1, err[-3000:]
+    run_dir = next(logdir.glob("*_lenet"))
+    resumed = torchrun(tiny_data, logdir, "--epochs", "40", "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reference = torchrun(tiny_data, tmp_path / "reference", "--epochs", "40")
+    assert reference.returncode == 0
+    final = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
+    expected = torch.load(next((tmp_path / "reference").glob("*_lenet")) / "checkpoint_last.pt", weights_only=True)
+    for key, tensor in expected["model"].items():
+        assert torch.equal(tensor, final["model"][key]), key
+    steps = [e.step for e in read_events(run_dir).Scalars("loss/train")]
+    assert steps == list(range(1, expected["global_step"] + 1))
