@@ -158,7 +158,9 @@ def test_missing_folder_and_too_few_classes(tmp_path):
 
 def test_synthetic_set_is_deterministic(tmp_path):
     a, b = generate(tmp_path / "a", per_class=3), generate(tmp_path / "b", per_class=3)
-    digest = lambda root: [hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.jpg"))]
+
+    def digest(root):
+        return [hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.jpg"))]
     assert len(digest(a)) == 6 and digest(a) == digest(b)
 
 

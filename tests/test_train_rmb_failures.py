@@ -153,7 +153,8 @@ def messy_data(tmp_path) -> tuple[Path, list[str]]:
     rgb.quantize(8).save(root / "100" / "palette.gif")
     rgb.convert("CMYK").save(root / "100" / "cmyk.jpg")
     Image.fromarray(np.full((30, 40), 40000, dtype=np.uint16)).save(root / "100" / "sixteen.png")
-    bad = [root / "1" / "empty.jpg", root / "1" / "truncated.jpg", root / "100" / "text.jpg", root / "100" / "scan.tiff"]
+    bad = [root / "1" / "empty.jpg", root / "1" / "truncated.jpg", root / "100" / "text.jpg",
+           root / "100" / "scan.tiff"]
     bad[0].write_bytes(b"")
     full = (root / "1" / "000.jpg").read_bytes()
     bad[1].write_bytes(full[: len(full) // 2])

@@ -40,7 +40,8 @@ def _blues(value: float) -> tuple:
     return tuple(int(c) for c in light + (dark - light) * min(max(value, 0.0), 1.0))
 
 
-def render_confusion_matrix(confusion: torch.Tensor, classes: list[str], title: str = "", cell: int = 90) -> Image.Image:
+def render_confusion_matrix(confusion: torch.Tensor, classes: list[str], title: str = "",
+                            cell: int = 90) -> Image.Image:
     """Rows: true class, columns: predicted; the count in each cell, colour = share of its row."""
     cm = confusion.cpu().long()
     n = len(classes)
@@ -73,6 +74,11 @@ def image_grid(tensor: torch.Tensor, nrow: int = 8, pad: int = 1) -> np.ndarray:
 
     grid = make_grid(tensor.detach().float().cpu(), nrow=nrow, normalize=True, scale_each=True, padding=pad)
     return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def enlarge(image: np.ndarray, factor: int = 4) -> np.ndarray:
+    """(H, W, 3) -> (factor H, factor W, 3), each pixel a factor x factor block (tiny images stay sharp)."""
+    return np.kron(image, np.ones((factor, factor, 1), dtype=image.dtype))
 
 
 def feature_maps(model: nn.Module, image: torch.Tensor, types=(nn.Conv2d,)) -> dict[str, torch.Tensor]:
@@ -121,7 +127,7 @@ def kernel_grids(model: nn.Module, scale: int = 8) -> dict[str, np.ndarray]:
             grids[f"{name}/all"] = image_grid(weight.reshape(-1, 1, *weight.shape[2:]), nrow=in_ch)
         for k in range(out_ch):
             grids[f"{name}/out_{k:02d}"] = image_grid(weight[k].unsqueeze(1), nrow=in_ch)
-    return {tag: np.kron(grid, np.ones((scale, scale, 1), dtype=np.uint8)) for tag, grid in grids.items()}
+    return {tag: enlarge(grid, scale) for tag, grid in grids.items()}
 
 
 def denormalize(image: torch.Tensor, mean, std) -> np.ndarray:
@@ -240,17 +246,15 @@ def write_explanation(visuals: dict, out_dir: Path, writer=None, step: int = 0) 
     if writer is not None:
         log_pictures(writer, visuals, step)
         for k, item in enumerate(visuals["gradcam"]):
-            writer.add_image(f"gradcam/{k}", np.concatenate([np.kron(item["image"], np.ones((4, 4, 1), np.uint8)),
-                                                             np.kron(item["overlay"], np.ones((4, 4, 1), np.uint8))], 1),
-                             step, dataformats="HWC")
+            side_by_side = np.concatenate([enlarge(item["image"]), enlarge(item["overlay"])], axis=1)
+            writer.add_image(f"gradcam/{k}", side_by_side, step, dataformats="HWC")
             writer.add_text(f"gradcam/{k}", item["title"], step)
     return paths
 
 
 def log_pictures(writer, visuals: dict, step: int) -> None:
     """The input image, feature maps and kernels of `explain` (or of `snapshot`) as TensorBoard images."""
-    writer.add_image("feature_maps/input", np.kron(visuals["input"], np.ones((4, 4, 1), np.uint8)), step,
-                     dataformats="HWC")
+    writer.add_image("feature_maps/input", enlarge(visuals["input"]), step, dataformats="HWC")
     for name, grid in visuals["feature_maps"].items():
         writer.add_image(f"feature_maps/{name}", grid, step, dataformats="HWC")
     for tag, grid in visuals["kernels"].items():
