@@ -23,7 +23,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from model import INIT_SCHEMES, LeNet
-from tools.checkpoint import load_checkpoint, load_model_state, restore_rng_states, rng_states, save_checkpoint
+from tools.checkpoint import (
+    find_resume_checkpoint,
+    load_checkpoint,
+    load_model_state,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
 from tools.cli import (
     REPO_ROOT,
     ArgumentParser,
@@ -39,10 +46,18 @@ from tools.cli import (
     run,
     seed_everything,
 )
-from tools.distributed import (Distributed, ShardSampler, all_reduce_sum, barrier, broadcast, distributed, gather,
-                               main_process_first, weights_agree)
+from tools.distributed import (
+    Distributed,
+    ShardSampler,
+    all_reduce_sum,
+    barrier,
+    broadcast,
+    distributed,
+    gather,
+    main_process_first,
+    weights_agree,
+)
 from tools.engine import evaluate, train_one_epoch
-from tools.errors import UserError
 from tools.interrupt import EXIT_CODES, stop_on_signals
 from tools.lr_schedules import SCHEDULERS, build_scheduler
 from tools.monitor import TrainingMonitor, activation_stats
@@ -88,24 +103,6 @@ def get_args_parser() -> ArgumentParser:
     return add_common_args(add_data_args(parser), run_name="lenet")
 
 
-def find_resume_checkpoint(resume: str, logdir: Path, run_name: str) -> Path | None:
-    """The checkpoint that --resume names: a file, a run folder, or 'auto' (None if nothing to resume)."""
-    if resume == "auto":
-        runs = sorted(logdir.glob(f"*_{run_name}/checkpoint_last.pt"), key=lambda p: p.parent.name)
-        return runs[-1] if runs else None
-    path = Path(resume)
-    return path / "checkpoint_last.pt" if path.is_dir() else path
-
-
-def load_training_checkpoint(path: Path) -> dict:
-    """A train_rmb.py checkpoint, loaded safely; UserError if the file is something else."""
-    checkpoint = load_checkpoint(path)
-    missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
-    if missing:
-        raise UserError(f"{path} is not a train_rmb.py checkpoint (it lacks {', '.join(missing)})")
-    return checkpoint
-
-
 def adopt_checkpoint_flags(args, saved: dict, say=print) -> None:
     """A resumed run goes on with the flags it was started with (RESUMED_FLAGS); say which differ."""
     for flag in RESUMED_FLAGS:
@@ -143,7 +140,7 @@ def train_and_evaluate(args, dist_info: Distributed, device: torch.device) -> di
         if checkpoint_path is None:
             say(f"--resume auto: no run named {args.run_name} in {args.logdir} yet; starting a new one")
         else:
-            checkpoint, run_dir = load_training_checkpoint(checkpoint_path), checkpoint_path.parent
+            checkpoint, run_dir = load_checkpoint(checkpoint_path, CHECKPOINT_KEYS), checkpoint_path.parent
     checkpoint, run_dir = broadcast((checkpoint, run_dir), dist_info)  # every rank resumes rank 0's checkpoint
     if checkpoint:
         adopt_checkpoint_flags(args, checkpoint["args"], say)

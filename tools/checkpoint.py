@@ -30,16 +30,17 @@ def save_checkpoint(state: dict, path: Path) -> Path:
     return path
 
 
-def load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path, required: tuple = ()) -> dict:
     """A checkpoint dict, loaded on the CPU with weights_only=True (no code in a file is ever run).
 
-    UserError for a missing file, a damaged file, or one that holds anything but tensors and plain data.
+    UserError for a missing file, a damaged file, one that holds anything but tensors and plain data,
+    or one without the `required` keys (a file that is not a train_rmb.py checkpoint).
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"refusing to load {path}: it holds more than weights and plain data, and loading "
@@ -47,6 +48,20 @@ def load_checkpoint(path: Path) -> dict:
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}); it is damaged or not "
                         "a checkpoint") from None
+    missing = [key for key in required if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise UserError(f"{path} is not a train_rmb.py checkpoint (it lacks {', '.join(missing)})")
+    return checkpoint
+
+
+def find_resume_checkpoint(resume: str, logdir: Path, run_name: str) -> Path | None:
+    """The checkpoint that --resume names: a file, a run folder, or 'auto' = the run folder of `run_name`
+    in `logdir` whose checkpoint was saved last (None when there is none yet)."""
+    if resume == "auto":
+        runs = sorted(Path(logdir).glob(f"*_{run_name}/checkpoint_last.pt"), key=lambda p: p.stat().st_mtime)
+        return runs[-1] if runs else None
+    path = Path(resume)
+    return path / "checkpoint_last.pt" if path.is_dir() else path
 
 
 def load_model_state(model: torch.nn.Module, state_dict: dict, source: Path) -> None:

@@ -46,10 +46,7 @@ def load_run(run_dir: Path, device: torch.device):
     path = next((run_dir / n for n in ("checkpoint_best.pt", "checkpoint_last.pt") if (run_dir / n).is_file()), None)
     if path is None:
         raise UserError(f"{run_dir} has no checkpoint_best.pt or checkpoint_last.pt; pass a run folder of train_rmb.py")
-    checkpoint = load_checkpoint(path)
-    missing = [k for k in ("model", "classes", "norm", "args") if k not in checkpoint]
-    if missing:
-        raise UserError(f"{path} is not a train_rmb.py checkpoint (it lacks {', '.join(missing)})")
+    checkpoint = load_checkpoint(path, required=("model", "classes", "norm", "args"))
     model = LeNet(classes=len(checkpoint["classes"]))
     load_model_state(model, checkpoint["model"], path)
     return model.to(device).eval(), checkpoint
