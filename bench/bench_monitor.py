@@ -9,13 +9,13 @@ In one process, medians of --repeats timings:
      add_histogram_raw); and per-parameter gradient norms: (b) a `.norm().item()` loop, (c) the fused
      `torch._foreach_norm` with one host copy;
   2. a LeNet training step on a batch of 16 with and without the monitor's per-step gradient norms;
-  3. train_rmb.py's steady-state epoch with monitoring on and with --no-monitor.
+  3. train_rmb.py's steady-state epoch with monitoring on and with --no-monitor (separate processes,
+     alternating).
 """
 import argparse
-import contextlib
-import io
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -101,27 +101,26 @@ def compare_step(repeats: int) -> None:
           f"({m / p - 1:+.1%})")
 
 
-def train_epochs(flags: list[str], data_dir: Path, logdir: Path) -> list[float]:
-    import train_rmb
-
-    args = train_rmb.get_args_parser().parse_args(
-        ["--data-dir", str(data_dir), "--epochs", "12", "--device", "cpu", "--logdir", str(logdir),
-         "--cache-dir", str(logdir / "cache"), *flags])
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        train_rmb.main(args)
-    return [float(s) for s in re.findall(r"^epoch\s+\d+/\d+ .* ([\d.]+) s$", out.getvalue(), re.M)][2:]
+def train_epochs(flags: list[str], data_dir: Path, logdir: Path, epochs: int = 20) -> list[float]:
+    """Steady-state epoch times (epochs 3..) of one train_rmb.py run in a fresh process."""
+    cmd = [sys.executable, str(ROOT / "train_rmb.py"), "--data-dir", str(data_dir), "--epochs", str(epochs),
+           "--device", "cpu", "--logdir", str(logdir), "--cache-dir", str(logdir / "cache"), *flags]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [float(s) for s in re.findall(r"^epoch\s+\d+/\d+ .* ([\d.]+) s$", out, re.M)][2:]
 
 
 def compare_train(data_dir: Path, repeats: int) -> None:
+    """train_rmb.py with and without --no-monitor, alternating, each run in its own process (runs in one
+    process drift apart by more than the monitor costs)."""
     logdir = Path(tempfile.mkdtemp(prefix="bench_monitor_"))
     on, off = [], []
     for _ in range(repeats):
-        on += train_epochs([], data_dir, logdir)
         off += train_epochs(["--no-monitor"], data_dir, logdir)
+        on += train_epochs([], data_dir, logdir)
     m_on, m_off = statistics.median(on), statistics.median(off)
     print(f"train_rmb.py epoch on {data_dir.name}: monitoring on {m_on * 1e3:.1f} ms, --no-monitor "
-          f"{m_off * 1e3:.1f} ms, monitor cost {m_on / m_off - 1:+.1%} (median of {len(on)} epochs each)")
+          f"{m_off * 1e3:.1f} ms, monitor cost {m_on / m_off - 1:+.1%} (median of {len(on)} epochs each, "
+          f"{repeats} runs each)")
 
 
 def main():

@@ -129,6 +129,16 @@ def histograms(tensors: list[torch.Tensor], bins: int = HIST_BINS) -> list[Histo
     return result
 
 
+def add_scalars_in_one_event(writer, values: dict[str, float], step: int) -> None:
+    """Many scalars, each under its own tag as add_scalar would write it, in one TensorBoard event: one
+    protobuf, one checksum and one write instead of one per tag (they are logged together anyway)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    if values:
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()])
+        writer.file_writer.add_summary(summary, step)
+
+
 def write_histogram(writer, tag: str, hist: Histogram, step: int) -> None:
     """One histogram into TensorBoard through add_histogram_raw (no tensor crosses to the host)."""
     if hist.num == 0:
@@ -345,9 +355,8 @@ class TrainingMonitor:
             self._norm_steps += 1
         if step % self.log_interval == 0:
             if self.writer is not None:
-                for name, norm in zip(self._grad_names(), norms):
-                    self.writer.add_scalar(f"grad_norm/{name}", norm, step)
-                self.writer.add_scalar("grad_norm/total", total, step)
+                values = {f"grad_norm/{name}": norm for name, norm in zip(self._grad_names(), norms)}
+                add_scalars_in_one_event(self.writer, values | {"grad_norm/total": total}, step)
             self._before = [p.detach().clone() for p in self.params]
         return value
 
@@ -361,8 +370,7 @@ class TrainingMonitor:
         self._ratio_steps += 1
         self._before = None
         if self.writer is not None:
-            for name, ratio in zip(self.names, ratios):
-                self.writer.add_scalar(f"update_ratio/{name}", ratio, step)
+            add_scalars_in_one_event(self.writer, {f"update_ratio/{n}": r for n, r in zip(self.names, ratios)}, step)
 
     def _grad_names(self) -> list[str]:
         return [n for n, p in zip(self.names, self.params) if p.grad is not None]
@@ -416,8 +424,8 @@ class TrainingMonitor:
         verdict = diagnose(norms, train_loss, self.classes, self.first_total_norm, ratios, activations, nonfinite)
         if self.writer is not None:
             self.writer.add_text("diagnosis", f"epoch {epoch}: {verdict}", epoch)
-            for name, stats in (activations or {}).items():
-                if "dead" in stats:
-                    self.writer.add_scalar(f"dead_relu/{name}", stats["dead"], epoch)
+            add_scalars_in_one_event(self.writer, {f"dead_relu/{name}": stats["dead"]
+                                                   for name, stats in (activations or {}).items() if "dead" in stats},
+                                     epoch)
         self._norm_sum, self._norm_steps, self._ratio_sum, self._ratio_steps = None, 0, None, 0
         return verdict
