@@ -281,7 +281,7 @@ def train_and_evaluate(args, dist_info: Distributed, device: torch.device) -> di
                     raise SystemExit(stop.exit_code if stop.requested else EXIT_CODES[signal.SIGTERM])
                 skip_batches = 0
 
-                with activation_stats(raw_model, enabled=monitor.enabled, types=(nn.ReLU,)) as acts:  # dead units
+                with activation_stats(raw_model, monitor.enabled, (nn.ReLU,), moments=False) as acts:  # dead units
                     valid_stats = evaluate(raw_model, eval_loaders["valid"], criterion, device, len(classes))
                 if not math.isfinite(valid_stats["loss"]):  # a finite train loss, but weights thrown too far
                     stop_diverged(global_step, f"non-finite valid loss after step {global_step}", run_dir, writer, say)

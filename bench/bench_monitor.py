@@ -9,11 +9,12 @@ In one process, medians of --repeats timings:
      add_histogram_raw); and per-parameter gradient norms: (b) a `.norm().item()` loop, (c) the fused
      `torch._foreach_norm` with one host copy;
   2. a LeNet training step on a batch of 16 with and without the monitor's per-step gradient norms;
-  3. train_rmb.py's steady-state epoch with monitoring on and with --no-monitor (separate processes,
-     alternating).
+  3. train_rmb.py's epoch with monitoring on and with --no-monitor (separate processes, alternating):
+     CPU time per epoch (robust on a shared machine) and wall time per epoch.
 """
 import argparse
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -66,9 +67,13 @@ def compare_histograms(name: str, model: nn.Module, writer, repeats: int) -> Non
         return {n: p.grad.norm().item() for n, p in params}
 
     monitor = TrainingMonitor(model, writer)
-    # the writer thread catches up between calls, untimed, so that neither timing pays for the other's
-    a = median_seconds(add_histogram_loop, repeats, after=writer.flush)
-    c = median_seconds(lambda: monitor.log_histograms(0), repeats, after=writer.flush)
+    # Interleaved, so that both see the same machine; the writer thread catches up between calls,
+    # untimed, so that neither timing pays for the other's events.
+    a_times, c_times = [], []
+    for _ in range(repeats):
+        a_times.append(median_seconds(add_histogram_loop, 1, after=writer.flush))
+        c_times.append(median_seconds(lambda: monitor.log_histograms(0), 1, after=writer.flush))
+    a, c = statistics.median(a_times), statistics.median(c_times)
     b = median_seconds(item_loop, repeats * 5)
     c_norms = median_seconds(lambda: grad_norms(model), repeats * 5)
     print(f"{name:9s} {len(params) * 2:4d} tensors  histograms: add_histogram loop {a * 1e3:8.2f} ms, "
@@ -84,7 +89,7 @@ def compare_step(repeats: int) -> None:
     criterion = nn.CrossEntropyLoss()
     monitor = TrainingMonitor(model, writer=None, log_interval=10 ** 9)  # norms every step, no logging step
 
-    def steps(with_monitor: bool, n: int = 100):
+    def steps(with_monitor: bool, n: int = 50):
         for step in range(1, n + 1):
             optimizer.zero_grad()
             loss = criterion(model(x), y)
@@ -93,39 +98,112 @@ def compare_step(repeats: int) -> None:
             optimizer.step()
 
     plain, monitored = [], []
-    for _ in range(repeats):  # interleaved, so that both see the same machine
-        plain.append(median_seconds(lambda: steps(False), 1) / 100)
-        monitored.append(median_seconds(lambda: steps(True), 1) / 100)
+    for _ in range(repeats * 4):  # short blocks, interleaved, so that both see the same machine
+        plain.append(median_seconds(lambda: steps(False), 1) / 50)
+        monitored.append(median_seconds(lambda: steps(True), 1) / 50)
     p, m = statistics.median(plain), statistics.median(monitored)
     print(f"LeNet step (batch 16): plain {p * 1e3:.3f} ms, with per-step gradient norms {m * 1e3:.3f} ms "
           f"({m / p - 1:+.1%})")
 
 
-def train_epochs(flags: list[str], data_dir: Path, logdir: Path, epochs: int = 20) -> list[float]:
-    """Steady-state epoch times (epochs 3..) of one train_rmb.py run in a fresh process."""
+def run_train(flags: list[str], data_dir: Path, logdir: Path, epochs: int) -> tuple[list[float], float]:
+    """One train_rmb.py run in a fresh process: its steady-state epoch times (epochs 3..) and the CPU
+    seconds it used (all threads, user + system)."""
     cmd = [sys.executable, str(ROOT / "train_rmb.py"), "--data-dir", str(data_dir), "--epochs", str(epochs),
            "--device", "cpu", "--logdir", str(logdir), "--cache-dir", str(logdir / "cache"), *flags]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    return [float(s) for s in re.findall(r"^epoch\s+\d+/\d+ .* ([\d.]+) s$", out, re.M)][2:]
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return [float(s) for s in re.findall(r"^epoch\s+\d+/\d+ .* ([\d.]+) s$", out, re.M)][2:], cpu
 
 
 def compare_train(data_dir: Path, repeats: int) -> None:
-    """train_rmb.py with and without --no-monitor, alternating, each run in its own process (runs in one
-    process drift apart by more than the monitor costs)."""
+    """train_rmb.py with and without --no-monitor, alternating, each run in its own process.
+
+    Two measures: the median wall time of an epoch, and the CPU time of an epoch, from the difference
+    between a 25-epoch and a 5-epoch run (start-up and the end cancel out). CPU time is what the
+    monitor adds to the machine's work; unlike wall time, it does not move when the machine is shared.
+    """
     logdir = Path(tempfile.mkdtemp(prefix="bench_monitor_"))
-    on, off = [], []
+    wall = {"on": [], "off": []}
+    cpu = {"on": [], "off": []}
     for _ in range(repeats):
-        off += train_epochs(["--no-monitor"], data_dir, logdir)
-        on += train_epochs([], data_dir, logdir)
-    m_on, m_off = statistics.median(on), statistics.median(off)
-    print(f"train_rmb.py epoch on {data_dir.name}: monitoring on {m_on * 1e3:.1f} ms, --no-monitor "
-          f"{m_off * 1e3:.1f} ms, monitor cost {m_on / m_off - 1:+.1%} (median of {len(on)} epochs each, "
-          f"{repeats} runs each)")
+        for mode, flags in (("off", ["--no-monitor"]), ("on", [])):
+            epochs, long_cpu = run_train(flags, data_dir, logdir, 25)
+            _, short_cpu = run_train(flags, data_dir, logdir, 5)
+            wall[mode] += epochs
+            cpu[mode].append((long_cpu - short_cpu) / 20)
+    w_on, w_off = statistics.median(wall["on"]), statistics.median(wall["off"])
+    c_on, c_off = statistics.median(cpu["on"]), statistics.median(cpu["off"])
+    print(f"train_rmb.py epoch on {data_dir.name}, monitoring on vs --no-monitor ({repeats} runs each):")
+    print(f"  CPU time per epoch   {c_on * 1e3:6.1f} ms vs {c_off * 1e3:6.1f} ms   "
+          f"monitor cost {c_on / c_off - 1:+.1%}")
+    print(f"  wall time per epoch  {w_on * 1e3:6.1f} ms vs {w_off * 1e3:6.1f} ms   "
+          f"monitor cost {w_on / w_off - 1:+.1%}")
+
+
+def attribute_train(data_dir: Path, epochs: int = 30) -> float:
+    """The share of train_rmb.py's epoch spent inside the monitor, timed in one process.
+
+    Every entry point of the monitor (after_backward, after_step, end_epoch and the activation hooks of
+    the validation pass) is wrapped with a timer; its time per epoch is divided by the epoch's wall time,
+    and the median over epochs 3.. is returned. A ratio within one run is steady where a difference
+    between two runs is not: on a shared machine, epochs of separate runs differ by more than 5%.
+    """
+    import contextlib
+    import io
+
+    import train_rmb
+    from tools import monitor as M
+
+    spent = [0.0]
+
+    def timed(fn):
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - started
+        return wrapper
+
+    originals = {name: getattr(M.TrainingMonitor, name) for name in ("after_backward", "after_step", "end_epoch")}
+    original_hook, original_epoch = M.ActivationStats.hook, train_rmb.train_one_epoch
+    per_epoch = []
+
+    def epoch_start(*args, **kwargs):
+        per_epoch.append(spent[0])
+        return original_epoch(*args, **kwargs)
+
+    for name, fn in originals.items():
+        setattr(M.TrainingMonitor, name, timed(fn))
+    M.ActivationStats.hook = lambda self, name, module: timed(original_hook(self, name, module))
+    train_rmb.train_one_epoch = epoch_start
+    try:
+        args = train_rmb.get_args_parser().parse_args(
+            ["--data-dir", str(data_dir), "--epochs", str(epochs), "--device", "cpu", "--logdir",
+             tempfile.mkdtemp(prefix="bench_monitor_"), "--cache-dir", str(ROOT / "data" / "cache")])
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            train_rmb.main(args)
+    finally:
+        for name, fn in originals.items():
+            setattr(M.TrainingMonitor, name, fn)
+        M.ActivationStats.hook, train_rmb.train_one_epoch = original_hook, original_epoch
+    per_epoch.append(spent[0])
+    walls = [float(s) for s in re.findall(r"^epoch\s+\d+/\d+ .* ([\d.]+) s$", out.getvalue(), re.M)]
+    monitor_times = [b - a for a, b in zip(per_epoch, per_epoch[1:])]
+    shares = [m / w for m, w in zip(monitor_times[2:], walls[2:])]
+    print(f"train_rmb.py epoch on {data_dir.name}, in one process: {statistics.median(monitor_times[2:]) * 1e3:.1f} ms "
+          f"of {statistics.median(walls[2:]) * 1e3:.1f} ms inside the monitor, median share "
+          f"{statistics.median(shares):.1%} (epochs 3-{epochs})")
+    return statistics.median(shares)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "rmb_real" / "RMB_data")
     parser.add_argument("--skip-train", action="store_true")
     args = parser.parse_args()
@@ -143,7 +221,8 @@ def main():
         if not data_dir.is_dir():
             from tools.rmb_dataset import default_data_dir
             data_dir, _ = default_data_dir(ROOT / "data")
-        compare_train(data_dir, args.repeats)
+        attribute_train(data_dir)
+        compare_train(data_dir, max(3, args.repeats // 3))
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def histograms(tensors: list[torch.Tensor], bins: int = HIST_BINS) -> list[Histo
     flat = [t.detach().reshape(-1).float() for t in tensors]
     ranges = torch.stack([torch.stack(torch.aminmax(t)) if t.numel() else t.new_zeros(2) for t in flat])
     ranges = ranges.tolist()  # host copy 1: every range at once
-    finite, counts, sums, nonfinite = [], [], [], {}
+    finite, counts, sums, squares, nonfinite = [], [], [], [], {}
     for index, (t, (lo, hi)) in enumerate(zip(flat, ranges)):
         if not (math.isfinite(lo) and math.isfinite(hi)):  # rare: drop NaN and Inf, count them
             nan, inf = torch.isnan(t).sum().item(), torch.isinf(t).sum().item()
@@ -114,8 +114,8 @@ def histograms(tensors: list[torch.Tensor], bins: int = HIST_BINS) -> list[Histo
         finite.append(t)
         counts.append(torch.histc(t, bins=bins, min=lo, max=hi) if t.numel() else t.new_zeros(bins))
         sums.append(t.sum())
-    squares = torch.stack(torch._foreach_norm(finite)).square()  # sum of squares without a t * t temporary
-    table = torch.cat([torch.stack(counts).flatten(), torch.stack(sums), squares]).double().cpu()
+        squares.append(torch.dot(t, t))  # the sum of squares, without a t * t temporary
+    table = torch.cat([torch.stack(counts).flatten(), torch.stack(sums), torch.stack(squares)]).double().cpu()
     table = table.tolist()  # host copy 2: all counts and sums at once
     n = len(flat)
     result = []
@@ -180,14 +180,15 @@ def hooks(handles: list):
 class ActivationStats:
     """Per-layer activation statistics gathered by forward hooks over one or more batches.
 
-    For every leaf module: mean and std of its output; for ReLU outputs also the fraction of units
-    (channel x position) never active over all the batches seen: dead units.
+    For every hooked module: mean and std of its output (unless moments=False); for ReLU outputs also
+    the fraction of units (channel x position) never active over all the batches seen: dead units.
     """
 
-    def __init__(self):
+    def __init__(self, moments: bool = True):
+        self.moments = moments
         self._sums = {}     # name -> tensor [sum, sum of squares], on device
         self._counts = {}   # name -> number of values
-        self._active = {}   # name -> bool tensor over units: ever > 0
+        self._active = {}   # name -> bool tensor over units: ever > 0, on device
 
     def hook(self, name: str, module: nn.Module):
         is_relu = isinstance(module, (nn.ReLU, nn.ReLU6, nn.LeakyReLU))
@@ -195,45 +196,50 @@ class ActivationStats:
         def record(_module, _inputs, output):
             if not isinstance(output, torch.Tensor):
                 return
-            out = output.detach().float()
-            moments = torch.stack([out.sum(), torch.linalg.vector_norm(out).square()])
-            self._sums[name] = self._sums[name] + moments if name in self._sums else moments
-            self._counts[name] = self._counts.get(name, 0) + out.numel()
+            out = output.detach()
+            if self.moments:
+                out32 = out.float()
+                moments = torch.stack([out32.sum(), torch.linalg.vector_norm(out32).square()])
+                self._sums[name] = self._sums[name] + moments if name in self._sums else moments
+                self._counts[name] = self._counts.get(name, 0) + out.numel()
             if is_relu and out.dim() > 1:
                 active = (out > 0).any(dim=0)
-                self._active[name] = self._active[name] | active if name in self._active else active
+                if name in self._active:
+                    torch.logical_or(self._active[name], active, out=self._active[name])
+                else:
+                    self._active[name] = active
         return record
 
     def result(self) -> dict[str, dict[str, float]]:
-        """name -> {'mean', 'std', and for ReLUs 'dead'}, in forward order; one host copy."""
-        names = list(self._sums)
+        """name -> {'mean', 'std'} and for ReLUs {'dead'}, in forward order; one host copy for all."""
+        names = list(dict.fromkeys([*self._sums, *self._active]))
         if not names:
             return {}
-        dead = {n: 1.0 - a.float().mean() for n, a in self._active.items()}
-        table = torch.stack([self._sums[n] for n in names]).cpu().tolist()  # one sync for all layers
-        dead_values = dict(zip(dead, torch.stack(list(dead.values())).tolist())) if dead else {}
-        stats = {}
-        for name, (total, squares) in zip(names, table):
-            count = self._counts[name]
+        parts = [self._sums[n] for n in names if n in self._sums]
+        parts += [a.float().mean().reshape(1) for n, a in self._active.items()]
+        values = iter(torch.cat(parts).tolist())  # one sync for all layers
+        stats = {n: {} for n in names}
+        for name in (n for n in names if n in self._sums):
+            total, squares, count = next(values), next(values), self._counts[name]
             mean = total / count
             stats[name] = {"mean": mean, "std": math.sqrt(max(squares / count - mean * mean, 0.0))}
-            if name in dead_values:
-                stats[name]["dead"] = dead_values[name]
+        for name in self._active:
+            stats[name]["dead"] = 1.0 - next(values)
         return stats
 
 
 @contextmanager
-def activation_stats(model: nn.Module, enabled: bool = True, types: tuple = (nn.Module,)):
+def activation_stats(model: nn.Module, enabled: bool = True, types: tuple = (nn.Module,), moments: bool = True):
     """Forward hooks on every leaf module for the duration of the block; yields an ActivationStats.
 
         with activation_stats(model) as acts:
             model(x)
         acts.result()  # {'conv1': {'mean': ..., 'std': ...}, 'relu1': {..., 'dead': 0.1}, ...}
 
-    `types`: only leaf modules of these types (e.g. (nn.ReLU,) for dead units alone). With
-    enabled=False no hook is attached and the result is empty.
+    `types`: only leaf modules of these types; with types=(nn.ReLU,) and moments=False only dead units
+    are counted, which is cheap. With enabled=False no hook is attached and the result is empty.
     """
-    stats = ActivationStats()
+    stats = ActivationStats(moments)
     leaves = [(n, m) for n, m in unwrap(model).named_modules()
               if enabled and n and not list(m.children()) and isinstance(m, types)]
     with hooks([m.register_forward_hook(stats.hook(n, m)) for n, m in leaves]):

@@ -1,0 +1,29 @@
+import os
+import random
+
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_masked_crc32c
+
+from tools.event_crc import MAX_LEN, masked_crc32c, speed_up_event_writing
+
+
+def test_same_checksums_as_tensorboard_for_every_kind_of_length():
+    random.seed(0)
+    lengths = [0, 1, 2, 3, 4, 5, 8, 12, 100, 1200, MAX_LEN - 1, MAX_LEN, MAX_LEN + 1, MAX_LEN + 3, MAX_LEN + 4,
+               2 * MAX_LEN, 3 * MAX_LEN + 2] + [random.randrange(1, 3 * MAX_LEN) for _ in range(20)]
+    for n in lengths:
+        data = os.urandom(n)
+        assert masked_crc32c(data) == tensorboard_masked_crc32c(data), n
+
+
+def test_event_files_written_with_it_read_back(tmp_path):
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from torch.utils.tensorboard import SummaryWriter
+
+    from tensorboard.summary.writer import record_writer
+    speed_up_event_writing()
+    assert record_writer.masked_crc32c is masked_crc32c
+    with SummaryWriter(str(tmp_path)) as writer:
+        writer.add_text("long", "x" * (3 * MAX_LEN))  # a record longer than one chunk
+        writer.add_scalar("short", 1.0, 1)
+    records = list(RawEventFileLoader(str(next(tmp_path.glob("events.out.tfevents.*")))).Load())
+    assert len(records) == 3  # file version, text, scalar: every checksum matched
