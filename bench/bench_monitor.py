@@ -20,10 +20,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -55,13 +57,32 @@ def with_gradients(model: nn.Module, input_shape) -> nn.Module:
     return model
 
 
-def compare_histograms(name: str, model: nn.Module, writer, repeats: int) -> None:
-    params = list(model.named_parameters())
+@contextmanager
+def tensorboards_own_checksums():
+    """TensorBoard's record writer as it comes (pure-Python CRC), for the plain baseline."""
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as own
+    from tensorboard.summary.writer import record_writer
 
-    def add_histogram_loop():  # (a) what the course and most tutorials do
-        for n, p in params:
-            writer.add_histogram(f"a/weights/{n}", p, 0)
-            writer.add_histogram(f"a/grads/{n}", p.grad, 0)
+    from tools.event_crc import masked_crc32c as fast
+
+    record_writer.masked_crc32c = own
+    try:
+        yield
+    finally:
+        record_writer.masked_crc32c = fast
+
+
+def compare_histograms(name: str, model: nn.Module, writer, repeats: int) -> None:
+    """(a) a plain SummaryWriter (its defaults, TensorBoard's own checksums) and the add_histogram loop
+    of the course and most tutorials, against (c) the monitor with this project's writer."""
+    params = list(model.named_parameters())
+    plain = SummaryWriter(tempfile.mkdtemp(prefix="bench_monitor_plain_"))
+
+    def add_histogram_loop():
+        with tensorboards_own_checksums():
+            for n, p in params:
+                plain.add_histogram(f"weights/{n}", p, 0)
+                plain.add_histogram(f"grads/{n}", p.grad, 0)
 
     def item_loop():  # (b) one host sync per parameter
         return {n: p.grad.norm().item() for n, p in params}
@@ -69,11 +90,15 @@ def compare_histograms(name: str, model: nn.Module, writer, repeats: int) -> Non
     monitor = TrainingMonitor(model, writer)
     # Interleaved, so that both see the same machine; the writer thread catches up between calls,
     # untimed, so that neither timing pays for the other's events.
+    def block_of(fn, calls=5):  # back to back, as epoch after epoch: the writer thread works meanwhile
+        return lambda: [fn() for _ in range(calls)]
+
     a_times, c_times = [], []
     for _ in range(repeats):
-        a_times.append(median_seconds(add_histogram_loop, 1, after=writer.flush))
-        c_times.append(median_seconds(lambda: monitor.log_histograms(0), 1, after=writer.flush))
+        a_times.append(median_seconds(block_of(add_histogram_loop), 1, after=plain.flush) / 5)
+        c_times.append(median_seconds(block_of(lambda: monitor.log_histograms(0)), 1, after=writer.flush) / 5)
     a, c = statistics.median(a_times), statistics.median(c_times)
+    plain.close()
     b = median_seconds(item_loop, repeats * 5)
     c_norms = median_seconds(lambda: grad_norms(model), repeats * 5)
     print(f"{name:9s} {len(params) * 2:4d} tensors  histograms: add_histogram loop {a * 1e3:8.2f} ms, "
