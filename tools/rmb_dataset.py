@@ -86,7 +86,8 @@ def find_splits(data_dir: Path, seed: int = SPLIT_SEED) -> tuple[list[str], dict
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise UserError(f"data folder {data_dir} does not exist: pass --data-dir <folder>/<class>/<image>")
+        what = "is a file, not a folder" if data_dir.exists() else "does not exist"
+        raise UserError(f"data folder {data_dir} {what}: pass --data-dir <folder>/<class>/<image>")
     valid_dir = next((data_dir / n for n in ("valid", "val") if (data_dir / n).is_dir()), None)
     if (data_dir / "train").is_dir() and valid_dir is not None:
         classes = find_classes(data_dir / "train")
