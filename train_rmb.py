@@ -263,11 +263,12 @@ def train_and_evaluate(args, dist_info: Distributed, device: torch.device) -> di
                 epoch_rng = mid_epoch["epoch_rng"] if mid_epoch else per_rank(rng_states(loader_generator))
                 with tqdm(total=len(train_loader), initial=skip_batches, desc=f"epoch {epoch + 1}/{args.epochs}",
                           leave=False, disable=None if is_main else True) as bar:
-                    train_stats = train_one_epoch(model, train_loader, criterion, optimizer, device, monitor,
-                                                  writer, global_step, skip_batches,
-                                                  mid_epoch and own(mid_epoch["rng"]),
-                                                  mid_epoch and mid_epoch["epoch_sums"],
-                                                  lambda: stop.requested, bar, reduce)
+                    train_stats = train_one_epoch(
+                        model, train_loader, criterion, optimizer, device, monitor, writer, global_step,
+                        skip_batches=skip_batches,
+                        resume_rng=own(mid_epoch["rng"]) if mid_epoch else None,
+                        resume_sums=mid_epoch["epoch_sums"] if mid_epoch else None,
+                        should_stop=lambda: stop.requested, progress=bar, reduce=reduce)
                 global_step = train_stats["global_step"]
                 history["train"] += train_stats["losses"]
                 if train_stats["diverged"]:
