@@ -32,7 +32,7 @@ def find_classes(folder: Path) -> list[str]:
     """Sorted names of the class sub-folders of `folder`: class index = position in this list."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"data folder {folder} does not exist: pass --data-dir <folder>/<class>/<image>")
+        raise UserError(f"data folder {folder} does not exist: pass a folder laid out as <folder>/<class>/<image>")
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise UserError(f"{folder} has no class sub-folders: put images in {folder}/<class>/<image>")
@@ -87,7 +87,7 @@ def find_splits(data_dir: Path, seed: int = SPLIT_SEED) -> tuple[list[str], dict
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         what = "is a file, not a folder" if data_dir.exists() else "does not exist"
-        raise UserError(f"data folder {data_dir} {what}: pass --data-dir <folder>/<class>/<image>")
+        raise UserError(f"data folder {data_dir} {what}: pass a folder laid out as <folder>/<class>/<image>")
     valid_dir = next((data_dir / n for n in ("valid", "val") if (data_dir / n).is_dir()), None)
     if (data_dir / "train").is_dir() and valid_dir is not None:
         classes = find_classes(data_dir / "train")
@@ -295,7 +295,8 @@ def write_split(data_dir: Path, out_dir: Path, seed: int = SPLIT_SEED) -> dict[s
 
 def main(argv=None) -> dict[str, int]:
     parser = argparse.ArgumentParser(description="Write the train/valid/test split of a <class>/<image> folder.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     prog="python -m tools.rmb_dataset")
     parser.add_argument("data_dir", type=Path, help="raw folder: <data_dir>/<class>/<image>")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "data" / "rmb_split",
                         help="where the split goes: <out>/{train,valid,test}/<class>/")
