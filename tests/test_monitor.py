@@ -118,7 +118,12 @@ def test_activation_stats_match_a_direct_computation_and_hooks_are_removed():
     assert stats["conv1"]["mean"] == pytest.approx(conv1.mean().item(), rel=1e-4)
     assert stats["conv1"]["std"] == pytest.approx(conv1.std(unbiased=False).item(), rel=1e-4)
     relu1 = torch.relu(conv1)
-    assert stats["relu1"]["dead"] == pytest.approx(1 - (relu1 > 0).any(0).float().mean().item())
+    alive_channels = [bool((relu1[:, c] > 0).any()) for c in range(relu1.shape[1])]
+    assert stats["relu1"]["dead"] == pytest.approx(1 - sum(alive_channels) / len(alive_channels))
+    model.conv2.bias.data.fill_(-100.0)  # every channel of relu2 is dead, whatever the input
+    with activation_stats(model) as acts:
+        model(x)
+    assert acts.result()["relu2"]["dead"] == 1.0
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     with pytest.raises(RuntimeError):
         with activation_stats(model):

@@ -186,7 +186,8 @@ class ActivationStats:
     """Per-layer activation statistics gathered by forward hooks over one or more batches.
 
     For every hooked module: mean and std of its output (unless moments=False); for ReLU outputs also
-    the fraction of units (channel x position) never active over all the batches seen: dead units.
+    the fraction of units never active over all the batches seen: dead units. A unit is a feature of
+    a linear layer's output, or a channel of a conv layer's (dead when zero everywhere, for every input).
     """
 
     def __init__(self, moments: bool = True):
@@ -208,7 +209,8 @@ class ActivationStats:
                 self._sums[name] = self._sums[name] + moments if name in self._sums else moments
                 self._counts[name] = self._counts.get(name, 0) + out.numel()
             if is_relu and out.dim() > 1:
-                active = (out > 0).any(dim=0)
+                # a unit is a feature of a linear layer, a channel (a filter) of a conv layer
+                active = (out > 0).flatten(2).any(dim=2).any(dim=0) if out.dim() > 2 else (out > 0).any(dim=0)
                 if name in self._active:
                     torch.logical_or(self._active[name], active, out=self._active[name])
                 else:
