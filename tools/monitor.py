@@ -3,16 +3,19 @@
 A few lines in any training loop (the model may be wrapped in DistributedDataParallel):
 
     monitor = TrainingMonitor(model, writer)
-    for step, (x, y) in enumerate(loader):
+    for step, (x, y) in enumerate(loader, start=1):
+        optimizer.zero_grad()
         loss = criterion(model(x), y)
         loss.backward()
-        monitor.after_backward(step, loss)      # loss and gradient norms, non-finite check
+        loss_value = monitor.after_backward(step, loss)  # loss and gradient norms, non-finite check
+        if monitor.nonfinite:                            # (step, what, first bad parameter)
+            break
         optimizer.step()
-        monitor.after_step(step)                # update-to-weight ratio (on logging steps)
-    monitor.end_epoch(epoch)                    # histograms, and a verdict on the epoch
+        monitor.after_step(step)                 # update-to-weight ratio (on logging steps)
+    verdict = monitor.end_epoch(step, loss_value)  # histograms, and a verdict on the epoch
 
-Everything is computed on the tensors' own device and copied to the host once per logging step,
-never with one `.item()` per parameter.
+Everything is computed on the tensors' own device and copied to the host once per step (the loss
+and every gradient norm together), never with one `.item()` per parameter.
 """
 import math
 from contextlib import contextmanager
