@@ -25,32 +25,22 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
+def number_at_least(kind, low, strict: bool = False, name: str = "number"):
+    """An argparse `type` that parses `kind` (int or float) and refuses values below `low` (or equal
+    to it when `strict`), NaN and infinity, with a one-line message."""
+    def parse(text: str):
+        value = kind(text)
+        if not (value > low if strict else value >= low) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be {'above' if strict else 'at least'} {low}, got {text}")
+        return value
+    parse.__name__ = name  # argparse names it in "invalid <name> value"
+    return parse
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+positive_int = number_at_least(int, 1, name="positive_int")
+positive_float = number_at_least(float, 0, strict=True, name="positive_float")
+non_negative_int = number_at_least(int, 0, name="non_negative_int")
+non_negative_float = number_at_least(float, 0, name="non_negative_float")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
