@@ -284,6 +284,8 @@ def train_and_evaluate(args, dist_info: Distributed, device: torch.device) -> di
 
                 with activation_stats(raw_model, monitor.enabled, (nn.ReLU,), moments=False) as acts:  # dead units
                     valid_stats = evaluate(raw_model, eval_loaders["valid"], criterion, device, len(classes))
+                # histograms and verdict first, while TensorBoard's writer thread has nothing else to do
+                verdict = monitor.end_epoch(global_step, train_stats["loss"], acts.result())
                 if not math.isfinite(valid_stats["loss"]):  # a finite train loss, but weights thrown too far
                     stop_diverged(global_step, f"non-finite valid loss after step {global_step}", run_dir, writer, say)
                 lr = optimizer.param_groups[0]["lr"]
@@ -296,7 +298,6 @@ def train_and_evaluate(args, dist_info: Distributed, device: torch.device) -> di
                     confusion = render_confusion_matrix(valid_stats["confusion"], classes, f"valid, epoch {epoch + 1}",
                                                         cell=48)  # small: TensorBoard's PNG encoding costs per pixel
                     writer.add_image("confusion/valid", np.asarray(confusion), global_step, dataformats="HWC")
-                verdict = monitor.end_epoch(global_step, train_stats["loss"], acts.result())
                 if (valid_stats["acc"], -valid_stats["loss"]) > (best["acc"], -best["loss"]):  # ties: lower loss
                     best = {"acc": valid_stats["acc"], "loss": valid_stats["loss"], "epoch": epoch + 1}
                 writer.flush()  # the epoch's events are on disk before the checkpoint that covers them

@@ -2,6 +2,7 @@
 
     python bench/bench_monitor.py                # about a minute on a 2-core CPU
     python bench/bench_monitor.py --skip-train   # only the histogram and norm comparisons
+    python bench/bench_monitor.py --device cuda  # the same on a GPU
 
 In one process, medians of --repeats timings:
   1. one epoch's weight and gradient histograms of every parameter, for LeNet and torchvision's
@@ -9,14 +10,11 @@ In one process, medians of --repeats timings:
      add_histogram_raw); and per-parameter gradient norms: (b) a `.norm().item()` loop, (c) the fused
      `torch._foreach_norm` with one host copy;
   2. a LeNet training step on a batch of 16 with and without the monitor's per-step gradient norms;
-  3. train_rmb.py's epoch with monitoring on and with --no-monitor (separate processes, alternating):
-     CPU time per epoch (robust on a shared machine) and wall time per epoch.
+  3. train_rmb.py's epoch with monitoring on and off (as with --no-monitor), alternating epoch by epoch
+     in one run: the paired cost, and the share of the epoch spent inside the monitor.
 """
 import argparse
-import re
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,9 +49,10 @@ def median_seconds(fn, repeats: int, after=lambda: None) -> float:
     return statistics.median(times)
 
 
-def with_gradients(model: nn.Module, input_shape) -> nn.Module:
+def with_gradients(model: nn.Module, input_shape, device: torch.device) -> nn.Module:
     torch.manual_seed(0)
-    model(torch.randn(*input_shape)).logsumexp(1).mean().backward()
+    model = model.to(device)
+    model(torch.randn(*input_shape, device=device)).logsumexp(1).mean().backward()
     return model
 
 
@@ -106,75 +105,47 @@ def compare_histograms(name: str, model: nn.Module, writer, repeats: int) -> Non
           f"fused {c_norms * 1e3:6.3f} ms, {b / c_norms:4.1f}x")
 
 
-def compare_step(repeats: int) -> None:
+def compare_step(repeats: int, device: torch.device) -> None:
     torch.manual_seed(0)
-    model = LeNet().initialize_weights()
-    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 2, (16,))
+    model = LeNet().initialize_weights().to(device)
+    x, y = torch.randn(16, 3, 32, 32, device=device), torch.randint(0, 2, (16,), device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     criterion = nn.CrossEntropyLoss()
     monitor = TrainingMonitor(model, writer=None, log_interval=10 ** 9)  # norms every step, no logging step
 
-    def steps(with_monitor: bool, n: int = 50):
+    def block(with_monitor: bool, n: int = 20) -> float:
+        """Seconds per step over n steps."""
+        started = time.perf_counter()
         for step in range(1, n + 1):
             optimizer.zero_grad()
             loss = criterion(model(x), y)
             loss.backward()
             monitor.after_backward(step, loss) if with_monitor else loss.item()
             optimizer.step()
+        return (time.perf_counter() - started) / n
 
-    plain, monitored = [], []
-    for _ in range(repeats * 4):  # short blocks, interleaved, so that both see the same machine
-        plain.append(median_seconds(lambda: steps(False), 1) / 50)
-        monitored.append(median_seconds(lambda: steps(True), 1) / 50)
-    p, m = statistics.median(plain), statistics.median(monitored)
-    print(f"LeNet step (batch 16): plain {p * 1e3:.3f} ms, with per-step gradient norms {m * 1e3:.3f} ms "
-          f"({m / p - 1:+.1%})")
-
-
-def run_train(flags: list[str], data_dir: Path, logdir: Path, epochs: int) -> tuple[list[float], float]:
-    """One train_rmb.py run in a fresh process: its steady-state epoch times (epochs 3..) and the CPU
-    seconds it used (all threads, user + system)."""
-    cmd = [sys.executable, str(ROOT / "train_rmb.py"), "--data-dir", str(data_dir), "--epochs", str(epochs),
-           "--device", "cpu", "--logdir", str(logdir), "--cache-dir", str(logdir / "cache"), *flags]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return [float(s) for s in re.findall(r"^epoch\s+\d+/\d+ .* ([\d.]+) s$", out, re.M)][2:], cpu
+    block(False), block(True)  # warm-up
+    plain, ratios = [], []
+    for i in range(repeats * 20):  # pairs of short blocks, in alternating order, so both see the same machine
+        order = (False, True) if i % 2 == 0 else (True, False)
+        seconds = {with_monitor: block(with_monitor) for with_monitor in order}
+        plain.append(seconds[False])
+        ratios.append(seconds[True] / seconds[False])
+    print(f"LeNet step (batch 16): plain {statistics.median(plain) * 1e3:.3f} ms, with per-step gradient norms "
+          f"{statistics.median(ratios) - 1:+.1%} (median over {len(ratios)} pairs of 20-step blocks)")
 
 
-def compare_train(data_dir: Path, repeats: int) -> None:
-    """train_rmb.py with and without --no-monitor, alternating, each run in its own process.
+def measure_in_train(data_dir: Path, device: str, epochs: int = 100) -> None:
+    """What the monitor costs train_rmb.py's epoch, measured in one process, two ways.
 
-    Two measures: the median wall time of an epoch, and the CPU time of an epoch, from the difference
-    between a 25-epoch and a 5-epoch run (start-up and the end cancel out). CPU time is what the
-    monitor adds to the machine's work; unlike wall time, it does not move when the machine is shared.
-    """
-    logdir = Path(tempfile.mkdtemp(prefix="bench_monitor_"))
-    wall = {"on": [], "off": []}
-    cpu = {"on": [], "off": []}
-    for _ in range(repeats):
-        for mode, flags in (("off", ["--no-monitor"]), ("on", [])):
-            epochs, long_cpu = run_train(flags, data_dir, logdir, 25)
-            _, short_cpu = run_train(flags, data_dir, logdir, 5)
-            wall[mode] += epochs
-            cpu[mode].append((long_cpu - short_cpu) / 20)
-    w_on, w_off = statistics.median(wall["on"]), statistics.median(wall["off"])
-    c_on, c_off = statistics.median(cpu["on"]), statistics.median(cpu["off"])
-    print(f"train_rmb.py epoch on {data_dir.name}, monitoring on vs --no-monitor ({repeats} runs each):")
-    print(f"  CPU time per epoch   {c_on * 1e3:6.1f} ms vs {c_off * 1e3:6.1f} ms   "
-          f"monitor cost {c_on / c_off - 1:+.1%}")
-    print(f"  wall time per epoch  {w_on * 1e3:6.1f} ms vs {w_off * 1e3:6.1f} ms   "
-          f"monitor cost {w_on / w_off - 1:+.1%}")
-
-
-def attribute_train(data_dir: Path, epochs: int = 30) -> float:
-    """The share of train_rmb.py's epoch spent inside the monitor, timed in one process.
-
-    Every entry point of the monitor (after_backward, after_step, end_epoch and the activation hooks of
-    the validation pass) is wrapped with a timer; its time per epoch is divided by the epoch's wall time,
-    and the median over epochs 3.. is returned. A ratio within one run is steady where a difference
-    between two runs is not: on a shared machine, epochs of separate runs differ by more than 5%.
+    1. Paired: the monitor is switched on for even epochs and off (as with --no-monitor) for odd ones,
+       in one run; each monitored epoch is compared with the mean of its two unmonitored neighbours,
+       and the median of those ratios over epochs 3.. is reported. Epochs of separate runs differ by
+       more than 5% on a shared machine; neighbouring epochs of one run do not.
+    2. Attributed: every entry point of the monitor (after_backward, after_step, end_epoch, the
+       activation hooks of the validation pass and their result) is wrapped with a timer, and its time
+       in each monitored epoch is divided by that epoch's wall time. This over-counts a little: the
+       first code after backward runs with caches that backward has just filled with its own data.
     """
     import contextlib
     import io
@@ -193,37 +164,45 @@ def attribute_train(data_dir: Path, epochs: int = 30) -> float:
                 spent[0] += time.perf_counter() - started
         return wrapper
 
-    originals = {name: getattr(M.TrainingMonitor, name) for name in ("after_backward", "after_step", "end_epoch")}
-    original_hook, original_epoch = M.ActivationStats.hook, train_rmb.train_one_epoch
-    per_epoch = []
+    patched = {name: getattr(M.TrainingMonitor, name) for name in ("after_backward", "after_step", "end_epoch")}
+    original_hook, original_result = M.ActivationStats.hook, M.ActivationStats.result
+    original_epoch = train_rmb.train_one_epoch
+    starts, clock = [], []  # time inside the monitor, and the wall clock, as each epoch starts
 
-    def epoch_start(*args, **kwargs):
-        per_epoch.append(spent[0])
-        return original_epoch(*args, **kwargs)
+    def epoch_start(model, loader, criterion, optimizer, device, monitor, *args, **kwargs):
+        monitor.enabled = len(starts) % 2 == 0  # on, off, on, off, ...
+        starts.append(spent[0])
+        clock.append(time.perf_counter())
+        return original_epoch(model, loader, criterion, optimizer, device, monitor, *args, **kwargs)
 
-    for name, fn in originals.items():
+    for name, fn in patched.items():
         setattr(M.TrainingMonitor, name, timed(fn))
     M.ActivationStats.hook = lambda self, name, module: timed(original_hook(self, name, module))
+    M.ActivationStats.result = timed(original_result)
     train_rmb.train_one_epoch = epoch_start
     try:
         args = train_rmb.get_args_parser().parse_args(
-            ["--data-dir", str(data_dir), "--epochs", str(epochs), "--device", "cpu", "--logdir",
+            ["--data-dir", str(data_dir), "--epochs", str(epochs), "--device", device, "--logdir",
              tempfile.mkdtemp(prefix="bench_monitor_"), "--cache-dir", str(ROOT / "data" / "cache")])
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             train_rmb.main(args)
     finally:
-        for name, fn in originals.items():
+        for name, fn in patched.items():
             setattr(M.TrainingMonitor, name, fn)
-        M.ActivationStats.hook, train_rmb.train_one_epoch = original_hook, original_epoch
-    per_epoch.append(spent[0])
-    walls = [float(s) for s in re.findall(r"^epoch\s+\d+/\d+ .* ([\d.]+) s$", out.getvalue(), re.M)]
-    monitor_times = [b - a for a, b in zip(per_epoch, per_epoch[1:])]
-    shares = [m / w for m, w in zip(monitor_times[2:], walls[2:])]
-    print(f"train_rmb.py epoch on {data_dir.name}, in one process: {statistics.median(monitor_times[2:]) * 1e3:.1f} ms "
-          f"of {statistics.median(walls[2:]) * 1e3:.1f} ms inside the monitor, median share "
-          f"{statistics.median(shares):.1%} (epochs 3-{epochs})")
-    return statistics.median(shares)
+        M.ActivationStats.hook, M.ActivationStats.result = original_hook, original_result
+        train_rmb.train_one_epoch = original_epoch
+    walls = [b - a for a, b in zip(clock, clock[1:])]  # one epoch: train, evaluate, monitor, checkpoint, print
+    inside = [b - a for a, b in zip(starts, starts[1:])]
+    on = range(2, len(walls) - 1, 2)  # epochs 3, 5, ... (counted from 1), each between two unmonitored ones
+    paired = statistics.median(walls[i] / ((walls[i - 1] + walls[i + 1]) / 2) - 1 for i in on)
+    shares = statistics.median(inside[i] / walls[i] for i in on)
+    print(f"train_rmb.py epoch on {data_dir.name}, in one process ({len(on)} monitored epochs, each between "
+          f"two with --no-monitor's settings):")
+    print(f"  epoch {statistics.median(walls[i] for i in on) * 1e3:.1f} ms monitored, "
+          f"{statistics.median(walls[1::2]) * 1e3:.1f} ms not; paired cost of the monitor {paired:+.1%}")
+    print(f"  time inside the monitor {statistics.median(inside[i] for i in on) * 1e3:.1f} ms per epoch, "
+          f"{shares:.1%} of the epoch")
 
 
 def main():
@@ -231,23 +210,26 @@ def main():
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "rmb_real" / "RMB_data")
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU")
     args = parser.parse_args()
     import torchvision
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}")
     writer = open_writer(Path(tempfile.mkdtemp(prefix="bench_monitor_tb_")))
-    compare_histograms("LeNet", with_gradients(LeNet().initialize_weights(), (16, 3, 32, 32)), writer, args.repeats)
-    compare_histograms("resnet18", with_gradients(torchvision.models.resnet18(), (2, 3, 224, 224)), writer,
+    compare_histograms("LeNet", with_gradients(LeNet().initialize_weights(), (16, 3, 32, 32), device), writer,
+                       args.repeats)
+    compare_histograms("resnet18", with_gradients(torchvision.models.resnet18(), (2, 3, 224, 224), device), writer,
                        args.repeats)
     writer.close()
-    compare_step(args.repeats)
+    compare_step(args.repeats, device)
     if not args.skip_train:
         data_dir = args.data_dir
         if not data_dir.is_dir():
             from tools.rmb_dataset import default_data_dir
             data_dir, _ = default_data_dir(ROOT / "data")
-        attribute_train(data_dir)
-        compare_train(data_dir, max(3, args.repeats // 3))
+        measure_in_train(data_dir, args.device)
 
 
 if __name__ == "__main__":

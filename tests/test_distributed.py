@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, read_events
 from torch import nn
 from torch.utils.data import DataLoader
 
-from conftest import ROOT, read_events
 from model import LeNet
 from tools.distributed import ShardSampler
 from tools.engine import evaluate
-from tools.rmb_dataset import build_transforms, find_splits, RMBDataset
+from tools.rmb_dataset import RMBDataset, build_transforms, find_splits
 
 BATCH = 4
 

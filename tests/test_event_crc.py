@@ -17,9 +17,8 @@ def test_same_checksums_as_tensorboard_for_every_kind_of_length():
 
 def test_event_files_written_with_it_read_back(tmp_path):
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
-    from torch.utils.tensorboard import SummaryWriter
-
     from tensorboard.summary.writer import record_writer
+    from torch.utils.tensorboard import SummaryWriter
     speed_up_event_writing()
     assert record_writer.masked_crc32c is masked_crc32c
     with SummaryWriter(str(tmp_path)) as writer:

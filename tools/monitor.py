@@ -120,14 +120,15 @@ def histograms(tensors: list[torch.Tensor], bins: int = HIST_BINS) -> list[Histo
         squares.append(torch.dot(t, t))  # the sum of squares, without a t * t temporary
     table = torch.cat([torch.stack(counts).flatten(), torch.stack(sums), torch.stack(squares)]).double().cpu()
     table = table.tolist()  # host copy 2: all counts and sums at once
+    # right bin edges lo + width * k, k = 1..bins, for every tensor at once (float64, as Python would)
+    lows, highs = torch.tensor(ranges, dtype=torch.float64).T
+    limits = (lows[:, None] + ((highs - lows) / bins)[:, None] * torch.arange(1, bins + 1)).tolist()
     n = len(flat)
     result = []
-    for index, (t, (lo, hi)) in enumerate(zip(finite, ranges)):
-        width = (hi - lo) / bins
+    for index, ((lo, hi), t) in enumerate(zip(ranges, finite)):
         nan, inf = nonfinite.get(index, (0, 0))
         result.append(Histogram(min=lo, max=hi, num=t.numel(), sum=table[n * bins + index],
-                                sum_squares=table[n * bins + n + index],
-                                bucket_limits=[lo + width * (i + 1) for i in range(bins)],
+                                sum_squares=table[n * bins + n + index], bucket_limits=limits[index],
                                 bucket_counts=table[index * bins:(index + 1) * bins], nan=nan, inf=inf))
     return result
 
@@ -212,8 +213,9 @@ class ActivationStats:
                 self._sums[name] = self._sums[name] + moments if name in self._sums else moments
                 self._counts[name] = self._counts.get(name, 0) + out.numel()
             if is_relu and out.dim() > 1:
-                # a unit is a feature of a linear layer, a channel (a filter) of a conv layer
-                active = (out > 0).flatten(2).any(dim=2).any(dim=0) if out.dim() > 2 else (out > 0).any(dim=0)
+                # a unit is a feature of a linear layer, a channel (a filter) of a conv layer; it is active
+                # when its largest output over the batch (and positions) is > 0: one reduction, no mask
+                active = out.amax(dim=(0, *range(2, out.dim()))) > 0
                 if name in self._active:
                     torch.logical_or(self._active[name], active, out=self._active[name])
                 else:

@@ -30,6 +30,10 @@ def wait_for_a_later_second(run_dir: Path) -> None:
 class NullWriter:
     """A SummaryWriter that writes nothing: what the ranks other than 0 log to under torchrun."""
 
+    @property
+    def file_writer(self):  # writer.file_writer.add_summary(...) is a no-op too
+        return self
+
     def __getattr__(self, name):
         return lambda *args, **kwargs: None
 
