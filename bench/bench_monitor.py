@@ -1,6 +1,6 @@
 """What monitoring costs: this monitor beside the usual ways, and inside train_rmb.py.
 
-    python bench/bench_monitor.py                # about a minute on a 2-core CPU
+    python bench/bench_monitor.py                # about two minutes on a 2-core CPU
     python bench/bench_monitor.py --skip-train   # only the histogram and norm comparisons
     python bench/bench_monitor.py --device cuda  # the same on a GPU
 
