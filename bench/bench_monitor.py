@@ -9,7 +9,9 @@ In one process, medians of --repeats timings:
      resnet18: (a) the plain SummaryWriter.add_histogram loop, (c) this monitor (on-device histc,
      add_histogram_raw); and per-parameter gradient norms: (b) a `.norm().item()` loop, (c) the fused
      `torch._foreach_norm` with one host copy;
-  2. a LeNet training step on a batch of 16 with and without the monitor's per-step gradient norms;
+  2. per-step gradient norms (the monitor's after_backward) against a bare LeNet step on a fixed batch
+     of 16 (forward, backward, SGD), and against train_rmb.py's own step (which also loads the batch
+     and logs), epochs with and without them alternating in one run;
   3. train_rmb.py's epoch with monitoring on and off (as with --no-monitor), alternating epoch by epoch
      in one run: the paired cost, and the share of the epoch spent inside the monitor.
 """
@@ -135,22 +137,65 @@ def compare_step(repeats: int, device: torch.device) -> None:
           f"{statistics.median(ratios) - 1:+.1%} (median over {len(ratios)} pairs of 20-step blocks)")
 
 
-def measure_in_train(data_dir: Path, device: str, epochs: int = 100) -> None:
-    """What the monitor costs train_rmb.py's epoch, measured in one process, two ways.
+def run_train_rmb(data_dir: Path, device: str, epochs: int, wrap_epoch) -> None:
+    """train_rmb.py's main in this process, quietly, with its train_one_epoch replaced by
+    wrap_epoch(original, *args): a way to switch the monitor and time each epoch."""
+    import contextlib
+    import io
 
-    1. Paired: the monitor is switched on for even epochs and off (as with --no-monitor) for odd ones,
-       in one run; each monitored epoch is compared with the mean of its two unmonitored neighbours,
-       and the median of those ratios over epochs 3.. is reported. Epochs of separate runs differ by
-       more than 5% on a shared machine; neighbouring epochs of one run do not.
+    import train_rmb
+
+    original = train_rmb.train_one_epoch
+    train_rmb.train_one_epoch = lambda *args, **kwargs: wrap_epoch(original, *args, **kwargs)
+    try:
+        args = train_rmb.get_args_parser().parse_args(
+            ["--data-dir", str(data_dir), "--epochs", str(epochs), "--device", device, "--logdir",
+             tempfile.mkdtemp(prefix="bench_monitor_"), "--cache-dir", str(ROOT / "data" / "cache")])
+        with contextlib.redirect_stdout(io.StringIO()):
+            train_rmb.main(args)
+    finally:
+        train_rmb.train_one_epoch = original
+
+
+def paired_cost(times: list[float]) -> float:
+    """times alternate on, off, on, ...: the median over on-items 3, 5, ... of on / (mean of the two
+    off neighbours), minus 1. Neighbours in one run see the same machine; separate runs on a shared
+    machine differ by more than the effect measured."""
+    return statistics.median(times[i] / ((times[i - 1] + times[i + 1]) / 2) - 1 for i in range(2, len(times) - 1, 2))
+
+
+def measure_step_in_train(data_dir: Path, device: str, epochs: int = 300) -> None:
+    """Gradient norms at every step, in train_rmb.py's own steps (loading the batch, forward, backward,
+    SGD, logging loss and accuracy): epochs alternate between the monitor's after_backward at every
+    step (norms and non-finite check, no logging step) and nothing of the monitor at all, in one run.
+    An epoch's training time per step is paired with its neighbours'."""
+    per_step = []
+
+    def wrap_epoch(original, model, loader, criterion, optimizer, device, monitor, *args, **kwargs):
+        monitor.enabled, monitor.log_interval = len(per_step) % 2 == 0, 10 ** 9
+        started = time.perf_counter()
+        try:
+            return original(model, loader, criterion, optimizer, device, monitor, *args, **kwargs)
+        finally:
+            per_step.append((time.perf_counter() - started) / len(loader))
+            monitor.enabled = False  # no histograms, hooks or verdict in either kind of epoch
+
+    run_train_rmb(data_dir, device, epochs, wrap_epoch)
+    print(f"train_rmb.py step on {data_dir.name} (batch 16, {len(per_step) // 2} epochs of each): "
+          f"{statistics.median(per_step[1::2]) * 1e3:.2f} ms, gradient norms every step "
+          f"{paired_cost(per_step):+.1%}")
+
+
+def measure_epoch_in_train(data_dir: Path, device: str, epochs: int = 100) -> None:
+    """What the whole monitor costs train_rmb.py's epoch, measured in one process, two ways.
+
+    1. Paired: the monitor is on for every other epoch and off (as with --no-monitor) for the others,
+       in one run; each monitored epoch is compared with the mean of its two unmonitored neighbours.
     2. Attributed: every entry point of the monitor (after_backward, after_step, end_epoch, the
        activation hooks of the validation pass and their result) is wrapped with a timer, and its time
        in each monitored epoch is divided by that epoch's wall time. This over-counts a little: the
        first code after backward runs with caches that backward has just filled with its own data.
     """
-    import contextlib
-    import io
-
-    import train_rmb
     from tools import monitor as M
 
     spent = [0.0]
@@ -166,43 +211,33 @@ def measure_in_train(data_dir: Path, device: str, epochs: int = 100) -> None:
 
     patched = {name: getattr(M.TrainingMonitor, name) for name in ("after_backward", "after_step", "end_epoch")}
     original_hook, original_result = M.ActivationStats.hook, M.ActivationStats.result
-    original_epoch = train_rmb.train_one_epoch
     starts, clock = [], []  # time inside the monitor, and the wall clock, as each epoch starts
 
-    def epoch_start(model, loader, criterion, optimizer, device, monitor, *args, **kwargs):
+    def wrap_epoch(original, model, loader, criterion, optimizer, device, monitor, *args, **kwargs):
         monitor.enabled = len(starts) % 2 == 0  # on, off, on, off, ...
         starts.append(spent[0])
         clock.append(time.perf_counter())
-        return original_epoch(model, loader, criterion, optimizer, device, monitor, *args, **kwargs)
+        return original(model, loader, criterion, optimizer, device, monitor, *args, **kwargs)
 
     for name, fn in patched.items():
         setattr(M.TrainingMonitor, name, timed(fn))
     M.ActivationStats.hook = lambda self, name, module: timed(original_hook(self, name, module))
     M.ActivationStats.result = timed(original_result)
-    train_rmb.train_one_epoch = epoch_start
     try:
-        args = train_rmb.get_args_parser().parse_args(
-            ["--data-dir", str(data_dir), "--epochs", str(epochs), "--device", device, "--logdir",
-             tempfile.mkdtemp(prefix="bench_monitor_"), "--cache-dir", str(ROOT / "data" / "cache")])
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            train_rmb.main(args)
+        run_train_rmb(data_dir, device, epochs, wrap_epoch)
     finally:
         for name, fn in patched.items():
             setattr(M.TrainingMonitor, name, fn)
         M.ActivationStats.hook, M.ActivationStats.result = original_hook, original_result
-        train_rmb.train_one_epoch = original_epoch
     walls = [b - a for a, b in zip(clock, clock[1:])]  # one epoch: train, evaluate, monitor, checkpoint, print
     inside = [b - a for a, b in zip(starts, starts[1:])]
-    on = range(2, len(walls) - 1, 2)  # epochs 3, 5, ... (counted from 1), each between two unmonitored ones
-    paired = statistics.median(walls[i] / ((walls[i - 1] + walls[i + 1]) / 2) - 1 for i in on)
-    shares = statistics.median(inside[i] / walls[i] for i in on)
+    on = range(2, len(walls) - 1, 2)
     print(f"train_rmb.py epoch on {data_dir.name}, in one process ({len(on)} monitored epochs, each between "
           f"two with --no-monitor's settings):")
     print(f"  epoch {statistics.median(walls[i] for i in on) * 1e3:.1f} ms monitored, "
-          f"{statistics.median(walls[1::2]) * 1e3:.1f} ms not; paired cost of the monitor {paired:+.1%}")
+          f"{statistics.median(walls[1::2]) * 1e3:.1f} ms not; paired cost of the monitor {paired_cost(walls):+.1%}")
     print(f"  time inside the monitor {statistics.median(inside[i] for i in on) * 1e3:.1f} ms per epoch, "
-          f"{shares:.1%} of the epoch")
+          f"{statistics.median(inside[i] / walls[i] for i in on):.1%} of the epoch")
 
 
 def main():
@@ -229,7 +264,8 @@ def main():
         if not data_dir.is_dir():
             from tools.rmb_dataset import default_data_dir
             data_dir, _ = default_data_dir(ROOT / "data")
-        measure_in_train(data_dir, args.device)
+        measure_step_in_train(data_dir, args.device)
+        measure_epoch_in_train(data_dir, args.device)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from torch import nn
 
 from tools.checkpoint import restore_rng_states
 from tools.distributed import all_reduce_sum
-from tools.monitor import TrainingMonitor, add_scalars_in_one_event
+from tools.monitor import TrainingMonitor, write_event
 
 
 def train_one_epoch(model: nn.Module, loader, criterion, optimizer, device: torch.device,
@@ -65,7 +65,7 @@ def train_one_epoch(model: nn.Module, loader, criterion, optimizer, device: torc
         seen += int(n)
         losses.append((step, loss_value))
         if writer is not None:  # both in one event: half the work for TensorBoard's writer thread
-            add_scalars_in_one_event(writer, {"loss/train": loss_value, "acc/train": correct / seen}, step)
+            write_event(writer, step, scalars={"loss/train": loss_value, "acc/train": correct / seen})
         if progress is not None:
             progress.set_postfix(loss=f"{loss_value:.4f}", acc=f"{correct / seen:.2%}", refresh=False)
             progress.update(1)

@@ -133,27 +133,20 @@ def histograms(tensors: list[torch.Tensor], bins: int = HIST_BINS) -> list[Histo
     return result
 
 
-def add_scalars_in_one_event(writer, values: dict[str, float], step: int) -> None:
-    """Many scalars, each under its own tag as add_scalar would write it, in one TensorBoard event: one
-    protobuf, one checksum and one write instead of one per tag (they are logged together anyway)."""
+def write_event(writer, step: int, scalars: dict | None = None, histograms: dict | None = None,
+                texts: dict | None = None) -> None:
+    """Scalars (tag -> float), histograms (tag -> Histogram) and texts (tag -> str) in one TensorBoard
+    event, each value as add_scalar, add_histogram_raw and add_text write it (the last two built by the
+    same functions): one protobuf, one checksum and one write instead of one per tag."""
     from tensorboard.compat.proto.summary_pb2 import Summary
+    from torch.utils.tensorboard.summary import histogram_raw, text
 
+    values = [Summary.Value(tag=tag, simple_value=float(v)) for tag, v in (scalars or {}).items()]
+    values += [histogram_raw(tag, min=h.min, max=h.max, num=h.num, sum=h.sum, sum_squares=h.sum_squares,
+                             bucket_limits=h.bucket_limits, bucket_counts=h.bucket_counts).value[0]
+               for tag, h in (histograms or {}).items() if h.num]
+    values += [text(tag, body).value[0] for tag, body in (texts or {}).items()]
     if values:
-        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()])
-        writer.file_writer.add_summary(summary, step)
-
-
-def write_histograms(writer, hists: dict[str, Histogram], step: int) -> None:
-    """Histograms into TensorBoard, each as SummaryWriter.add_histogram_raw would write it (built by the
-    same function), but all in one event: one protobuf, one checksum, one write instead of one per tag."""
-    from torch.utils.tensorboard.summary import histogram_raw
-
-    values = [histogram_raw(tag, min=h.min, max=h.max, num=h.num, sum=h.sum, sum_squares=h.sum_squares,
-                            bucket_limits=h.bucket_limits, bucket_counts=h.bucket_counts).value[0]
-              for tag, h in hists.items() if h.num]
-    if values:
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
         writer.file_writer.add_summary(Summary(value=values), step)
 
 
@@ -346,6 +339,7 @@ class TrainingMonitor:
         self._norm_sum, self._norm_steps = None, 0    # per-parameter grad norms summed over the epoch's steps
         self._ratio_sum, self._ratio_steps = None, 0  # update ratios summed over the epoch's logged steps
         self._before = None          # weights before a logged optimizer step
+        self._pending = None         # (step, scalars) of a logging step, written by after_step
         self.order = None            # parameter names in forward order, found when first needed
 
     def set_forward_order(self, *example_inputs) -> None:
@@ -372,23 +366,38 @@ class TrainingMonitor:
             self._norm_sum = norms if self._norm_sum is None else [a + b for a, b in zip(self._norm_sum, norms)]
             self._norm_steps += 1
         if step % self.log_interval == 0:
-            if self.writer is not None:
-                values = {f"grad_norm/{name}": norm for name, norm in zip(self._grad_names(), norms)}
-                add_scalars_in_one_event(self.writer, values | {"grad_norm/total": total}, step)
+            self._write_pending()
+            # written by after_step together with the update ratios: one event per logging step
+            self._pending = (step, {f"grad_norm/{name}": norm for name, norm in zip(self._grad_names(), norms)}
+                             | {"grad_norm/total": total})
             self._before = [p.detach().clone() for p in self.params]
+            if self.nonfinite is not None:  # the loop will stop before after_step: write them now
+                self._write_pending()
         return value
 
     def after_step(self, step: int) -> None:
-        """After optimizer.step(): the update-to-weight ratio |W_new - W_old| / |W_old| of a logged step."""
+        """After optimizer.step(): the update-to-weight ratio |W_new - W_old| / |W_old| of a logged step,
+        written to TensorBoard with the step's gradient norms."""
         if self._before is None:
             return
         deltas = torch._foreach_sub([p.detach() for p in self.params], self._before)
-        ratios = (tensor_norms(deltas) / tensor_norms(self._before).clamp_min(1e-12)).tolist()  # one sync
+        norms = tensor_norms([*self._before, *deltas]).tolist()  # one fused call, one sync: |W_old|, then |update|
+        n = len(self.params)
+        ratios = [update / max(weight, 1e-12) for weight, update in zip(norms[:n], norms[n:])]
         self._ratio_sum = ratios if self._ratio_sum is None else [a + b for a, b in zip(self._ratio_sum, ratios)]
         self._ratio_steps += 1
         self._before = None
+        logged_step, scalars = self._pending or (step, {})
+        self._pending = None
         if self.writer is not None:
-            add_scalars_in_one_event(self.writer, {f"update_ratio/{n}": r for n, r in zip(self.names, ratios)}, step)
+            write_event(self.writer, logged_step,
+                        scalars=scalars | {f"update_ratio/{n}": r for n, r in zip(self.names, ratios)})
+
+    def _write_pending(self) -> None:
+        """The gradient norms of a logging step that no after_step followed, written on their own."""
+        if self._pending is not None and self.writer is not None:
+            write_event(self.writer, self._pending[0], scalars=self._pending[1])
+        self._pending = None
 
     def _grad_names(self) -> list[str]:
         return [n for n, p in zip(self.names, self.params) if p.grad is not None]
@@ -407,11 +416,9 @@ class TrainingMonitor:
                                                         if first else "")
         self.nonfinite = (step, detail)
 
-    def log_histograms(self, step: int) -> dict[str, Histogram]:
-        """Weights and gradients of every parameter as TensorBoard histograms (weights/<name>, grads/<name>).
-
-        Returns tag -> Histogram, which also counts NaN and Inf values.
-        """
+    def parameter_histograms(self) -> dict[str, Histogram]:
+        """Weights and gradients of every parameter: tag (weights/<name>, grads/<name>) -> Histogram,
+        which also counts NaN and Inf values."""
         if not self.enabled:
             return {}
         tags = [f"weights/{n}" for n in self.names]
@@ -419,16 +426,24 @@ class TrainingMonitor:
         with_grad = [(n, p.grad) for n, p in zip(self.names, self.params) if p.grad is not None]
         tags += [f"grads/{n}" for n, _ in with_grad]
         tensors += [g for _, g in with_grad]
-        result = dict(zip(tags, histograms(tensors, self.bins)))
+        return dict(zip(tags, histograms(tensors, self.bins)))
+
+    def log_histograms(self, step: int) -> dict[str, Histogram]:
+        """`parameter_histograms()`, written to TensorBoard; returns them."""
+        result = self.parameter_histograms()
         if self.writer is not None:
-            write_histograms(self.writer, result, step)
+            write_event(self.writer, step, histograms=result)
         return result
 
     def end_epoch(self, epoch: int, train_loss: float, activations: dict | None = None) -> Verdict | None:
-        """Histograms of the epoch, and the verdict on it (printed by the caller, logged as text here)."""
+        """Histograms of the epoch, and the verdict on it (printed by the caller, logged as text here).
+
+        The histograms, the verdict (`diagnosis`) and the dead-unit shares (`dead_relu/<layer>`) go to
+        TensorBoard in one event."""
         if not self.enabled:
             return None
-        hists = self.log_histograms(epoch)
+        self._write_pending()
+        hists = self.parameter_histograms()
         bad = [t for t, h in hists.items() if h.nan or h.inf]
         norms = {n: v / self._norm_steps for n, v in zip(self.names, self._norm_sum or [])}
         ratios = {n: v / self._ratio_steps for n, v in zip(self.names, self._ratio_sum or [])}
@@ -440,9 +455,9 @@ class TrainingMonitor:
         nonfinite = self.nonfinite[1] if self.nonfinite else (f"NaN/Inf in {', '.join(bad)}" if bad else None)
         verdict = diagnose(norms, train_loss, self.classes, self.first_total_norm, ratios, activations, nonfinite)
         if self.writer is not None:
-            self.writer.add_text("diagnosis", f"epoch {epoch}: {verdict}", epoch)
-            add_scalars_in_one_event(self.writer, {f"dead_relu/{name}": stats["dead"]
-                                                   for name, stats in (activations or {}).items() if "dead" in stats},
-                                     epoch)
+            dead = {f"dead_relu/{name}": stats["dead"] for name, stats in (activations or {}).items()
+                    if "dead" in stats}
+            write_event(self.writer, epoch, scalars=dead, histograms=hists,
+                        texts={"diagnosis": f"epoch {epoch}: {verdict}"})
         self._norm_sum, self._norm_steps, self._ratio_sum, self._ratio_steps = None, 0, None, 0
         return verdict
