@@ -81,7 +81,7 @@ def test_sigterm_on_one_rank_saves_once_and_resume_is_exact(ddp_run, tiny_data, 
         time.sleep(0.05)
     workers = subprocess.run(["pgrep", "-f", "-P", str(process.pid), "train_rmb.py"], capture_output=True,
                              text=True).stdout.split()
-    assert len(workers) == 2
+    assert len(workers) == 2, workers
     os.kill(int(workers[-1]), signal.SIGTERM)  # one rank only
     out, err = process.communicate(timeout=120)
     assert "Resume with:" in err and err.count("saved ") == 1, err[-3000:]
@@ -89,10 +89,10 @@ def test_sigterm_on_one_rank_saves_once_and_resume_is_exact(ddp_run, tiny_data, 
     resumed = torchrun(tiny_data, logdir, "--epochs", "40", "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     reference = torchrun(tiny_data, tmp_path / "reference", "--epochs", "40")
-    assert reference.returncode == 0
+    assert reference.returncode == 0, reference.stderr[-3000:]
     final = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
     expected = torch.load(next((tmp_path / "reference").glob("*_lenet")) / "checkpoint_last.pt", weights_only=True)
     for key, tensor in expected["model"].items():
-        assert torch.equal(tensor, final["model"][key]), key
+        assert torch.equal(tensor, final["model"][key]), (key, err[-2000:], resumed.stdout[-2000:])
     steps = [e.step for e in read_events(run_dir).Scalars("loss/train")]
     assert steps == list(range(1, expected["global_step"] + 1))
