@@ -15,6 +15,7 @@ from tools.monitor import (
     grad_flow,
     grad_norms,
     histograms,
+    histograms_in_one_pass,
     unwrap,
 )
 
@@ -57,6 +58,27 @@ def test_nan_and_inf_are_counted_not_binned():
     counts, _ = np.histogram(finite, bins=np.array(hist.edges))
     assert np.array_equal(np.array(hist.bucket_counts), counts)
     assert histograms([torch.full((4,), float("nan"))])[0].num == 0
+
+
+def test_one_pass_histograms_the_gpu_path_equal_numpy_on_a_cpu_too():
+    torch.manual_seed(0)
+    with_bad = torch.randn(1000)
+    with_bad[[3, 10]], with_bad[7] = float("nan"), float("-inf")
+    tensors = [torch.randn(10_000) * 3 + 1, torch.rand(2000), torch.full((7,), 2.5), torch.zeros(0),
+               torch.full((4,), float("nan")), with_bad]
+    for tensor, hist in zip(tensors, histograms_in_one_pass(tensors, bins=64)):
+        x = tensor.double().numpy()
+        finite = x[np.isfinite(x)]
+        assert (hist.num, hist.nan, hist.inf) == (finite.size, np.isnan(x).sum(), np.isinf(x).sum())
+        counts, _ = np.histogram(finite, bins=np.array(hist.edges))
+        assert sum(hist.bucket_counts) == finite.size
+        assert np.abs(np.array(hist.bucket_counts) - counts).sum() <= 2  # float32 bins: rounding at an edge
+        assert hist.sum == pytest.approx(finite.sum(), rel=1e-5, abs=1e-6)
+        assert hist.sum_squares == pytest.approx((finite * finite).sum(), rel=1e-5, abs=1e-6)
+        if finite.size:  # [min, max] of the finite values; a constant gets a range of 1 around it
+            spread = finite.max() > finite.min()
+            assert (hist.min, hist.max) == ((finite.min(), finite.max()) if spread
+                                            else (finite.min() - 0.5, finite.max() + 0.5))
 
 
 def test_nan_gradient_is_named_without_a_crash(tmp_path):
