@@ -81,6 +81,19 @@ def test_one_pass_histograms_the_gpu_path_equal_numpy_on_a_cpu_too():
                                             else (finite.min() - 0.5, finite.max() + 0.5))
 
 
+def test_small_tensors_in_groups_big_ones_alone_give_the_same_histograms(monkeypatch):
+    import tools.monitor
+
+    monkeypatch.setattr(tools.monitor, "ONE_PASS_TENSOR", 1000)  # tensors over 1000 values: one by one
+    monkeypatch.setattr(tools.monitor, "ONE_PASS_GROUP", 600)    # groups of at most 600 values
+    torch.manual_seed(0)
+    tensors = [torch.randn(n) for n in (10, 5000, 300, 400, 1200, 5, 250)]
+    grouped = histograms(tensors, one_pass=True)
+    for tensor, hist, alone in zip(tensors, grouped, histograms(tensors, one_pass=False)):
+        assert (hist.num, hist.min, hist.max) == (tensor.numel(), alone.min, alone.max)
+        assert np.abs(np.array(hist.bucket_counts) - np.array(alone.bucket_counts)).sum() <= 2
+
+
 def test_nan_gradient_is_named_without_a_crash(tmp_path):
     from tools.tb_logging import open_writer
 

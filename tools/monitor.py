@@ -27,7 +27,7 @@ from torch import nn
 
 HIST_BINS = 64
 ONE_PASS_TENSOR = 1 << 16   # values: on a GPU, tensors up to this size are histogrammed together,
-ONE_PASS_GROUP = 1 << 22    # in groups of up to this many values (bounds the memory it takes)
+ONE_PASS_GROUP = 1 << 20    # in groups of up to this many values (bounds the memory a pass takes)
 
 # Thresholds of the verdict. Each is explained, with its reasoning, in the README.
 VANISHING_RATIO = 1e-3       # first layer's grad norm / last layer's below this: the gradient is lost on the way back
@@ -95,32 +95,35 @@ class Histogram:
         return [self.min] + self.bucket_limits
 
 
-def histograms(tensors: list[torch.Tensor], bins: int = HIST_BINS) -> list[Histogram]:
+def histograms(tensors: list[torch.Tensor], bins: int = HIST_BINS, one_pass: bool | None = None) -> list[Histogram]:
     """Histograms of `bins` equal bins over [min, max] of each tensor's finite values, computed on device.
 
     NaN and Inf are counted, not binned; an empty tensor, or one with no finite value, gets an empty
     histogram. On a CPU, one torch.histc per tensor and two host copies in all. On a GPU, small tensors
     (biases, norm layers, all of LeNet) go in groups, each group in one pass with one host copy, and big
     ones one by one (two host copies for all of them), where a kernel's launch is small beside its work.
+    `one_pass`: whether to group small tensors; by default, when all tensors are on one GPU.
     """
     if not tensors:
         return []
     flat = [t.detach().reshape(-1).float() for t in tensors]
-    if not (flat[0].is_cuda and all(t.device == flat[0].device for t in flat)):
+    if one_pass is None:
+        one_pass = flat[0].is_cuda and all(t.device == flat[0].device for t in flat)
+    if not one_pass:
         return histograms_one_by_one(flat, bins)
     result = [None] * len(flat)
     big = [i for i, t in enumerate(flat) if t.numel() > ONE_PASS_TENSOR]
     for i, hist in zip(big, histograms_one_by_one([flat[i] for i in big], bins)):
         result[i] = hist
-    group, size = [], 0
-    for i in [i for i, t in enumerate(flat) if t.numel() <= ONE_PASS_TENSOR] + [None]:  # None: the end
-        if group and (i is None or size + flat[i].numel() > ONE_PASS_GROUP):
-            for j, hist in zip(group, histograms_in_one_pass([flat[j] for j in group], bins)):
-                result[j] = hist
-            group, size = [], 0
-        if i is not None:
-            group.append(i)
-            size += flat[i].numel()
+    groups, size = [[]], 0  # the small tensors, in groups of at most ONE_PASS_GROUP values
+    for i in (i for i, t in enumerate(flat) if t.numel() <= ONE_PASS_TENSOR):
+        if groups[-1] and size + flat[i].numel() > ONE_PASS_GROUP:
+            groups, size = groups + [[]], 0
+        groups[-1].append(i)
+        size += flat[i].numel()
+    for group in filter(None, groups):
+        for i, hist in zip(group, histograms_in_one_pass([flat[i] for i in group], bins)):
+            result[i] = hist
     return result
 
 
@@ -201,8 +204,9 @@ def histograms_in_one_pass(tensors: list[torch.Tensor], bins: int = HIST_BINS) -
 
 @lru_cache(maxsize=16)
 def tensor_owners(sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """For tensors of these sizes laid end to end: the index of the tensor each value belongs to. Kept,
-    because the same parameters come back every epoch (building it copies the sizes to the device)."""
+    """For tensors of these sizes laid end to end: the index of the tensor each value belongs to
+    (int64, at most ONE_PASS_GROUP values). Kept, because the same parameters come back every epoch
+    and building it copies the sizes to the device, which waits for the GPU."""
     counts = torch.tensor(sizes, device=device)
     return torch.repeat_interleave(torch.arange(len(sizes), device=device), counts, output_size=sum(sizes))
 
