@@ -11,7 +11,7 @@ A few lines in any training loop (the model may be wrapped in DistributedDataPar
         if monitor.nonfinite:                            # (step, what, first bad parameter)
             break
         optimizer.step()
-        monitor.after_step(step)                 # update-to-weight ratio (on logging steps)
+        monitor.after_step(step)                 # logging steps: update ratios, written with the norms
     verdict = monitor.end_epoch(step, loss_value)  # histograms, and a verdict on the epoch
 
 Everything is computed on the tensors' own device and copied to the host once per step (the loss
