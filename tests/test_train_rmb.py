@@ -102,6 +102,12 @@ def test_resume_keeps_step_numbering_and_ends_bit_identical(two_epochs, tiny_dat
         assert torch.equal(tensor, again["model"][key]), key
 
 
+def test_empty_cache_dir_means_no_disk_cache(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # Path('') is the current folder: nothing may land there
+    train(tmp_path / "elsewhere", tiny_data, "--epochs", "1", "--batch-size", "4", "--cache-dir", "")
+    assert list(tmp_path.rglob("images_*px.pt")) == []
+
+
 def test_no_monitor_turns_off_histograms_and_norms(tiny_data, tmp_path):
     metrics = train(tmp_path, tiny_data, "--epochs", "1", "--batch-size", "4", "--no-monitor")
     tags = read_events(metrics["run_dir"]).Tags()

@@ -43,6 +43,11 @@ non_negative_int = number_at_least(int, 0, name="non_negative_int")
 non_negative_float = number_at_least(float, 0, name="non_negative_float")
 
 
+def path_or_none(text: str) -> Path | None:
+    """An argparse type for an optional folder: '' means none (Path('') would be the current folder)."""
+    return Path(text) if text else None
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags of every script that reads an image folder: --data-dir, --norm, --cache-dir, --strict."""
     parser.add_argument("--data-dir", type=Path, default=None,
@@ -50,7 +55,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "default data/RMB_data, else a generated synthetic set")
     parser.add_argument("--norm", choices=("imagenet", "data"), default="imagenet",
                         help="Normalize with ImageNet's mean/std, or the train split's own")
-    parser.add_argument("--cache-dir", type=Path, default=REPO_ROOT / "data" / "cache",
+    parser.add_argument("--cache-dir", type=path_or_none, default=REPO_ROOT / "data" / "cache",
                         help="decoded 32x32 images are kept here between runs; '' for none")
     parser.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of skipping it")
     return parser
