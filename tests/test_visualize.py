@@ -95,25 +95,25 @@ def test_kernel_grids_have_the_expected_shapes():
     assert len([t for t in grids if t.startswith("conv2/out_")]) == 16
 
 
+def stepped_lrs(make_scheduler, steps: int, **sgd) -> list[float]:
+    """get_last_lr() before each of `steps` optimizer and scheduler steps, on a one-parameter SGD."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, **sgd)
+    scheduler = make_scheduler(optimizer)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
 def test_lr_curves_equal_get_last_lr():
     curves = lr_curves(epochs=30, lr=0.1, steps_per_epoch=4)
     assert len(curves) == 9
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
-    scheduler = lr_scheduler.CosineAnnealingLR(optimizer, T_max=30)
-    expected = []
-    for _ in range(30):
-        expected.append(scheduler.get_last_lr()[0])
-        optimizer.step()
-        scheduler.step()
-    assert [v for _, v in curves["CosineAnnealingLR"]] == expected
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    scheduler = lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=120)
-    expected = []
-    for _ in range(120):
-        expected.append(scheduler.get_last_lr()[0])
-        optimizer.step()
-        scheduler.step()
-    assert [v for _, v in curves["OneCycleLR"]] == expected
+    assert [v for _, v in curves["CosineAnnealingLR"]] == stepped_lrs(
+        lambda opt: lr_scheduler.CosineAnnealingLR(opt, T_max=30), 30, momentum=0.9)
+    assert [v for _, v in curves["OneCycleLR"]] == stepped_lrs(
+        lambda opt: lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=120), 120)
     plateau = [v for _, v in curves["ReduceLROnPlateau"]]
     assert plateau[0] == 0.1 and plateau[-1] < 0.1  # the synthetic loss flattens out: the rate is cut
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)

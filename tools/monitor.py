@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import nn
+from torch.utils.tensorboard.summary import histogram_raw, text
 
 HIST_BINS = 64
 ONE_PASS_TENSOR = 1 << 16   # values: on a GPU, tensors up to this size are histogrammed together,
@@ -149,9 +151,7 @@ def histograms_one_by_one(flat: list[torch.Tensor], bins: int = HIST_BINS) -> li
         squares.append(torch.dot(t, t))  # the sum of squares, without a t * t temporary
     table = torch.cat([torch.stack(counts).flatten(), torch.stack(sums), torch.stack(squares)]).double().cpu()
     table = table.tolist()  # host copy 2: all counts and sums at once
-    # right bin edges lo + width * k, k = 1..bins, for every tensor at once (float64, as Python would)
-    lows, highs = torch.tensor(ranges, dtype=torch.float64).T
-    limits = (lows[:, None] + ((highs - lows) / bins)[:, None] * torch.arange(1, bins + 1)).tolist()
+    limits = bucket_limits(ranges, bins)
     n = len(flat)
     result = []
     for index, ((lo, hi), t) in enumerate(zip(ranges, finite)):
@@ -192,14 +192,20 @@ def histograms_in_one_pass(tensors: list[torch.Tensor], bins: int = HIST_BINS) -
     lows, highs = table[:n], table[n:2 * n]
     sums, squares, nans, infs = (table[2 * n + k * n:3 * n + k * n] for k in range(4))
     counts = table[6 * n:]
+    limits = bucket_limits(list(zip(lows, highs)), bins)
     result = []
     for i, t in enumerate(tensors):
-        width = (highs[i] - lows[i]) / bins
         result.append(Histogram(min=lows[i], max=highs[i], num=t.numel() - int(nans[i]) - int(infs[i]),
-                                sum=sums[i], sum_squares=squares[i],
-                                bucket_limits=[lows[i] + width * (k + 1) for k in range(bins)],
+                                sum=sums[i], sum_squares=squares[i], bucket_limits=limits[i],
                                 bucket_counts=counts[i * bins:(i + 1) * bins], nan=int(nans[i]), inf=int(infs[i])))
     return result
+
+
+def bucket_limits(ranges: list[tuple[float, float]], bins: int) -> list[list[float]]:
+    """The right bin edges lo + width * k, k = 1..bins, of each (lo, hi) range, all at once (float64,
+    the same numbers Python's own arithmetic gives)."""
+    lows, highs = torch.tensor(ranges, dtype=torch.float64).reshape(-1, 2).T
+    return (lows[:, None] + ((highs - lows) / bins)[:, None] * torch.arange(1, bins + 1)).tolist()
 
 
 @lru_cache(maxsize=16)
@@ -216,9 +222,6 @@ def write_event(writer, step: int, scalars: dict | None = None, histograms: dict
     """Scalars (tag -> float), histograms (tag -> Histogram) and texts (tag -> str) in one TensorBoard
     event, each value as add_scalar, add_histogram_raw and add_text write it (the last two built by the
     same functions): one protobuf, one checksum and one write instead of one per tag."""
-    from tensorboard.compat.proto.summary_pb2 import Summary
-    from torch.utils.tensorboard.summary import histogram_raw, text
-
     values = [Summary.Value(tag=tag, simple_value=float(v)) for tag, v in (scalars or {}).items()]
     values += [histogram_raw(tag, min=h.min, max=h.max, num=h.num, sum=h.sum, sum_squares=h.sum_squares,
                              bucket_limits=h.bucket_limits, bucket_counts=h.bucket_counts).value[0]
