@@ -17,8 +17,9 @@ from torch import nn
 
 from model import MLP
 from model.init import kaiming_normal_manual_, xavier_uniform_manual_
-from tools.cli import ArgumentParser, add_common_args, new_run_dir, positive_int, run, seed_everything, select_device
-from tools.monitor import grad_norms
+from tools.cli import ArgumentParser, add_common_args, positive_int, run_script, seed_everything, select_device
+from tools.run_folder import new_run_dir
+from tools.tensor_stats import grad_norms
 
 TANH_GAIN = nn.init.calculate_gain("tanh")  # 5/3
 # mode -> (activation after every layer, init of every weight given its fan-in n)
@@ -151,4 +152,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    run(main, get_args_parser())
+    run_script(main, get_args_parser())

@@ -16,19 +16,21 @@ import torch
 from torch import nn
 
 from model import LeNet, ToyModel, init_weights, mlp_classifier
+from tools.activations import activation_stats
 from tools.cli import (
     REPO_ROOT,
     ArgumentParser,
     add_common_args,
     add_data_args,
-    new_run_dir,
     positive_float,
     positive_int,
-    run,
+    run_script,
     seed_everything,
     select_device,
 )
-from tools.monitor import TrainingMonitor, activation_stats, grad_flow, grad_norms, histograms
+from tools.monitor import TrainingMonitor
+from tools.run_folder import new_run_dir
+from tools.tensor_stats import grad_flow, grad_norms, histograms
 
 SCENARIO_WIDTH = 64   # features of the MLP scenarios' random inputs
 SCENARIO_DEPTH = 20   # Linear layers in the MLP scenarios
@@ -146,4 +148,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    run(main, get_args_parser())
+    run_script(main, get_args_parser())

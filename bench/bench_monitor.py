@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model import LeNet  # noqa: E402
-from tools.monitor import TrainingMonitor, grad_norms  # noqa: E402
+from tools.monitor import TrainingMonitor  # noqa: E402
+from tools.tensor_stats import grad_norms  # noqa: E402
 from tools.tb_logging import open_writer  # noqa: E402
 
 # The targets of the monitor's issue, for a 2-core CPU: histograms 5x (LeNet) and 4x (resnet18) faster than
@@ -177,11 +178,11 @@ def measure_step_in_train(data_dir: Path, device: str, epochs: int = 300) -> Non
     An epoch's training time per step is paired with its neighbours'."""
     per_step = []
 
-    def wrap_epoch(original, model, loader, criterion, optimizer, device, monitor, *args, **kwargs):
+    def wrap_epoch(original, model, loader, criterion, optimizer, device, state, monitor, stop):
         monitor.enabled, monitor.log_interval = len(per_step) % 2 == 0, 10 ** 9
         started = time.perf_counter()
         try:
-            return original(model, loader, criterion, optimizer, device, monitor, *args, **kwargs)
+            return original(model, loader, criterion, optimizer, device, state, monitor, stop)
         finally:
             per_step.append((time.perf_counter() - started) / len(loader))
             monitor.enabled = False  # no histograms, hooks or verdict in either kind of epoch
@@ -202,6 +203,7 @@ def measure_epoch_in_train(data_dir: Path, device: str, epochs: int = 100) -> No
        in each monitored epoch is divided by that epoch's wall time. This over-counts a little: the
        first code after backward runs with caches that backward has just filled with its own data.
     """
+    from tools import activations as A
     from tools import monitor as M
 
     spent = [0.0]
@@ -216,25 +218,25 @@ def measure_epoch_in_train(data_dir: Path, device: str, epochs: int = 100) -> No
         return wrapper
 
     patched = {name: getattr(M.TrainingMonitor, name) for name in ("after_backward", "after_step", "end_epoch")}
-    original_hook, original_result = M.ActivationStats.hook, M.ActivationStats.result
+    original_hook, original_result = A.ActivationStats.hook, A.ActivationStats.result
     starts, clock = [], []  # time inside the monitor, and the wall clock, as each epoch starts
 
-    def wrap_epoch(original, model, loader, criterion, optimizer, device, monitor, *args, **kwargs):
+    def wrap_epoch(original, model, loader, criterion, optimizer, device, state, monitor, stop):
         monitor.enabled = len(starts) % 2 == 0  # on, off, on, off, ...
         starts.append(spent[0])
         clock.append(time.perf_counter())
-        return original(model, loader, criterion, optimizer, device, monitor, *args, **kwargs)
+        return original(model, loader, criterion, optimizer, device, state, monitor, stop)
 
     for name, fn in patched.items():
         setattr(M.TrainingMonitor, name, timed(fn))
-    M.ActivationStats.hook = lambda self, name, module: timed(original_hook(self, name, module))
-    M.ActivationStats.result = timed(original_result)
+    A.ActivationStats.hook = lambda self, name, module: timed(original_hook(self, name, module))
+    A.ActivationStats.result = timed(original_result)
     try:
         run_train_rmb(data_dir, device, epochs, wrap_epoch)
     finally:
         for name, fn in patched.items():
             setattr(M.TrainingMonitor, name, fn)
-        M.ActivationStats.hook, M.ActivationStats.result = original_hook, original_result
+        A.ActivationStats.hook, A.ActivationStats.result = original_hook, original_result
     walls = [b - a for a, b in zip(clock, clock[1:])]  # one epoch: train, evaluate, monitor, checkpoint, print
     inside = [b - a for a, b in zip(starts, starts[1:])]
     on = range(2, len(walls) - 1, 2)

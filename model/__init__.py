@@ -4,4 +4,7 @@ from model.lenet import LeNet
 from model.mlp import MLP, mlp_classifier
 from model.toy import ToyModel
 
-__all__ = ["LeNet", "MLP", "ToyModel", "INIT_SCHEMES", "init_weights", "mlp_classifier"]
+# The image classifiers a checkpoint can name (its "model_class"): tools.inspect_run rebuilds them by name.
+CLASSIFIERS = {"LeNet": LeNet}
+
+__all__ = ["CLASSIFIERS", "LeNet", "MLP", "ToyModel", "INIT_SCHEMES", "init_weights", "mlp_classifier"]

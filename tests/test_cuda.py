@@ -14,7 +14,8 @@ from conftest import ROOT, read_events, train
 from torch import nn
 
 from model import LeNet
-from tools.monitor import TrainingMonitor, grad_flow, grad_norms, histograms
+from tools.monitor import TrainingMonitor
+from tools.tensor_stats import grad_flow, grad_norms, histograms
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 

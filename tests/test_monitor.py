@@ -7,17 +7,11 @@ import torch.distributed as dist
 from torch import nn
 
 from model import LeNet, mlp_classifier
-from tools.monitor import (
-    TrainingMonitor,
-    activation_stats,
-    diagnose,
-    forward_order,
-    grad_flow,
-    grad_norms,
-    histograms,
-    histograms_in_one_pass,
-    unwrap,
-)
+from tools.activations import activation_stats
+from tools.hooks import forward_order
+from tools.monitor import TrainingMonitor
+from tools.tensor_stats import grad_flow, grad_norms, histograms, histograms_in_one_pass, unwrap
+from tools.verdict import diagnose
 
 
 def lenet_with_grads(seed=0):
@@ -82,10 +76,10 @@ def test_one_pass_histograms_the_gpu_path_equal_numpy_on_a_cpu_too():
 
 
 def test_small_tensors_in_groups_big_ones_alone_give_the_same_histograms(monkeypatch):
-    import tools.monitor
+    import tools.tensor_stats
 
-    monkeypatch.setattr(tools.monitor, "ONE_PASS_TENSOR", 1000)  # tensors over 1000 values: one by one
-    monkeypatch.setattr(tools.monitor, "ONE_PASS_GROUP", 600)    # groups of at most 600 values
+    monkeypatch.setattr(tools.tensor_stats, "ONE_PASS_TENSOR", 1000)  # tensors over 1000 values: one by one
+    monkeypatch.setattr(tools.tensor_stats, "ONE_PASS_GROUP", 600)    # groups of at most 600 values
     torch.manual_seed(0)
     tensors = [torch.randn(n) for n in (10, 5000, 300, 400, 1200, 5, 250)]
     grouped = histograms(tensors, one_pass=True)

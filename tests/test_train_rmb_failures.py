@@ -14,7 +14,7 @@ from conftest import ROOT, read_events, train
 from PIL import Image
 
 import train_rmb
-from tools.cli import run
+from tools.cli import run_script as run
 
 FLAGS = ["--batch-size", "4", "--device", "cpu", "--seed", "7"]
 EPOCHS = 40

@@ -1,4 +1,8 @@
-"""Checkpoints: written atomically, loaded safely, with every RNG state needed for an exact resume."""
+"""Checkpoints: written atomically, loaded safely, with every RNG state needed for an exact resume.
+
+`Checkpointer` saves a run's whole state (model, optimizer, scheduler, training state, monitor and
+every random state) into its folder and restores it, the random states last.
+"""
 import os
 import pickle
 import random
@@ -8,7 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tools import distributed
 from tools.errors import UserError
+
+# What a checkpoint of train_rmb.py holds at least: resuming refuses any other file.
+RESUME_KEYS = ("model", "optimizer", "scheduler", "epoch", "global_step", "batches_in_epoch", "best",
+               "history", "rng", "epoch_rng", "args")
 
 
 def save_checkpoint(state: dict, path: Path) -> Path:
@@ -54,16 +63,6 @@ def load_checkpoint(path: Path, required: tuple = ()) -> dict:
     return checkpoint
 
 
-def find_resume_checkpoint(resume: str, logdir: Path, run_name: str) -> Path | None:
-    """The checkpoint that --resume names: a file, a run folder, or 'auto' = the run folder of `run_name`
-    in `logdir` whose checkpoint was saved last (None when there is none yet)."""
-    if resume == "auto":
-        runs = sorted(Path(logdir).glob(f"*_{run_name}/checkpoint_last.pt"), key=lambda p: p.stat().st_mtime)
-        return runs[-1] if runs else None
-    path = Path(resume)
-    return path / "checkpoint_last.pt" if path.is_dir() else path
-
-
 def load_model_state(model: torch.nn.Module, state_dict: dict, source: Path) -> None:
     """model.load_state_dict(state_dict), with a UserError that names the mismatched keys and shapes."""
     own = model.state_dict()
@@ -107,3 +106,75 @@ def restore_rng_states(states: dict, loader_generator: torch.Generator | None = 
     random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
     if loader_generator is not None and "loader" in states:
         loader_generator.set_state(states["loader"])
+
+
+class Checkpointer:
+    """Saves a run's state into its folder atomically, and restores it with the random states last.
+
+    `stateful`: name -> an object with state_dict() / load_state_dict(): model (the unwrapped one),
+    optimizer, scheduler, monitor, and `state`, the TrainState, whose fields sit at the top level of
+    the checkpoint (epoch, global_step, best, history, ...). `generator`: the train loader's.
+    `facts`: plain values saved beside them for whoever reads the checkpoint (classes, normalisation).
+    Under torchrun every rank calls save() at the same points (the random states of all ranks are
+    gathered: each rank resumes its own augmentation) and rank 0 alone writes.
+    """
+
+    def __init__(self, run, generator: torch.Generator, facts: dict, **stateful):
+        self.run = run
+        self.generator = generator
+        self.facts = facts
+        self.state = stateful.pop("state")
+        self.stateful = stateful
+
+    def state_dict(self) -> dict:
+        """The checkpoint: a plain dict of state_dicts, numbers and lists (safe for weights_only)."""
+        rng = (rng_states(self.generator), self.state.epoch_rng)
+        if distributed.enabled():  # a collective: every rank gets here at the same point
+            ranks = distributed.gather(rng)
+            rng = ([r for r, _ in ranks], [e for _, e in ranks])
+        checkpoint = {name: obj.state_dict() for name, obj in self.stateful.items()} | self.state.state_dict()
+        return checkpoint | {"rng": rng[0], "epoch_rng": rng[1], "world_size": self.run.world_size,
+                             "model_class": type(self.stateful["model"]).__name__,
+                             "args": self.run.saved_args()} | self.facts
+
+    def save(self, best: bool = False) -> None:
+        """checkpoint_last.pt, and checkpoint_best.pt too when `best`."""
+        checkpoint = self.state_dict()
+        if self.run.is_main:
+            for name in ("checkpoint_last.pt", "checkpoint_best.pt")[:2 if best else 1]:
+                save_checkpoint(checkpoint, self.run.dir / name)
+
+    def restore(self, checkpoint: dict | None) -> None:
+        """Continue from `checkpoint` (None: a new run, nothing to do): every state as it was saved,
+        then the random states, last, so that nothing draws from them before training does. Mid-epoch,
+        the random states are those where the epoch began; those of the interruption go to the
+        training state, for `train_one_epoch` to restore after it has drawn the epoch's first batches."""
+        if checkpoint is None:
+            return
+        for name, obj in self.stateful.items():
+            if name == "model":
+                load_model_state(obj, checkpoint["model"], self.run.dir)
+            elif name == "monitor":  # checkpoints of before the monitor kept its own state had this one number
+                obj.load_state_dict(checkpoint.get("monitor", {"first_total_norm": checkpoint.get("first_total_norm")}))
+            else:
+                obj.load_state_dict(checkpoint[name])
+        self.state.load_state_dict(checkpoint)
+        if checkpoint.get("world_size", 1) != self.run.world_size:
+            self.run.say(f"note: the run was saved on {checkpoint.get('world_size', 1)} process(es) and goes on "
+                         f"with {self.run.world_size}: it continues, but not bit for bit")
+            return
+        rank = self.run.rank  # under torchrun the random states are a list, one per rank
+        rng, epoch_rng = (states[rank] if isinstance(states, list) else states
+                          for states in (checkpoint["rng"], checkpoint["epoch_rng"]))
+        if self.state.mid_epoch:
+            if epoch_rng is None:  # an epoch begun after a resume on another number of processes
+                self.run.say("note: the interrupted epoch's random states were not saved; it continues, "
+                             "but not bit for bit")
+                return
+            self.state.epoch_rng, self.state.resume_rng, rng = epoch_rng, rng, epoch_rng
+        restore_rng_states(rng, self.generator)
+
+    def load_best(self) -> None:
+        """The best epoch's weights (checkpoint_best.pt) into the model, read by rank 0 and sent to every rank."""
+        best = load_checkpoint(self.run.dir / "checkpoint_best.pt")["model"] if self.run.is_main else None
+        load_model_state(self.stateful["model"], distributed.broadcast(best), self.run.dir)

@@ -1,10 +1,8 @@
-"""What every script shares on the command line: common flags, device choice, seeding, run folders."""
+"""What every script shares on the command line: common flags, device choice, seeding, running main."""
 import argparse
 import os
 import random
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -96,32 +94,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_writable(folder: Path) -> Path:
-    """Create `folder` if needed and prove a file can be written there; UserError if not."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise UserError(f"--logdir {folder} is not writable ({err.strerror}); choose another folder") from None
-    return folder
-
-
-def new_run_dir(logdir: Path, run_name: str) -> Path:
-    """A new, empty <logdir>/<YYYYmmdd-HHMMSS>_<run-name>/ folder."""
-    check_writable(logdir)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for attempt in range(100):  # two runs started in the same second get -1, -2, ...
-        run_dir = logdir / (f"{stamp}_{run_name}" if attempt == 0 else f"{stamp}-{attempt}_{run_name}")
-        try:
-            run_dir.mkdir()
-            return run_dir
-        except FileExistsError:
-            continue
-    raise UserError(f"cannot create a new run folder in {logdir}")
-
-
-def run(main, parser: argparse.ArgumentParser, argv=None):
+def run_script(main, parser: argparse.ArgumentParser, argv=None):
     """Parse the command line and call main(args); a UserError becomes one line and exit code 2."""
     args = parser.parse_args(argv)
     try:
@@ -130,12 +103,3 @@ def run(main, parser: argparse.ArgumentParser, argv=None):
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets the same error: say it once
             print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(2)
-
-
-def resume_command(run_dir: Path) -> str:
-    """The command line that continues this process's run in `run_dir` (its flags, --resume run_dir)."""
-    argv = list(sys.argv[1:])
-    if "--resume" in argv:
-        del argv[argv.index("--resume"):argv.index("--resume") + 2]
-    argv = [a if a and " " not in a else repr(a) for a in argv]
-    return " ".join(["python", Path(sys.argv[0]).name, *argv, "--resume", str(run_dir)])

@@ -1,8 +1,11 @@
 """Running on N processes with torchrun: process group, devices, sharded data, agreeing across ranks.
 
-A plain `python train_rmb.py` is one process and every function here is then a no-op. Under
-`torchrun --nproc_per_node=N train_rmb.py` (or several nodes), torchrun sets RANK, WORLD_SIZE and
-LOCAL_RANK; we join the process group (nccl on GPUs, gloo on CPUs) and take the device from LOCAL_RANK.
+A plain `python train_rmb.py` is one process and every function here then does what one process
+needs (a plain DataLoader, the model itself, sums of one). Under `torchrun --nproc_per_node=N
+train_rmb.py` (or several nodes), torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; we join the process
+group (nccl on GPUs, gloo on CPUs), take the device from LOCAL_RANK, and the same calls shard the data,
+wrap the model in DistributedDataParallel and sum over the ranks. So the training script reads the same
+on one process or many.
 """
 import os
 from contextlib import contextmanager
@@ -10,9 +13,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from tools.errors import UserError
+
+EVAL_BATCH_SIZE = 256  # images per evaluation batch: no gradients, so as large as memory likes
 
 
 @dataclass
@@ -33,6 +39,11 @@ class Distributed:
 
 def launched_by_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def enabled() -> bool:
+    """True inside a process group of more than one process (under torchrun with N > 1)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 @contextmanager
@@ -58,8 +69,38 @@ def distributed(device_flag: str):
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         yield info, device
+        # Leave together: a rank that tore down its process group while another was still drawing the
+        # end-of-run pictures was, now and then, aborted by gloo ("terminate called without an active
+        # exception", exit -6) and torchrun reported the whole run failed.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def train_loader(dataset, batch_size: int, seed: int, workers: int = 0) -> DataLoader:
+    """Shuffled batches of `dataset`, drawn from the loader's own generator (seeded with `seed`; its
+    state is saved in every checkpoint). Under torchrun each rank gets its own part of every epoch
+    (DistributedSampler; `train_one_epoch` calls its set_epoch: a new shuffle every epoch, the same
+    on every rank)."""
+    sampler = DistributedSampler(dataset, seed=seed) if enabled() else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                      generator=torch.Generator().manual_seed(seed), num_workers=workers,
+                      persistent_workers=workers > 0)
+
+
+def eval_loader(dataset, batch_size: int = EVAL_BATCH_SIZE) -> DataLoader:
+    """Batches of `dataset` in order; under torchrun each rank gets its own shard, every sample on
+    exactly one rank, so that sums over the ranks (see `evaluate`) count each image once."""
+    sampler = ShardSampler(len(dataset), dist.get_rank(), dist.get_world_size()) if enabled() else None
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler)
+
+
+def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The model to train: itself, or under torchrun in DistributedDataParallel (which averages the
+    gradients over the ranks in backward). Checkpoints and pictures use the unwrapped model."""
+    if not enabled():
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 class ShardSampler(Sampler):
@@ -83,45 +124,69 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def broadcast(obj, info: Distributed):
+def sum_over_ranks(values: list[float]) -> list[float]:
+    """Each number summed over all ranks, in one all-reduce (float64); a single process gets them back
+    as they are, without touching a tensor."""
+    if not enabled():
+        return values
+    return all_reduce_sum(torch.tensor(values, dtype=torch.float64)).tolist()
+
+
+def broadcast(obj):
     """Rank 0's `obj` on every rank (pickled; for small things like a checkpoint of LeNet or a path)."""
-    if not info.enabled:
+    if not enabled():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
-def gather(obj, info: Distributed) -> list:
+def gather(obj) -> list:
     """[obj of rank 0, obj of rank 1, ...] on every rank."""
-    if not info.enabled:
+    if not enabled():
         return [obj]
-    boxes = [None] * info.world_size
+    boxes = [None] * dist.get_world_size()
     dist.all_gather_object(boxes, obj)
     return boxes
 
 
-def barrier(info: Distributed) -> None:
+def barrier() -> None:
     """Wait until every rank gets here (nothing to wait for in a single process)."""
-    if info.enabled:
+    if enabled():
         dist.barrier()
 
 
+def is_main_process() -> bool:
+    """True on rank 0, and in a single process."""
+    return not enabled() or dist.get_rank() == 0
+
+
 @contextmanager
-def main_process_first(info: Distributed):
+def main_process_first():
     """Rank 0 runs the block first (e.g. generating a data set), the other ranks after it."""
-    if info.enabled and not info.is_main:
+    is_main = is_main_process()
+    if not is_main:
         dist.barrier()
     try:
         yield
     finally:
-        if info.enabled and info.is_main:
+        if enabled() and is_main:
             dist.barrier()
 
 
-def weights_agree(model: torch.nn.Module, info: Distributed) -> bool:
+def weights_agree(model: torch.nn.Module) -> bool:
     """True when every rank holds bit-identical weights (a check that DDP kept them in step)."""
-    if not info.enabled:
+    if not enabled():
         return True
     flat = torch.cat([p.detach().reshape(-1).float().cpu() for p in model.parameters()])
-    return all(torch.equal(flat, other) for other in gather(flat, info))
+    return all(torch.equal(flat, other) for other in gather(flat))
+
+
+def check_weights_agree(model: torch.nn.Module) -> str | None:
+    """Under torchrun: 'weights identical on all N processes', or RuntimeError when DDP lost step (a
+    bug, never a user's mistake). None in a single process."""
+    if not enabled():
+        return None
+    if not weights_agree(model):
+        raise RuntimeError("the ranks ended with different weights: DistributedDataParallel lost step")
+    return f"weights identical on all {dist.get_world_size()} processes"

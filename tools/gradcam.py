@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tools.monitor import hooks
+from tools.hooks import hooks
 
 
 def last_conv(model: nn.Module) -> nn.Module:

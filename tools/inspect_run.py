@@ -8,27 +8,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from model import LeNet
+from model import CLASSIFIERS
 from tools.checkpoint import load_checkpoint, load_model_state
-from tools.cli import ArgumentParser, run, select_device
-from tools.engine import evaluate
+from tools.cli import ArgumentParser, run_script, select_device
 from tools.errors import UserError
 from tools.gradcam import gradcam, last_conv
+from tools.report import report
 from tools.rmb_dataset import RMBDataset, build_transforms, decode_resized, find_splits
-from tools.visualize import (
-    class_label,
-    denormalize,
-    explain,
-    overlay,
-    overlay_on_photo,
-    plot_gradcam_panel,
-    precision_recall,
-    render_confusion_matrix,
-    save_png,
-    write_explanation,
-)
+from tools.visualize import class_label, denormalize, overlay, overlay_on_photo, plot_gradcam_panel
 
 
 def get_args_parser() -> ArgumentParser:
@@ -47,7 +35,7 @@ def load_run(run_dir: Path, device: torch.device):
     if path is None:
         raise UserError(f"{run_dir} has no checkpoint_best.pt or checkpoint_last.pt; pass a run folder of train_rmb.py")
     checkpoint = load_checkpoint(path, required=("model", "classes", "norm", "args"))
-    model = LeNet(classes=len(checkpoint["classes"]))
+    model = CLASSIFIERS[checkpoint.get("model_class", "LeNet")](classes=len(checkpoint["classes"]))
     load_model_state(model, checkpoint["model"], path)
     return model.to(device).eval(), checkpoint
 
@@ -65,7 +53,7 @@ def explain_image(model: nn.Module, checkpoint: dict, image_path: Path, out_dir:
     cam, predicted, probs = gradcam(model, last_conv(model), image)
     classes = checkpoint["classes"]
     rgb = denormalize(image, mean, std)
-    title = f"LeNet got {class_label(classes[predicted])} ({probs[predicted]:.0%})"
+    title = f"{type(model).__name__} got {class_label(classes[predicted])} ({probs[predicted]:.0%})"
     path = plot_gradcam_panel([{"image": rgb, "overlay": overlay(rgb, cam), "title": title,
                                 "photo": overlay_on_photo(str(image_path), cam)}],
                               out_dir / f"gradcam_{image_path.stem}.png", title="Grad-CAM")
@@ -96,18 +84,15 @@ def main(args) -> dict:
     split = "test" if splits["test"] else "valid"
     mean, std = checkpoint["norm"]["mean"], checkpoint["norm"]["std"]
     dataset = RMBDataset(samples=splits[split], classes=classes, transform=build_transforms(mean, std)[1])
-    stats = evaluate(model, DataLoader(dataset, batch_size=256), nn.CrossEntropyLoss(), device, len(classes))
-    confusion = render_confusion_matrix(stats["confusion"], classes, f"{split}, {args.run_dir.name}")
-    paths = [save_png(confusion, out_dir / f"confusion_{split}.png")]
-    paths += write_explanation(explain(model, dataset, classes, mean, std), out_dir)
-    result = {"split": split, "acc": stats["acc"], "confusion": stats["confusion"].tolist(),
-              "per_class": precision_recall(stats["confusion"], classes), "pngs": [str(p) for p in paths]}
+    data = {"classes": classes, "mean": mean, "std": std, split: dataset}
+    result = report(model, data, split, device, out_dir, title=f"{split}, {args.run_dir.name}")
+    paths = [Path(p) for p in result["pngs"]]
     (out_dir / "inspect.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{split} accuracy {stats['acc']:.2%} on {len(dataset)} images of {data_dir}")
-    print(f"confusion (rows true {classes}, columns predicted):\n{stats['confusion'].numpy()}")
+    print(f"{split} accuracy {result['acc']:.2%} on {len(dataset)} images of {data_dir}")
+    print(f"confusion (rows true {classes}, columns predicted):\n{torch.tensor(result['confusion']).numpy()}")
     print(f"pictures in {out_dir}: " + ", ".join(p.name for p in paths))
     return result
 
 
 if __name__ == "__main__":
-    run(main, get_args_parser())
+    run_script(main, get_args_parser())

@@ -35,6 +35,17 @@ def build_scheduler(name: str, optimizer, epochs: int, step_size: int, gamma: fl
     raise ValueError(f"unknown scheduler {name!r}; choose from {', '.join(SCHEDULERS)}")
 
 
+def step_scheduler(scheduler, valid_loss: float) -> float:
+    """Step a scheduler at the end of an epoch (ReduceLROnPlateau with the valid loss); returns the
+    learning rate the epoch trained with (of the first parameter group)."""
+    lr = scheduler.optimizer.param_groups[0]["lr"]
+    if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(valid_loss)
+    else:
+        scheduler.step()
+    return lr
+
+
 def synthetic_valid_loss(epoch: int) -> float:
     """A valid loss that falls, then flattens out with small wiggles: what drives ReduceLROnPlateau here."""
     return 0.3 + 0.7 * math.exp(-epoch / 8) + 0.02 * math.sin(epoch * 1.3)
@@ -123,8 +134,8 @@ def get_args_parser():
 
 
 def main(args) -> dict:
-    from tools.cli import new_run_dir
     from tools.plots import png_to_array
+    from tools.run_folder import new_run_dir
     from tools.tb_logging import open_writer
 
     run_dir = new_run_dir(args.logdir, args.run_name)
@@ -141,6 +152,6 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    from tools.cli import run
+    from tools.cli import run_script
 
-    run(main, get_args_parser())
+    run_script(main, get_args_parser())

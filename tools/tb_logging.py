@@ -1,9 +1,11 @@
-"""TensorBoard set-up shared by the scripts: the writer, the run's arguments, chart layout, hparams."""
+"""TensorBoard writing shared by the scripts: the writer, events of many values at once, the run's
+arguments, chart layout, hparams."""
 import time
 from pathlib import Path
 
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
+from torch.utils.tensorboard.summary import histogram_raw, hparams, text
 
 from tools.event_crc import speed_up_event_writing
 
@@ -25,6 +27,20 @@ def wait_for_a_later_second(run_dir: Path) -> None:
               if len(p.name.split(".")) > 3 and p.name.split(".")[3].isdigit()]
     while stamps and time.time() < max(stamps) + 1:
         time.sleep(0.05)
+
+
+def write_event(writer, step: int, scalars: dict | None = None, histograms: dict | None = None,
+                texts: dict | None = None) -> None:
+    """Scalars (tag -> float), histograms (tag -> Histogram) and texts (tag -> str) in one TensorBoard
+    event, each value as add_scalar, add_histogram_raw and add_text write it (the last two built by the
+    same functions): one protobuf, one checksum and one write instead of one per tag."""
+    values = [Summary.Value(tag=tag, simple_value=float(v)) for tag, v in (scalars or {}).items()]
+    values += [histogram_raw(tag, min=h.min, max=h.max, num=h.num, sum=h.sum, sum_squares=h.sum_squares,
+                             bucket_limits=h.bucket_limits, bucket_counts=h.bucket_counts).value[0]
+               for tag, h in (histograms or {}).items() if h.num]
+    values += [text(tag, body).value[0] for tag, body in (texts or {}).items()]
+    if values:
+        writer.file_writer.add_summary(Summary(value=values), step)
 
 
 class NullWriter:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
-from tools.monitor import hooks
+from tools.hooks import hooks
 
 
 def precision_recall(confusion: torch.Tensor, classes: list[str]) -> dict:
@@ -199,8 +199,7 @@ def class_label(name: str) -> str:
     return f"{name} Yuan" if name.isdigit() else name
 
 
-def explain(model: nn.Module, dataset, classes: list[str], mean, std, count: int = 8,
-            model_name: str = "LeNet") -> dict:
+def explain(model: nn.Module, dataset, classes: list[str], mean, std, count: int = 8) -> dict:
     """Pictures of a trained model on a data set whose items are (normalised image, label).
 
     Returns {'gradcam': [{'image', 'overlay', 'title', 'path', 'cam'}] for up to `count` images
@@ -224,7 +223,7 @@ def explain(model: nn.Module, dataset, classes: list[str], mean, std, count: int
         path = dataset.samples[index][0] if hasattr(dataset, "samples") else None
         items.append({"image": rgb, "overlay": overlay(rgb, cam), "cam": cam.cpu(), "path": path,
                       "photo": overlay_on_photo(path, cam) if path else None,
-                      "title": f"{model_name} got {class_label(classes[predicted])},\n"
+                      "title": f"{type(model).__name__} got {class_label(classes[predicted])},\n"
                                f"truth {class_label(classes[label])} ({probs[predicted]:.0%})"})
     first = dataset[0][0].to(device)
     return {"gradcam": items, "input": denormalize(first, mean, std),

@@ -1,0 +1,40 @@
+"""The end-of-run report of a trained model: how it does on a split, and pictures that explain it.
+
+Shared by train_rmb.py (the best checkpoint on the test split, at the end of a run) and
+tools.inspect_run (any saved run, later).
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tools.distributed import eval_loader
+from tools.engine import evaluate
+from tools.visualize import explain, precision_recall, render_confusion_matrix, save_png, write_explanation
+
+
+def report(model: nn.Module, data: dict, split: str, device: torch.device, out_dir: Path | None = None,
+           writer=None, step: int = 0, title: str = "") -> dict:
+    """Evaluate `model` on data[split] and, with `out_dir`, draw what explains it.
+
+    data: {'classes', 'mean', 'std' (of Normalize), split: a data set of (normalised image, label)}.
+    Returns {'split', 'acc', 'loss' (cross-entropy), 'total', 'confusion' (a list of rows),
+    'per_class' (precision and recall), 'pngs' (paths written)}. With `out_dir`: confusion_<split>.png
+    titled `title`, Grad-CAM, feature maps and kernels (see `write_explanation`), and the same in
+    TensorBoard at `step` when a writer is given. Under torchrun every rank evaluates its shard and
+    only the rank given an `out_dir` draws.
+    """
+    classes = data["classes"]
+    stats = evaluate(model, eval_loader(data[split]), nn.CrossEntropyLoss(), device, len(classes))
+    result = {"split": split, "acc": stats["acc"], "loss": stats["loss"], "total": stats["total"],
+              "confusion": stats["confusion"].tolist(), "per_class": precision_recall(stats["confusion"], classes),
+              "pngs": []}
+    if out_dir is None:
+        return result
+    confusion = render_confusion_matrix(stats["confusion"], classes, title or split)
+    paths = [save_png(confusion, Path(out_dir) / f"confusion_{split}.png")]
+    if writer is not None:
+        writer.add_image(f"confusion/{split}", np.asarray(confusion), step, dataformats="HWC")
+    paths += write_explanation(explain(model, data[split], classes, data["mean"], data["std"]), out_dir, writer, step)
+    return result | {"pngs": [str(p) for p in paths]}
