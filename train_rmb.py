@@ -88,13 +88,13 @@ def main(args) -> dict:
         optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
         scheduler = build_scheduler(args.scheduler, optimizer, args.epochs, args.step_size, args.gamma)
 
-        # 5. The training loop: train one epoch, evaluate, verdict, schedule step, log the epoch, checkpoint
+        # 5. Train: each epoch trains, evaluates, judges, steps the schedule, logs and saves a checkpoint
         example = data["valid"][0][0][None].to(device)  # one image: the graph, first pictures, forward order
-        run.start(model, example, data, device)
+        run.start(model, example, data, device)         # the run folder and TensorBoard, where training starts
         monitor = TrainingMonitor(model, run.writer, args.log_interval, enabled=run.is_main and not args.no_monitor,
-                                  classes=num_classes)
+                                  classes=num_classes)  # gradient norms, histograms, the verdict
         monitor.set_forward_order(example)
-        state = TrainState()
+        state = TrainState()                            # epochs and steps done, the best epoch, the history
         facts = {"classes": data["classes"], "norm": {"mean": data["mean"], "std": data["std"]}}
         checkpointer = Checkpointer(run, train_batches.generator, facts, model=model, optimizer=optimizer,
                                     scheduler=scheduler, monitor=monitor, state=state)
@@ -122,7 +122,7 @@ def main(args) -> dict:
         run.say(check_weights_agree(model))  # under torchrun: every rank ended with the same weights
         checkpointer.load_best()
         split = "test" if data["test"] else "valid"
-        test = report(model, data, split, device, run.dir if run.is_main else None, run.writer, state.global_step,
+        test = report(model, data, split, device, run.pictures_dir, run.writer, state.global_step,
                       f"{split}, best epoch {state.best['epoch']}")
         return run.finish(state, test)
 

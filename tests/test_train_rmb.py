@@ -102,6 +102,18 @@ def test_resume_keeps_step_numbering_and_ends_bit_identical(two_epochs, tiny_dat
         assert torch.equal(tensor, again["model"][key]), key
 
 
+def diagnosis_texts(run_dir) -> list[tuple[int, str]]:
+    return [(e.step, e.tensor_proto.string_val[0].decode()) for e in read_events(run_dir).Tensors("diagnosis/text_summary")]
+
+
+def test_the_diagnosis_names_the_epoch_not_the_step(two_epochs, tiny_data, tmp_path):
+    _, run_dir = two_epochs  # 2 epochs of 5 steps
+    assert [(step, text.split(":")[0]) for step, text in diagnosis_texts(run_dir)] == [(5, "epoch 1"), (10, "epoch 2")]
+    first = train(tmp_path, tiny_data, "--epochs", "1", "--batch-size", "4")
+    train(tmp_path, tiny_data, "--epochs", "3", "--batch-size", "4", "--resume", first["run_dir"])
+    assert [text.split(":")[0] for _, text in diagnosis_texts(first["run_dir"])] == ["epoch 1", "epoch 2", "epoch 3"]
+
+
 def test_empty_cache_dir_means_no_disk_cache(tiny_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # Path('') is the current folder: nothing may land there
     train(tmp_path / "elsewhere", tiny_data, "--epochs", "1", "--batch-size", "4", "--cache-dir", "")

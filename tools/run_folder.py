@@ -121,6 +121,12 @@ class RunFolder:
         if self.writer is not None:
             self.writer.close()
 
+    @property
+    def pictures_dir(self) -> Path | None:
+        """Where the end-of-run pictures go: the run folder on rank 0; None on the others (they only
+        evaluate their shard)."""
+        return self.dir if self.is_main else None
+
     def say(self, *message, file=None) -> None:
         """print() on rank 0 (the other ranks stay quiet); nothing for a message of None."""
         if self.is_main and message and message[0] is not None:
@@ -222,11 +228,13 @@ class RunFolder:
 
     def finish(self, state, test: dict | None) -> dict:
         """The run is done: its hparams, metrics.json and loss_curve.png, and where to see them. Returns
-        the metrics (the final epoch's, the best epoch's, the test split's) and 'run_dir'."""
+        the metrics (the final epoch's, the best epoch's, the test split's) and 'run_dir'. `test`: the
+        best checkpoint's `report` (no test figures when it was made on another split)."""
         from tools.plots import plot_loss_curve
         from tools.tb_logging import log_hparams
         from tools.visualize import precision_recall
 
+        test = test if test and test["split"] == "test" else None
         last = state.last or {"train": {}, "valid": {}}
         metrics = {"train_loss": last["train"].get("loss"), "train_acc": last["train"].get("acc"),
                    "valid_loss": last["valid"].get("loss"), "valid_acc": last["valid"].get("acc"),

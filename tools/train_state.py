@@ -5,10 +5,12 @@ from dataclasses import asdict, dataclass, field
 
 
 def no_best() -> dict:
+    """The best epoch before any: every real epoch beats it."""
     return {"acc": -1.0, "loss": math.inf, "epoch": 0}
 
 
 def new_epoch_sums() -> dict:
+    """An epoch's running sums before its first step."""
     return {"loss_sum": 0.0, "correct": 0, "seen": 0}
 
 
@@ -44,6 +46,7 @@ class TrainState:
         return {key: saved[key] for key in self.SAVED}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()` (a whole checkpoint will do: other keys are ignored)."""
         for key in self.SAVED:
             if key in state:
                 setattr(self, key, state[key] if key != "epoch_sums" or state[key] else new_epoch_sums())

@@ -36,6 +36,7 @@ class EpochFigures:
 
     @property
     def total_norm(self) -> float:
+        """The L2 norm of all gradients together."""
         return math.sqrt(sum(v * v for v in self.norms.values())) if self.norms else 0.0
 
     @property
@@ -45,6 +46,7 @@ class EpochFigures:
 
     @property
     def loss_is_low(self) -> bool:
+        """Below LOW_LOSS_FRACTION of chance: the net has learned (small gradients are then expected)."""
         return math.isfinite(self.loss) and self.loss < LOW_LOSS_FRACTION * self.chance
 
     @property
@@ -54,6 +56,7 @@ class EpochFigures:
 
     @property
     def median_update_ratio(self) -> float | None:
+        """The median |update| / |weight| of the weights (of every parameter if none is named weight)."""
         ratios = [v for n, v in self.update_ratios.items() if n.endswith("weight")] or list(self.update_ratios.values())
         return sorted(ratios)[len(ratios) // 2] if ratios else None
 
