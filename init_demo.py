@@ -17,7 +17,8 @@ from torch import nn
 
 from model import MLP
 from model.init import kaiming_normal_manual_, xavier_uniform_manual_
-from tools.cli import ArgumentParser, add_common_args, positive_int, run_script, seed_everything, select_device
+from tools.cli import ArgumentParser, add_common_args, int_between, run_script, seed_everything, select_device
+from tools.errors import UserError
 from tools.run_folder import new_run_dir
 from tools.tensor_stats import grad_norms
 
@@ -38,16 +39,17 @@ TABLE_LAYERS = (1, 2, 3, 10, 50, 100)
 HISTOGRAM_LAYERS = (1, 10, 50, 100)
 VANISHED = 0.2    # std at the last layer below 0.2x its value after layer 1: vanishes
 EXPLODED = 5.0    # above 5x, or NaN/Inf on the way: explodes
+MAX_BYTES = 4 * 2**30  # the largest network (weights and activations) the lab builds
 
 
 def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", action="append", choices=ALL_MODES, default=None,
                         help="repeat to pick several (default: all, in the course's order)")
-    parser.add_argument("--layers", type=positive_int, default=100, help="Linear layers in the MLP")
-    parser.add_argument("--width", type=positive_int, default=256, help="units per layer")
-    parser.add_argument("--batch", type=positive_int, default=16, help="inputs in the batch")
-    return add_common_args(parser, run_name="init")
+    parser.add_argument("--layers", type=int_between(1, 10_000), default=100, help="Linear layers in the MLP")
+    parser.add_argument("--width", type=int_between(1, 16_384), default=256, help="units per layer")
+    parser.add_argument("--batch", type=int_between(1, 65_536), default=16, help="inputs in the batch")
+    return add_common_args(parser, name="init")
 
 
 def run_mode(mode: str, args, device: torch.device) -> dict:
@@ -110,6 +112,11 @@ def format_table(results: dict, layers: int) -> str:
 
 def main(args) -> dict:
     device = select_device(args.device)
+    # the weights and the activations kept for backward, in float32
+    needed = 4 * args.layers * args.width * (args.width + args.batch)
+    if needed > MAX_BYTES:
+        raise UserError(f"--layers {args.layers} x --width {args.width} (batch {args.batch}) needs about "
+                        f"{needed / 2**30:.0f} GiB; keep it under {MAX_BYTES / 2**30:.0f} GiB")
     run_dir = new_run_dir(args.logdir, args.run_name)
     modes = args.mode or list(ALL_MODES)
     results = {mode: run_mode(mode, args, device) for mode in modes if mode != "gain"}

@@ -22,6 +22,7 @@ from tools.cli import (
     ArgumentParser,
     add_common_args,
     add_data_args,
+    int_between,
     positive_float,
     positive_int,
     run_script,
@@ -34,6 +35,7 @@ from tools.tensor_stats import grad_flow, grad_norms, histograms
 
 SCENARIO_WIDTH = 64   # features of the MLP scenarios' random inputs
 SCENARIO_DEPTH = 20   # Linear layers in the MLP scenarios
+MAX_SAMPLES = 1000    # the toy's inputs are 3x224x224: 1000 of them take 600 MB
 
 
 def get_args_parser() -> ArgumentParser:
@@ -42,13 +44,14 @@ def get_args_parser() -> ArgumentParser:
                         help="toy: the course's ToyModel on random images; lenet: LeNet on RMB data")
     parser.add_argument("--scenario", choices=("none", "vanishing", "exploding"), default="none",
                         help="replace the model by an MLP that provokes a verdict")
-    parser.add_argument("--samples", type=positive_int, default=40, help="samples in all, one per step")
+    parser.add_argument("--samples", type=int_between(1, MAX_SAMPLES), default=40,
+                        help="samples in all, one per step")
     parser.add_argument("--accumulate", type=positive_int, default=10,
                         help="samples whose gradients add up before each print and optimizer step")
     parser.add_argument("--lr", type=positive_float, default=None,
                         help="SGD learning rate (default: 1e-3; 3.0 for --scenario exploding)")
-    parser.add_argument("--bins", type=positive_int, default=10, help="bins of the printed histograms")
-    return add_common_args(add_data_args(parser), run_name="grads", seed=0)
+    parser.add_argument("--bins", type=int_between(1, 1000), default=10, help="bins of the printed histograms")
+    return add_common_args(add_data_args(parser), name="grads", seed=0)
 
 
 def build_experiment(args, device: torch.device):

@@ -64,7 +64,7 @@ def get_args_parser() -> ArgumentParser:
                         help="a checkpoint or run folder to continue, or auto: the latest run of --run-name")
     parser.add_argument("--no-monitor", action="store_true",
                         help="no weight/gradient histograms, norms or diagnosis (to measure their cost)")
-    return add_common_args(add_data_args(parser), run_name="lenet")
+    return add_common_args(add_data_args(parser), name="lenet")
 
 
 def main(args) -> dict:
@@ -118,13 +118,13 @@ def main(args) -> dict:
                 run.log_epoch(state, lr, verdict)
                 checkpointer.save(best=is_best)
 
-        # The best checkpoint, tested and explained: accuracy, confusion matrix, Grad-CAM, feature maps, kernels
-        run.say(check_weights_agree(model))  # under torchrun: every rank ended with the same weights
-        checkpointer.load_best()
-        split = "test" if data["test"] else "valid"
-        test = report(model, data, split, device, run.pictures_dir, run.writer, state.global_step,
-                      f"{split}, best epoch {state.best['epoch']}")
-        return run.finish(state, test)
+            # The best checkpoint, tested and explained: accuracy, confusion matrix, Grad-CAM, feature maps, kernels
+            run.say(check_weights_agree(model))  # under torchrun: every rank ended with the same weights
+            checkpointer.load_best()
+            split = "test" if data["test"] else "valid"
+            test = report(model, data, split, device, run.pictures_dir, run.writer, state.global_step,
+                          f"{split}, best epoch {state.best['epoch']}")
+            return run.finish(state, test, stop)  # a signal now waits until the results are written
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from tools.train_state import TrainState
 
 def a_fake_run(tmp_path: Path) -> SimpleNamespace:
     """What the checkpointer needs of a RunFolder: one process, writing into tmp_path."""
-    return SimpleNamespace(dir=tmp_path, is_main=True, rank=0, world_size=1, say=print,
+    return SimpleNamespace(dir=tmp_path, is_main=True, rank=0, world_size=1, say=print, overrides={},
                            saved_args=lambda: {"lr": 0.01, "data_dir": "somewhere"})
 
 

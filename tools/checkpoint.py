@@ -3,6 +3,7 @@
 `Checkpointer` saves a run's whole state (model, optimizer, scheduler, training state, monitor and
 every random state) into its folder and restores it, the random states last.
 """
+import glob
 import os
 import pickle
 import random
@@ -23,18 +24,29 @@ RESUME_KEYS = ("model", "optimizer", "scheduler", "epoch", "global_step", "batch
 def save_checkpoint(state: dict, path: Path) -> Path:
     """torch.save `state` to `path` atomically: a temporary file in the same folder, fsync, os.replace.
 
-    A kill at any moment leaves either the old file or the new one, never a torn one.
+    A kill at any moment leaves either the old file or the new one, never a torn one; the temporary
+    file a kill left behind is removed by the next save. A full disk or a folder that cannot be
+    written is a UserError that says the previous checkpoint is kept.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # from a process killed mid-save
+        leftover.unlink(missing_ok=True)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, (OSError, RuntimeError)):  # torch.save's zip writer reports a full disk as RuntimeError
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+            kept = "the previous one is kept" if path.exists() else "no earlier one exists"
+            raise UserError(f"cannot save checkpoint {path} ({reason}); {kept}. Free some space (or make the "
+                            "folder writable), then resume the run with --resume") from None
         raise
     return path
 
@@ -159,6 +171,7 @@ class Checkpointer:
             else:
                 obj.load_state_dict(checkpoint[name])
         self.state.load_state_dict(checkpoint)
+        self.apply_overrides()
         if checkpoint.get("world_size", 1) != self.run.world_size:
             self.run.say(f"note: the run was saved on {checkpoint.get('world_size', 1)} process(es) and goes on "
                          f"with {self.run.world_size}: it continues, but not bit for bit")
@@ -173,6 +186,27 @@ class Checkpointer:
                 return
             self.state.epoch_rng, self.state.resume_rng, rng = epoch_rng, rng, epoch_rng
         restore_rng_states(rng, self.generator)
+
+    def apply_overrides(self) -> None:
+        """Hyper-parameters given anew on resume (run.overrides: --lr, --momentum) replace the restored
+        optimizer's: every parameter group's lr scaled by new / old (groups keep their ratios; so does
+        the schedule's base), momentum set. A new learning rate also starts the optimizer's running
+        state afresh (momentum buffers, Adam's moments): gathered at the old rate, after a divergence
+        they would throw the weights off again at the new one."""
+        optimizer, scheduler = self.stateful.get("optimizer"), self.stateful.get("scheduler")
+        if optimizer is not None and "lr" in self.run.overrides:
+            optimizer.state.clear()
+        for flag, (old, new) in self.run.overrides.items():
+            if optimizer is None or flag not in ("lr", "momentum"):
+                continue
+            for group in optimizer.param_groups:
+                if flag == "lr":
+                    group["lr"] *= new / old
+                    group["initial_lr"] = group.get("initial_lr", old) * new / old
+                elif flag in group:
+                    group[flag] = new
+            if flag == "lr" and hasattr(scheduler, "base_lrs"):
+                scheduler.base_lrs = [lr * new / old for lr in scheduler.base_lrs]
 
     def load_best(self) -> None:
         """The best epoch's weights (checkpoint_best.pt) into the model, read by rank 0 and sent to every rank."""

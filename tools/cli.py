@@ -3,6 +3,7 @@ import argparse
 import os
 import random
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,12 @@ import torch
 from tools.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Args(argparse.Namespace):
+    """The parsed flags. `explicit`, kept outside vars(args) (so never saved or logged as a flag), names
+    the flags given on the command line, as opposed to defaults: on resume, a flag you give wins."""
+    __slots__ = ("explicit",)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -22,20 +29,57 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
+    def parse_args(self, args=None, namespace=None) -> Args:
+        parsed = super().parse_args(args, namespace or Args())
+        defaults = {action: action.default for action in self._actions}
+        try:  # parsed again without defaults: what is left was given
+            for action in self._actions:
+                action.default = argparse.SUPPRESS
+            given = super().parse_args(args)
+        finally:
+            for action, default in defaults.items():
+                action.default = default
+        parsed.explicit = frozenset(vars(given))
+        return parsed
 
-def number_at_least(kind, low, strict: bool = False, name: str = "number"):
+
+def number_at_least(kind, low, strict: bool = False, name: str = "number", high=None):
     """An argparse `type` that parses `kind` (int or float) and refuses values below `low` (or equal
-    to it when `strict`), NaN and infinity, with a one-line message."""
+    to it when `strict`), above `high`, NaN and infinity, with a one-line message."""
     def parse(text: str):
         value = kind(text)
         if not (value > low if strict else value >= low) or value == float("inf"):
             raise argparse.ArgumentTypeError(f"must be {'above' if strict else 'at least'} {low}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {text}")
         return value
     parse.__name__ = name  # argparse names it in "invalid <name> value"
     return parse
 
 
+def seed_value(text: str) -> int:
+    """An argparse type for --seed: an integer that numpy, torch and random all accept."""
+    return number_at_least(int, 0, name="seed", high=2**32 - 1)(text)
+
+
+def run_name(text: str) -> str:
+    """An argparse type for --run-name: it becomes part of a folder's name, so no path in it."""
+    if not text or text.startswith(".") or any(c in text for c in '/\\\0') or not text.isprintable() \
+            or len(text) > 100:
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be part of a folder's name: use up to 100 printable "
+                                         "characters, no / or \\, not starting with a dot")
+    return text
+
+
 positive_int = number_at_least(int, 1, name="positive_int")
+
+
+def int_between(low: int, high: int):
+    """An argparse type for an integer in [low, high] (a bound that keeps memory and time sane)."""
+    return number_at_least(int, low, name="int", high=high)
+
+
+
 positive_float = number_at_least(float, 0, strict=True, name="positive_float")
 non_negative_int = number_at_least(int, 0, name="non_negative_int")
 non_negative_float = number_at_least(float, 0, name="non_negative_float")
@@ -59,13 +103,13 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def add_common_args(parser: argparse.ArgumentParser, run_name: str, seed: int = 1) -> argparse.ArgumentParser:
+def add_common_args(parser: argparse.ArgumentParser, name: str, seed: int = 1) -> argparse.ArgumentParser:
     """The flags every script shares: --seed, --device, --logdir, --run-name."""
-    parser.add_argument("--seed", type=int, default=seed, help="seed of random, numpy and torch")
+    parser.add_argument("--seed", type=seed_value, default=seed, help="seed of random, numpy and torch")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--logdir", type=Path, default=REPO_ROOT / "runs",
                         help="run folders go into <logdir>/<YYYYmmdd-HHMMSS>_<run-name>/")
-    parser.add_argument("--run-name", default=run_name, help="suffix of the run folder's name")
+    parser.add_argument("--run-name", type=run_name, default=name, help="suffix of the run folder's name")
     return parser
 
 
@@ -94,8 +138,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """warnings as the terminal of a command-line tool shows them: 'warning: <message>'."""
+    return f"warning: {message}\n"
+
+
 def run_script(main, parser: argparse.ArgumentParser, argv=None):
-    """Parse the command line and call main(args); a UserError becomes one line and exit code 2."""
+    """Parse the command line and call main(args); a UserError becomes one line and exit code 2, a
+    second Ctrl-C (the first one stops training cleanly) one line and exit code 130."""
+    warnings.formatwarning = one_line_warning
     args = parser.parse_args(argv)
     try:
         return main(args)
@@ -103,3 +154,7 @@ def run_script(main, parser: argparse.ArgumentParser, argv=None):
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets the same error: say it once
             print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"\n{parser.prog}: interrupted at once (Ctrl-C twice); checkpoints are written atomically, so the "
+              "last one saved is complete", file=sys.stderr)
+        sys.exit(130)

@@ -83,9 +83,10 @@ def train_loader(dataset, batch_size: int, seed: int, workers: int = 0) -> DataL
     (DistributedSampler; `train_one_epoch` calls its set_epoch: a new shuffle every epoch, the same
     on every rank)."""
     sampler = DistributedSampler(dataset, seed=seed) if enabled() else None
+    # Workers are started anew each epoch (not persistent): each epoch's workers are then seeded from
+    # the generator, whose state every checkpoint keeps, and a resumed epoch augments as the first try did.
     return DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                      generator=torch.Generator().manual_seed(seed), num_workers=workers,
-                      persistent_workers=workers > 0)
+                      generator=torch.Generator().manual_seed(seed), num_workers=workers)
 
 
 def eval_loader(dataset, batch_size: int = EVAL_BATCH_SIZE) -> DataLoader:

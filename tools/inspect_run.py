@@ -15,6 +15,7 @@ from tools.cli import ArgumentParser, run_script, select_device
 from tools.errors import UserError
 from tools.gradcam import gradcam, last_conv
 from tools.report import report
+from tools.run_folder import check_writable
 from tools.rmb_dataset import RMBDataset, build_transforms, decode_resized, find_splits
 from tools.visualize import class_label, denormalize, overlay, overlay_on_photo, plot_gradcam_panel
 
@@ -65,8 +66,7 @@ def main(args) -> dict:
     if not args.run_dir.is_dir():
         raise UserError(f"run folder {args.run_dir} does not exist")
     model, checkpoint = load_run(args.run_dir, device)
-    out_dir = args.out or args.run_dir / "inspect"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_writable(args.out or args.run_dir / "inspect", "--out")
     if args.image:
         result = explain_image(model, checkpoint, args.image, out_dir)
         odds = ", ".join(f"{class_label(c)} {p:.1%}" for c, p in result["probabilities"].items())

@@ -124,13 +124,13 @@ def plot_lr_curves(curves: dict, path: Path) -> Path:
 
 
 def get_args_parser():
-    from tools.cli import ArgumentParser, add_common_args, positive_float, positive_int
+    from tools.cli import ArgumentParser, add_common_args, int_between, positive_float
 
     parser = ArgumentParser(description="Plot lr against epoch for PyTorch's common schedulers.",
                             prog="python -m tools.lr_schedules")
-    parser.add_argument("--epochs", type=positive_int, default=100, help="epochs on the x axis")
+    parser.add_argument("--epochs", type=int_between(1, 10_000), default=100, help="epochs on the x axis")
     parser.add_argument("--lr", type=positive_float, default=0.1, help="initial (or maximum) learning rate")
-    return add_common_args(parser, run_name="lr_schedules")
+    return add_common_args(parser, name="lr_schedules")
 
 
 def main(args) -> dict:

@@ -20,7 +20,7 @@ def report(model: nn.Module, data: dict, split: str, device: torch.device, out_d
 
     data: {'classes', 'mean', 'std' (of Normalize), split: a data set of (normalised image, label)}.
     Returns {'split', 'acc', 'loss' (cross-entropy), 'total', 'confusion' (a list of rows),
-    'per_class' (precision and recall), 'pngs' (paths written)}. With `out_dir`: confusion_<split>.png
+    'per_class' (precision and recall), 'pngs' (paths written), 'warnings' (what could not be drawn)}. With `out_dir`: confusion_<split>.png
     titled `title`, Grad-CAM, feature maps and kernels (see `write_explanation`), and the same in
     TensorBoard at `step` when a writer is given. Under torchrun every rank evaluates its shard and
     only the rank given an `out_dir` draws.
@@ -29,12 +29,16 @@ def report(model: nn.Module, data: dict, split: str, device: torch.device, out_d
     stats = evaluate(model, eval_loader(data[split]), nn.CrossEntropyLoss(), device, len(classes))
     result = {"split": split, "acc": stats["acc"], "loss": stats["loss"], "total": stats["total"],
               "confusion": stats["confusion"].tolist(), "per_class": precision_recall(stats["confusion"], classes),
-              "pngs": []}
+              "pngs": [], "warnings": []}
     if out_dir is None:
         return result
     confusion = render_confusion_matrix(stats["confusion"], classes, title or split)
     paths = [save_png(confusion, Path(out_dir) / f"confusion_{split}.png")]
     if writer is not None:
         writer.add_image(f"confusion/{split}", np.asarray(confusion), step, dataformats="HWC")
-    paths += write_explanation(explain(model, data[split], classes, data["mean"], data["std"]), out_dir, writer, step)
-    return result | {"pngs": [str(p) for p in paths]}
+    visuals = explain(model, data[split], classes, data["mean"], data["std"])
+    paths += write_explanation(visuals, out_dir, writer, step)
+    warnings = [f"{len(visuals['unreadable'])} photo(s) could not be read again (moved, deleted or changed since "
+                f"they were decoded, e.g. {visuals['unreadable'][0]}): their Grad-CAM is drawn on the decoded "
+                "32x32 image only"] if visuals["unreadable"] else []
+    return result | {"pngs": [str(p) for p in paths], "warnings": warnings}

@@ -4,10 +4,10 @@ Write a raw folder's 80/10/10 split to disk, as the course does:
 
     python -m tools.rmb_dataset data/RMB_data --out data/rmb_split
 """
-import argparse
 import os
 import random
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +24,19 @@ UNSUPPORTED_IMAGE_EXTENSIONS = (".tif", ".tiff", ".heic", ".heif", ".avif", ".sv
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLIT_FRACTIONS = {"train": 0.8, "valid": 0.1, "test": 0.1}
+VALID_NAMES = ("valid", "val", "validation")  # what a split folder's validation part may be called
 SPLIT_SEED = 0  # fixed, so that every run on one folder is validated and tested on the same images
 IMAGE_SIZE = 32  # LeNet's input is 3x32x32
+
+
+def listing(folder: Path) -> list[Path]:
+    """The entries of a folder, hidden ones (.DS_Store, .git, ._photo.jpg) left out; UserError when
+    the folder cannot be read."""
+    try:
+        return [p for p in Path(folder).iterdir() if not p.name.startswith(".")]
+    except PermissionError:
+        raise UserError(f"cannot read folder {folder} (permission denied): give yourself read access "
+                        f"(chmod -R u+rX {folder})") from None
 
 
 def find_classes(folder: Path) -> list[str]:
@@ -33,7 +44,7 @@ def find_classes(folder: Path) -> list[str]:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"data folder {folder} does not exist: pass a folder laid out as <folder>/<class>/<image>")
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = sorted(d.name for d in listing(folder) if d.is_dir())
     if not classes:
         raise UserError(f"{folder} has no class sub-folders: put images in {folder}/<class>/<image>")
     if len(classes) < 2:
@@ -49,7 +60,7 @@ def list_samples(folder: Path, classes: list[str]) -> tuple[list[tuple[str, int]
     samples, unsupported = [], []
     for index, name in enumerate(classes):
         class_dir = Path(folder) / name
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file()) if class_dir.is_dir() else []
+        files = sorted(files_under(class_dir)) if class_dir.is_dir() else []
         images = [str(p) for p in files if p.suffix.lower() in IMG_EXTENSIONS]
         unsupported += [str(p) for p in files if p.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS]
         if not images:
@@ -57,6 +68,17 @@ def list_samples(folder: Path, classes: list[str]) -> tuple[list[tuple[str, int]
                             "add some or remove the folder")
         samples += [(path, index) for path in images]
     return samples, unsupported
+
+
+def files_under(folder: Path) -> list[Path]:
+    """Every file below `folder`, in sub-folders too; hidden files and hidden folders are skipped."""
+    files = []
+    for entry in listing(folder):
+        if entry.is_dir():
+            files += files_under(entry)
+        elif entry.is_file():
+            files.append(entry)
+    return files
 
 
 def split_samples(samples: list[tuple[str, int]], seed: int = SPLIT_SEED) -> dict[str, list[tuple[str, int]]]:
@@ -81,15 +103,21 @@ def split_samples(samples: list[tuple[str, int]], seed: int = SPLIT_SEED) -> dic
 def find_splits(data_dir: Path, seed: int = SPLIT_SEED) -> tuple[list[str], dict, list[str]]:
     """Classes, {'train', 'valid', 'test'} -> [(path, label)], and unsupported files, for a data folder.
 
-    A folder with train/ and valid/ (or val/), optionally test/, is used as it is; any other folder of
-    <class>/<image> is split 80/10/10 with `split_samples`. 'test' is an empty list when there is none.
+    A folder with train/ and valid/ (or val/, validation/), optionally test/, is used as it is; a folder
+    with only some of them is refused (UserError); any other folder of <class>/<image> is split 80/10/10
+    with `split_samples`. 'test' is an empty list when there is none.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         what = "is a file, not a folder" if data_dir.exists() else "does not exist"
         raise UserError(f"data folder {data_dir} {what}: pass a folder laid out as <folder>/<class>/<image>")
-    valid_dir = next((data_dir / n for n in ("valid", "val") if (data_dir / n).is_dir()), None)
-    if (data_dir / "train").is_dir() and valid_dir is not None:
+    split_dirs = [n for n in ("train", *VALID_NAMES, "test") if (data_dir / n).is_dir()]
+    valid_dir = next((data_dir / n for n in VALID_NAMES if (data_dir / n).is_dir()), None)
+    if split_dirs and ("train" not in split_dirs or valid_dir is None):
+        missing = "train/" if "train" not in split_dirs else "valid/ (or val/, validation/)"
+        raise UserError(f"{data_dir} has {', '.join(d + '/' for d in split_dirs)} but no {missing}: a split "
+                        "folder needs train/ and valid/ (test/ is optional); or lay it out as <folder>/<class>/<image>")
+    if split_dirs:
         classes = find_classes(data_dir / "train")
         splits, unsupported = {}, []
         for name, folder in (("train", data_dir / "train"), ("valid", valid_dir), ("test", data_dir / "test")):
@@ -173,12 +201,26 @@ def decode_all(paths: list[str], size: int = IMAGE_SIZE, cache_dir: Path | None 
                 continue
         images.append(cache[key])
     if cache_file and added:
+        write_cache(cache, cache_file)
+    return images, bad
+
+
+def write_cache(cache: dict, cache_file: Path) -> None:
+    """torch.save the decoded images atomically (a temporary file, then a rename). A folder that cannot
+    be written or a full disk costs only the cache: a warning, and the run goes on."""
+    tmp = None
+    try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             torch.save(cache, f)
         os.replace(tmp, cache_file)
-    return images, bad
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError of its zip writer
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        warnings.warn(f"cannot write the image cache {cache_file} ({reason}); going on without it "
+                      "(pass --cache-dir '' for none, or a writable folder)", stacklevel=2)
 
 
 class RMBDataset(Dataset):
@@ -257,7 +299,8 @@ def load_splits(data_dir: Path, norm: str = "imagenet", cache_dir: Path | None =
     """Everything a run needs from a data folder, each image decoded once.
 
     Returns {'classes', 'train', 'valid', 'test' (RMBDataset, test None when there is none),
-    'mean', 'std' (of Normalize: ImageNet's, or with norm='data' the train split's own), 'skipped'}.
+    'mean', 'std' (of Normalize: ImageNet's, or with norm='data' the train split's own), 'skipped',
+    'warnings' (a class missing from the valid or test split)}.
     """
     classes, splits, unsupported = find_splits(data_dir)
     sets = {name: RMBDataset(samples=samples, classes=classes, cache_dir=cache_dir, strict=strict)
@@ -270,12 +313,16 @@ def load_splits(data_dir: Path, norm: str = "imagenet", cache_dir: Path | None =
         raise UserError(f"{data_dir}: no readable images left in the train or valid split")
     mean, std = (channel_stats(sets["train"].images) if norm == "data" else (list(IMAGENET_MEAN), list(IMAGENET_STD)))
     train_tf, eval_tf = build_transforms(mean, std)
+    missing = [f"{classes[c]} has no {name} image" for name in ("valid", "test") if name in sets
+               for c in sorted(set(range(len(classes))) - set(sets[name].targets))]
     sets["train"].transform = train_tf
     for name in ("valid", "test"):
         if name in sets:
             sets[name].transform = eval_tf
     return {"classes": classes, "train": sets["train"], "valid": sets["valid"], "test": sets.get("test"),
-            "mean": mean, "std": std, "skipped": skipped}
+            "mean": mean, "std": std, "skipped": skipped,
+            "warnings": [f"class {m}: its accuracy there is not measured (add images; a class needs at "
+                         "least 3 for one valid and one test image)" for m in missing]}
 
 
 def write_split(data_dir: Path, out_dir: Path, seed: int = SPLIT_SEED) -> dict[str, int]:
@@ -293,22 +340,23 @@ def write_split(data_dir: Path, out_dir: Path, seed: int = SPLIT_SEED) -> dict[s
     return counts
 
 
-def main(argv=None) -> dict[str, int]:
-    parser = argparse.ArgumentParser(description="Write the train/valid/test split of a <class>/<image> folder.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                     prog="python -m tools.rmb_dataset")
-    parser.add_argument("data_dir", type=Path, help="raw folder: <data_dir>/<class>/<image>")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "data" / "rmb_split",
-                        help="where the split goes: <out>/{train,valid,test}/<class>/")
-    parser.add_argument("--seed", type=int, default=SPLIT_SEED, help="seed of the shuffle before splitting")
-    args = parser.parse_args(argv)
+def main(args) -> dict[str, int]:
     try:
         counts = write_split(args.data_dir, args.out, args.seed)
-    except UserError as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    except OSError as err:
+        raise UserError(f"cannot write the split into --out {args.out} ({err.strerror or err}); choose "
+                        "another folder") from None
     print(f"wrote {counts['train']} train, {counts['valid']} valid, {counts['test']} test images to {args.out}")
     return counts
 
 
 if __name__ == "__main__":
-    main()
+    from tools.cli import ArgumentParser, run_script, seed_value
+
+    parser = ArgumentParser(description="Write the train/valid/test split of a <class>/<image> folder.",
+                            prog="python -m tools.rmb_dataset")
+    parser.add_argument("data_dir", type=Path, help="raw folder: <data_dir>/<class>/<image>")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "data" / "rmb_split",
+                        help="where the split goes: <out>/{train,valid,test}/<class>/")
+    parser.add_argument("--seed", type=seed_value, default=SPLIT_SEED, help="seed of the shuffle before splitting")
+    run_script(main, parser)

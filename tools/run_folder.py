@@ -5,7 +5,11 @@ with that run's flags), holds the TensorBoard writer (a null writer off rank 0),
 only, writes what each moment of the run shows (the start, each epoch, a stop) and at the end
 metrics.json, loss_curve.png and where to look at them.
 """
+import fcntl
 import json
+import os
+import re
+import shlex
 import signal
 import sys
 import tempfile
@@ -22,16 +26,23 @@ from tools.errors import UserError
 from tools.interrupt import EXIT_CODES
 
 EXIT_DIVERGED = 3
+FIXED_ON_RESUME = {  # flags whose change a resumed run cannot honour, and why
+    "scheduler": "the schedule's progress is saved with the run",
+    "step_size": "the schedule's progress is saved with the run",
+    "gamma": "the schedule's progress is saved with the run",
+    "init": "the weights come from the checkpoint",
+}
+RUN_FOLDER = re.compile(r"\d{8}-\d{6}(?:-\d+)?_(.+)")  # <YYYYmmdd-HHMMSS>[-k]_<run-name>
 
 
-def check_writable(folder: Path) -> Path:
-    """Create `folder` if needed and prove a file can be written there; UserError if not."""
+def check_writable(folder: Path, flag: str = "--logdir") -> Path:
+    """Create `folder` if needed and prove a file can be written there; UserError naming `flag` if not."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
-        raise UserError(f"--logdir {folder} is not writable ({err.strerror}); choose another folder") from None
+        raise UserError(f"{flag} {folder} is not writable ({err.strerror}); choose another folder") from None
     return folder
 
 
@@ -49,23 +60,75 @@ def new_run_dir(logdir: Path, run_name: str) -> Path:
     raise UserError(f"cannot create a new run folder in {logdir}")
 
 
+def run_folders(logdir: Path, run_name: str) -> list[Path]:
+    """The run folders of exactly `run_name` in `logdir`: <YYYYmmdd-HHMMSS>[-k]_<run_name> (so `lenet`
+    is not `big_lenet`, and a name with [ ] * ? is matched as it is written)."""
+    logdir = Path(logdir)
+    if not logdir.is_dir():
+        return []
+    return [p for p in logdir.iterdir()
+            if p.is_dir() and (m := RUN_FOLDER.fullmatch(p.name)) and m.group(1) == run_name]
+
+
 def find_resume_checkpoint(resume: str, logdir: Path, run_name: str) -> Path | None:
     """The checkpoint that --resume names: a file, a run folder, or 'auto' = the run folder of `run_name`
     in `logdir` whose checkpoint was saved last (None when there is none yet)."""
     if resume == "auto":
-        runs = sorted(Path(logdir).glob(f"*_{run_name}/checkpoint_last.pt"), key=lambda p: p.stat().st_mtime)
-        return runs[-1] if runs else None
+        saved = [p / "checkpoint_last.pt" for p in run_folders(logdir, run_name) if (p / "checkpoint_last.pt").is_file()]
+        return max(saved, key=lambda p: p.stat().st_mtime, default=None)
     path = Path(resume)
     return path / "checkpoint_last.pt" if path.is_dir() else path
 
 
-def resume_command(run_dir: Path) -> str:
-    """The command line that continues this process's run in `run_dir` (its flags, --resume run_dir)."""
-    argv = list(sys.argv[1:])
-    if "--resume" in argv:
-        del argv[argv.index("--resume"):argv.index("--resume") + 2]
-    argv = [a if a and " " not in a else repr(a) for a in argv]
-    return " ".join(["python", Path(sys.argv[0]).name, *argv, "--resume", str(run_dir)])
+def command_line(args, script: str = "train_rmb.py", **changes) -> list[str]:
+    """The flags given on the command line (args.explicit) with `changes` (dest -> value), as a
+    command's words; --resume left out."""
+    words = []
+    given = {dest: value for dest, value in vars(args).items() if dest in getattr(args, "explicit", ())}
+    for dest, value in (given | changes).items():
+        if dest == "resume" or value is False:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        words += [flag] if value is True else [flag, "" if value is None else str(value)]
+    return [script, *words]
+
+
+def resume_command(args, checkpoint: Path, **changes) -> str:
+    """The command that continues a run from `checkpoint` (a run folder: its last checkpoint), quoted
+    for a POSIX shell: the flags given, `changes` (dest -> value), and --resume; under torchrun, a
+    torchrun command with as many processes."""
+    if distributed.launched_by_torchrun():
+        nodes = int(os.environ["WORLD_SIZE"]) // int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+        launcher = ["torchrun", "--standalone"] if nodes == 1 else ["torchrun", f"--nnodes={nodes}"]
+        launcher.append(f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', os.environ['WORLD_SIZE'])}")
+        where = "" if nodes == 1 else "  (on every node, with your --node_rank and --rdzv flags)"
+    else:
+        launcher, where = ["python"], ""
+    return shlex.join([*launcher, *command_line(args, **changes), "--resume", str(checkpoint)]) + where
+
+
+class RunLock:
+    """An exclusive lock on a run folder while a process trains in it (fcntl.flock on <run>/.lock, which
+    holds the pid). The operating system releases it when the process ends, however it ends, so a lock
+    left by a killed process never blocks."""
+
+    def __init__(self, run_dir: Path):
+        self.file = open(run_dir / ".lock", "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise UserError(f"{run_dir} is in use: process {holder} is training in it; wait for it to end "
+                            "(or stop it), or resume another run") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+
+    def release(self) -> None:
+        self.file.close()  # closing the file releases the lock
 
 
 class RunFolder:
@@ -87,32 +150,74 @@ class RunFolder:
         self.classes: list[str] = []
         self._started = self._epoch_started = time.perf_counter()
         self._resumed_flags = resumed_flags
+        self._lock: RunLock | None = None
+        self.overrides: dict = {}  # flags given on resume that differ from the run's: flag -> (the run's, yours)
 
     @classmethod
     def open(cls, args, dist: distributed.Distributed, resumed_flags=(), hparams=()) -> "RunFolder":
-        """Check what the run will write before any work (on rank 0: --logdir writable; with --resume,
-        the checkpoint found and loaded), and adopt a resumed run's flags; rank 0's findings go to every
-        rank. Without --data-dir the default data folder is found here (and generated by rank 0 first)."""
+        """Check, before any work, every folder the run will write and the run --resume names (on rank 0;
+        its findings, or its one-line error, go to every rank), then adopt a resumed run's flags. Without
+        --data-dir the default data folder is found here (and generated by rank 0 first)."""
         run = cls(args, dist, resumed_flags, hparams)
-        checkpoint = run_dir = None
-        if run.is_main:
-            check_writable(args.logdir)
-            path = find_resume_checkpoint(args.resume, args.logdir, args.run_name) if args.resume else None
-            if args.resume and path is None:
-                run.say(f"--resume auto: no run named {args.run_name} in {args.logdir} yet; starting a new one")
-            elif path is not None:
-                checkpoint, run_dir = load_checkpoint(path, RESUME_KEYS), path.parent
-        run.checkpoint, run.dir = distributed.broadcast((checkpoint, run_dir))  # every rank resumes rank 0's
-        if run.checkpoint:
-            run.adopt_flags(run.checkpoint["args"])
+        try:
+            run._open()
+        except BaseException:
+            run.__exit__()  # an error before the run began: let go of the run folder's lock
+            raise
+        return run
+
+    def _open(self) -> None:
+        args, found, error = self.args, None, None
+        if self.is_main:
+            try:
+                found = self._check_folders()
+            except UserError as err:
+                error = str(err)
+        (self.checkpoint, self.dir), error = distributed.broadcast((found or (None, None), error))
+        if error:
+            raise UserError(error)
+        if self.checkpoint:
+            self.adopt_flags(self.checkpoint["args"])
         if args.data_dir is None:
             from tools.cli import REPO_ROOT
             from tools.rmb_dataset import default_data_dir
 
             with distributed.main_process_first():  # rank 0 generates the default set, the others then read it
                 args.data_dir, note = default_data_dir(REPO_ROOT / "data")
-            run.say(note)
-        return run
+            self.say(note)
+
+    def _check_folders(self) -> tuple[dict, Path] | None:
+        """--logdir and --cache-dir writable; with --resume, the checkpoint (loaded), its folder locked
+        for this process, and a finished run refused. Returns (checkpoint, run folder) or None."""
+        args = self.args
+        check_writable(args.logdir)
+        if args.cache_dir is not None:
+            try:
+                check_writable(args.cache_dir, "--cache-dir")
+            except UserError as err:
+                if "cache_dir" in getattr(args, "explicit", ()):
+                    raise UserError(f"{err}, or pass --cache-dir '' for none") from None
+                self.say(f"warning: {err}; going on without a disk cache (every photo is decoded)", file=sys.stderr)
+                args.cache_dir = None
+        path = find_resume_checkpoint(args.resume, args.logdir, args.run_name) if args.resume else None
+        if args.resume and path is None:
+            self.say(f"--resume auto: no run named {args.run_name} in {args.logdir} yet; starting a new one")
+            return None
+        if path is None:
+            return None
+        checkpoint = load_checkpoint(path, RESUME_KEYS)
+        self._lock = RunLock(path.parent)
+        if "epochs" not in getattr(args, "explicit", ()):  # no --epochs: the run's own number
+            args.epochs = checkpoint["args"].get("epochs", args.epochs)
+        done = checkpoint["epoch"] >= args.epochs and not checkpoint["batches_in_epoch"]
+        if done and (path.parent / "metrics.json").is_file():
+            raise UserError(f"{path.parent} is finished: it trained {checkpoint['epoch']} epochs and its results "
+                            f"are in metrics.json; to train it further, resume it with --epochs N above "
+                            f"{checkpoint['epoch']}")
+        if done:
+            self.say(f"{path.parent} trained its {checkpoint['epoch']} epochs but did not finish: testing the "
+                     "best checkpoint and writing its pictures and metrics.json now")
+        return checkpoint, path.parent
 
     def __enter__(self) -> "RunFolder":
         return self
@@ -120,6 +225,9 @@ class RunFolder:
     def __exit__(self, *exc) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @property
     def pictures_dir(self) -> Path | None:
@@ -133,15 +241,30 @@ class RunFolder:
             print(*message, file=file)
 
     def adopt_flags(self, saved: dict) -> None:
-        """A resumed run goes on with the flags it was started with (the resumed flags); say which differ."""
+        """A resumed run goes on with the flags it was started with (the resumed flags), and says which
+        differ. A flag given on the command line wins (a lower --lr after a divergence) and the run says
+        that from there on it does not continue bit for bit; `overrides` keeps them (flag -> (the run's,
+        yours)) for the checkpointer. The schedule's flags and --init cannot change on resume."""
+        given = getattr(self.args, "explicit", frozenset())
         for flag in (f for f in self._resumed_flags if f in saved):
             now, value = getattr(self.args, flag), saved[flag]
-            if flag == "data_dir":
-                value = Path(value) if value is not None else None
-                now = value if now is None else now  # no --data-dir: the run's own folder, nothing to say
-            if str(now) != str(value):
-                self.say(f"resuming: using the run's --{flag.replace('_', '-')} {value} (not {now})")
-            setattr(self.args, flag, value)
+            if flag == "data_dir" and now is None:  # no --data-dir: the run's own folder
+                self.args.data_dir = Path(value) if value is not None else None
+                continue
+            option = f"--{flag.replace('_', '-')}"
+            if str(now) == str(value):
+                continue
+            if flag not in given:
+                self.say(f"resuming: using the run's {option} {value} (not {now})")
+                setattr(self.args, flag, Path(value) if flag == "data_dir" else value)
+            elif flag in FIXED_ON_RESUME:
+                raise UserError(f"{option} {now}: a resumed run keeps its {option} {value} ({FIXED_ON_RESUME[flag]}); "
+                                f"drop {option}, or start a new run")
+            else:
+                self.overrides[flag] = (value, now)
+                fresh = "; the optimizer's momentum starts afresh" if flag == "lr" else ""
+                self.say(f"resuming with {option} {now} as given (the run had {value}{fresh}): from here on it "
+                         "does not continue as the run would have, bit for bit")
 
     def saved_args(self) -> dict:
         """The run's flags as a checkpoint keeps them (paths as strings)."""
@@ -157,6 +280,7 @@ class RunFolder:
         self.classes = data["classes"]
         if self.is_main and not self.checkpoint:
             self.dir = new_run_dir(self.args.logdir, self.args.run_name)
+            self._lock = RunLock(self.dir)
         self.dir = distributed.broadcast(self.dir)
         # on resume, hide the events a killed run wrote after its checkpoint: each step is shown once
         purge_step = self.checkpoint["global_step"] + 1 if self.checkpoint else None
@@ -175,6 +299,8 @@ class RunFolder:
         self._started = self._epoch_started = time.perf_counter()
 
     def _say_start(self, data: dict, device: torch.device) -> None:
+        for warning in data["warnings"]:
+            self.say(f"warning: {warning}", file=sys.stderr)
         if data["skipped"]:
             self.say(f"warning: skipped {len(data['skipped'])} unreadable or unsupported file(s): "
                      + ", ".join(data["skipped"][:10]) + (" ..." if len(data["skipped"]) > 10 else ""),
@@ -211,10 +337,15 @@ class RunFolder:
         self._epoch_started = now
 
     def stop_diverged(self, step: int, detail: str) -> None:
-        """Say where training diverged and that the last checkpoint is still good; exit with EXIT_DIVERGED."""
-        last = self.dir / "checkpoint_last.pt"
-        kept = f"the last good checkpoint, {last}, is kept" if last.exists() else "no checkpoint was saved yet"
-        self.say(f"stopped: {detail}. Nothing from this point on is saved; {kept}. Try a lower --lr.", file=sys.stderr)
+        """Say where training diverged, what is kept, and the command that tries again with a tenth of the
+        learning rate from the best checkpoint (the last one's weights may already be too far off to
+        recover); exit with EXIT_DIVERGED."""
+        last, best = self.dir / "checkpoint_last.pt", self.dir / "checkpoint_best.pt"
+        kept = f"the last checkpoint before it, {last}, is kept" if last.exists() else "no checkpoint was saved yet"
+        again = (f"resume from the best epoch with a lower --lr:\n  {resume_command(self.args, best, lr=self.args.lr / 10)}"
+                 if best.exists() else "start again with a lower --lr")
+        self.say(f"stopped: {detail}. Nothing from this point on is saved; {kept}. To try again, {again}",
+                 file=sys.stderr)
         self.writer.add_text("diagnosis", f"diverged: {detail}", step)
         raise SystemExit(EXIT_DIVERGED)
 
@@ -222,19 +353,20 @@ class RunFolder:
         """After a signal (on this rank or another) the checkpoint is saved: say how to resume, wait until
         every rank is here (none leaves before the checkpoint is on disk), exit with 130 or 143."""
         self.say(f"\n{stop.name or 'signal'}: saved {self.dir / 'checkpoint_last.pt'} at epoch {state.epoch + 1}, "
-                 f"step {state.global_step}. Resume with:\n  {resume_command(self.dir)}", file=sys.stderr)
+                 f"step {state.global_step}. Resume with:\n  {resume_command(self.args, self.dir)}", file=sys.stderr)
         distributed.barrier()
         raise SystemExit(stop.exit_code if stop.requested else EXIT_CODES[signal.SIGTERM])
 
-    def finish(self, state, test: dict | None) -> dict:
+    def finish(self, state, report: dict | None, stop=None) -> dict:
         """The run is done: its hparams, metrics.json and loss_curve.png, and where to see them. Returns
-        the metrics (the final epoch's, the best epoch's, the test split's) and 'run_dir'. `test`: the
-        best checkpoint's `report` (no test figures when it was made on another split)."""
+        the metrics (the final epoch's, the best epoch's, the test split's) and 'run_dir'. `report`: the
+        best checkpoint's (no test figures when it was made on another split). `stop`: a signal that came
+        during this final phase was held until it was done; then the run exits with its code."""
         from tools.plots import plot_loss_curve
         from tools.tb_logging import log_hparams
         from tools.visualize import precision_recall
 
-        test = test if test and test["split"] == "test" else None
+        test = report if report and report["split"] == "test" else None
         last = state.last or {"train": {}, "valid": {}}
         metrics = {"train_loss": last["train"].get("loss"), "train_acc": last["train"].get("acc"),
                    "valid_loss": last["valid"].get("loss"), "valid_acc": last["valid"].get("acc"),
@@ -250,7 +382,13 @@ class RunFolder:
             self.writer.close()
             (self.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             plot_loss_curve(state.history["train"], state.history["valid"], self.dir / "loss_curve.png")
+        for warning in (report or {}).get("warnings", []):
+            self.say(f"warning: {warning}", file=sys.stderr)
         if test:
             self.say(f"test accuracy {test['acc']:.2%} (best epoch {state.best['epoch']}, valid {state.best['acc']:.2%})")
         self.say(f"results in {self.dir}\nsee them with: tensorboard --logdir {self.dir}")
+        if stop is not None and stop.requested:
+            self.say(f"{stop.name} came during the final phase: it was finished first, everything is saved",
+                     file=sys.stderr)
+            raise SystemExit(stop.exit_code)
         return metrics | {"run_dir": str(self.dir)}

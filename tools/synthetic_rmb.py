@@ -7,7 +7,6 @@ so under RandomGrayscale the network has to learn the layout, not the colour.
 
     python -m tools.synthetic_rmb data/RMB_synthetic     # about 1 s, 100 images per class
 """
-import argparse
 import os
 import random
 import shutil
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont
+
+from tools.errors import UserError
 
 CLASSES = ("1", "100")
 IMAGES_PER_CLASS = 100
@@ -92,11 +93,20 @@ def is_generated(folder: Path) -> bool:
     return (Path(folder) / DONE_MARKER).is_file()
 
 
+def main(args) -> Path:
+    try:
+        out_dir = generate(args.out_dir, args.per_class, args.seed)
+    except OSError as err:
+        raise UserError(f"cannot write {args.out_dir} ({err.strerror or err}); choose another folder") from None
+    print(f"wrote {out_dir}")
+    return out_dir
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from tools.cli import ArgumentParser, int_between, run_script, seed_value
+
+    parser = ArgumentParser(description=__doc__.splitlines()[0], prog="python -m tools.synthetic_rmb")
     parser.add_argument("out_dir", type=Path, help="writes <out_dir>/{1,100}/*.jpg")
-    parser.add_argument("--per-class", type=int, default=IMAGES_PER_CLASS, help="images per class")
-    parser.add_argument("--seed", type=int, default=SEED, help="same seed, same images")
-    args = parser.parse_args()
-    print(f"wrote {generate(args.out_dir, args.per_class, args.seed)}")
+    parser.add_argument("--per-class", type=int_between(1, 100_000), default=IMAGES_PER_CLASS, help="images per class")
+    parser.add_argument("--seed", type=seed_value, default=SEED, help="same seed, same images")
+    run_script(main, parser)

@@ -12,11 +12,17 @@ from tools.event_crc import speed_up_event_writing
 
 def open_writer(run_dir: Path, purge_step: int | None = None) -> SummaryWriter:
     """A SummaryWriter on `run_dir`. On resume, `purge_step` hides every event at or after that step
-    that a killed run had written, so each step is shown exactly once."""
+    that a killed run had written, so each step is shown exactly once.
+
+    Every writer starts its file with TensorBoard's session-start marker (a new run's at step 0, which
+    hides nothing): TensorBoard's Python loaders (`--load_fast=false`, the plugin EventAccumulator)
+    take the first marker they meet as the start of the run, not as a restart, so without one in the
+    first file, a resumed run's marker would purge nothing there and the steps after the checkpoint
+    would show twice."""
     wait_for_a_later_second(Path(run_dir))
     speed_up_event_writing()
     # A long queue: adding an event never waits for the writer thread to catch up with the disk.
-    return SummaryWriter(str(run_dir), purge_step=purge_step, max_queue=1000, flush_secs=10)
+    return SummaryWriter(str(run_dir), purge_step=purge_step or 0, max_queue=1000, flush_secs=10)
 
 
 def wait_for_a_later_second(run_dir: Path) -> None:

@@ -202,9 +202,11 @@ def class_label(name: str) -> str:
 def explain(model: nn.Module, dataset, classes: list[str], mean, std, count: int = 8) -> dict:
     """Pictures of a trained model on a data set whose items are (normalised image, label).
 
-    Returns {'gradcam': [{'image', 'overlay', 'title', 'path', 'cam'}] for up to `count` images
+    Returns {'gradcam': [{'image', 'overlay', 'title', 'path', 'cam', 'photo'}] for up to `count` images
     (wrong predictions first), 'input': the first image (H, W, 3), 'feature_maps': layer -> grid,
-    'kernels': tag -> grid}. Everything is computed with hooks that are removed afterwards.
+    'kernels': tag -> grid, 'unreadable': photos that could not be opened again (they vanished or
+    changed since they were decoded: their Grad-CAM is drawn on the decoded 32x32 image only)}.
+    Everything is computed with hooks that are removed afterwards.
     """
     from tools.gradcam import gradcam, last_conv
 
@@ -217,16 +219,20 @@ def explain(model: nn.Module, dataset, classes: list[str], mean, std, count: int
         rank = seen_per_class[label] = seen_per_class.get(label, -1) + 1
         found.append((predicted == label, rank, label, index, image, cam, predicted, probs))
     found.sort(key=lambda item: item[:3])  # wrong predictions first, then the classes in turn
-    items = []
+    items, unreadable = [], []
     for _, _, label, index, image, cam, predicted, probs in found[:count]:
         rgb = denormalize(image, mean, std)
         path = dataset.samples[index][0] if hasattr(dataset, "samples") else None
-        items.append({"image": rgb, "overlay": overlay(rgb, cam), "cam": cam.cpu(), "path": path,
-                      "photo": overlay_on_photo(path, cam) if path else None,
+        try:
+            photo = overlay_on_photo(path, cam) if path else None
+        except (OSError, ValueError, SyntaxError):  # the photo vanished or changed since it was decoded
+            photo = None
+            unreadable.append(path)
+        items.append({"image": rgb, "overlay": overlay(rgb, cam), "cam": cam.cpu(), "path": path, "photo": photo,
                       "title": f"{type(model).__name__} got {class_label(classes[predicted])},\n"
                                f"truth {class_label(classes[label])} ({probs[predicted]:.0%})"})
     first = dataset[0][0].to(device)
-    return {"gradcam": items, "input": denormalize(first, mean, std),
+    return {"gradcam": items, "input": denormalize(first, mean, std), "unreadable": unreadable,
             "feature_maps": feature_map_grids(feature_maps(model, first)), "kernels": kernel_grids(model)}
 
 
