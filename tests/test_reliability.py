@@ -417,3 +417,12 @@ def test_hostile_values_past_the_parser_are_one_line_and_exit_2(argv, match, tmp
                             env=os.environ | {"PYTHONWARNINGS": "ignore"})
     err = result.stderr.strip()
     assert result.returncode == 2 and err.count("\n") == 0 and match in err and "Traceback" not in err, err
+
+
+def test_the_default_set_in_a_read_only_checkout_is_one_clear_error(tmp_path):
+    from tools.rmb_dataset import default_data_dir
+
+    blocker = tmp_path / "data"
+    blocker.write_text("a file where the data folder should be")
+    with pytest.raises(UserError, match="cannot be generated into .*pass --data-dir"):
+        default_data_dir(blocker)

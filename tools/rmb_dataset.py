@@ -289,7 +289,11 @@ def default_data_dir(data_root: Path) -> tuple[Path, str | None]:
     if synthetic_rmb.is_generated(folder):
         note = f"no --data-dir and no {real}: using the synthetic RMB set in {folder}"
     else:
-        synthetic_rmb.generate(folder)
+        try:
+            synthetic_rmb.generate(folder)
+        except OSError as err:  # a read-only checkout
+            raise UserError(f"no --data-dir and no {real}, and the synthetic set cannot be generated into {folder} "
+                            f"({err.strerror or err}): pass --data-dir with your photos") from None
         note = f"no --data-dir and no {real}: generated a synthetic RMB set into {folder}"
     return folder, note + f"; for real photos put them in {real}/1 and {real}/100, or pass --data-dir"
 
