@@ -116,7 +116,7 @@ def main(args) -> dict:
             with activation_stats(model) as acts:  # dead units: never active over the whole group
                 for i in group:
                     loss = criterion(model(inputs[i:i + 1].to(device)), labels[i:i + 1].to(device))
-                    (loss / len(group)).backward()  # the accumulated gradient is the group's mean
+                    loss.backward()  # as in the course: the group's gradients add up, sample by sample
                     losses.append(loss.detach())
             mean_loss = torch.stack(losses).mean()
             monitor.after_backward(step, mean_loss)

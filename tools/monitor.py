@@ -29,6 +29,12 @@ from tools.tensor_stats import HIST_BINS, Histogram, histograms, tensor_norms, u
 from tools.verdict import EpochFigures, Verdict, judge
 
 
+def per_parameter(saved: list | None, n: int, zero) -> list:
+    """A per-parameter list as saved, or `n` zeros (a fresh epoch, or a checkpoint of before the monitor
+    kept one number per parameter)."""
+    return list(saved) if isinstance(saved, list) and len(saved) == n else [zero] * n
+
+
 class TrainingMonitor:
     """Gradient norms, update ratios and histograms of a model's parameters, logged to TensorBoard.
 
@@ -48,8 +54,10 @@ class TrainingMonitor:
         self.enabled = enabled
         self.bins = bins
         self.classes = classes
-        self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # every parameter: a frozen one may be unfrozen later; one without a gradient in a step (frozen,
+        # unused by forward, a branch not taken) is left out of that step's figures, not of the epoch's
+        self.names = [n for n, _ in self.model.named_parameters()]
+        self.params = [p for _, p in self.model.named_parameters()]
         self.order = self.names      # parameter names in forward order, once set_forward_order is called
         self._nonfinite = None       # (step, what) of the first non-finite loss or gradient
         self._before = None          # weights before a logged optimizer step
@@ -69,12 +77,15 @@ class TrainingMonitor:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore `state_dict()`; an empty dict is a fresh monitor."""
+        n = len(self.params)
         self.epochs = state.get("epochs", 0)                      # verdicts given: the epochs judged
         self.first_total_norm = state.get("first_total_norm")     # total grad norm at the first verdict
-        self._norm_sum = state.get("norm_sum")                    # per-parameter grad norms summed over the epoch
-        self._norm_steps = state.get("norm_steps", 0)
-        self._ratio_sum = state.get("ratio_sum")                  # update ratios summed over the epoch's logged steps
-        self._ratio_steps = state.get("ratio_steps", 0)
+        # per parameter, over the epoch: grad norms summed, and the steps in which it had a gradient;
+        # update ratios summed over the logged steps, and their count
+        self._norm_sum = per_parameter(state.get("norm_sum"), n, 0.0)
+        self._norm_steps = per_parameter(state.get("norm_steps"), n, 0)
+        self._ratio_sum = per_parameter(state.get("ratio_sum"), n, 0.0)
+        self._ratio_steps = per_parameter(state.get("ratio_steps"), n, 0)
 
     @property
     def nonfinite(self) -> tuple[int, str] | None:
@@ -86,26 +97,27 @@ class TrainingMonitor:
 
         One host copy per step: the loss, and when monitoring, every parameter's gradient norm with it.
         """
-        grads = [p.grad for p in self.params if p.grad is not None] if self.enabled else []
-        if not grads:
+        with_grad = [i for i, p in enumerate(self.params) if p.grad is not None] if self.enabled else []
+        if not with_grad:
             value = loss.item()
             if not math.isfinite(value):
                 self._record_nonfinite(step, "loss")
             return value
         # one fused call for all parameters' norms, one sync per step for them and the loss
+        grads = [self.params[i].grad for i in with_grad]
         value, *norms = torch.stack([loss.detach().float(), *torch._foreach_norm(grads)]).tolist()
         total = math.sqrt(sum(n * n for n in norms))
         if not math.isfinite(value) or not math.isfinite(total):
             self._record_nonfinite(step, "loss" if not math.isfinite(value) else "gradient", norms)
-        if len(norms) == len(self.params):  # the verdict uses the epoch's mean norms
-            self._norm_sum = norms if self._norm_sum is None else [a + b for a, b in zip(self._norm_sum, norms)]
-            self._norm_steps += 1
+        for i, norm in zip(with_grad, norms):  # the verdict uses each parameter's mean over the epoch
+            self._norm_sum[i] += norm
+            self._norm_steps[i] += 1
         if step % self.log_interval == 0:
             self._write_pending()
             # written by after_step together with the update ratios: one event per logging step
             self._pending = (step, {f"grad_norm/{name}": norm for name, norm in zip(self._grad_names(), norms)}
                              | {"grad_norm/total": total})
-            self._before = [p.detach().clone() for p in self.params]
+            self._before = (with_grad, [self.params[i].detach().clone() for i in with_grad])
             if self._nonfinite is not None:  # the loop will stop before after_step: write them now
                 self._write_pending()
         return value
@@ -120,17 +132,19 @@ class TrainingMonitor:
         logging step, the update-to-weight ratio |W_new - W_old| / |W_old| of every parameter with the
         step's gradient norms, all in one TensorBoard event."""
         scalars = scalars or {}
-        if self._before is not None:
-            deltas = torch._foreach_sub([p.detach() for p in self.params], self._before)
-            norms = tensor_norms([*self._before, *deltas]).tolist()  # one fused call, one sync: |W_old|, |update|
-            n = len(self.params)
+        if self._before is not None:  # the parameters that had a gradient, before the step
+            trained, before = self._before
+            deltas = torch._foreach_sub([self.params[i].detach() for i in trained], before)
+            norms = tensor_norms([*before, *deltas]).tolist()  # one fused call, one sync: |W_old|, |update|
+            n = len(trained)
             ratios = [update / max(weight, 1e-12) for weight, update in zip(norms[:n], norms[n:])]
-            self._ratio_sum = ratios if self._ratio_sum is None else [a + b for a, b in zip(self._ratio_sum, ratios)]
-            self._ratio_steps += 1
+            for i, ratio in zip(trained, ratios):
+                self._ratio_sum[i] += ratio
+                self._ratio_steps[i] += 1
             self._before = None
             logged = self._pending[1] if self._pending else {}  # this step's gradient norms
             self._pending = None
-            scalars = logged | {f"update_ratio/{name}": r for name, r in zip(self.names, ratios)} | scalars
+            scalars = logged | {f"update_ratio/{self.names[i]}": r for i, r in zip(trained, ratios)} | scalars
         self._write(step, scalars)
 
     def _write(self, step: int, scalars: dict) -> None:
@@ -191,19 +205,20 @@ class TrainingMonitor:
         self.epochs += 1
         hists = self.parameter_histograms()
         bad = [t for t, h in hists.items() if h.nan or h.inf]
-        norms = {n: v / self._norm_steps for n, v in zip(self.names, self._norm_sum or [])}
-        ratios = {n: v / self._ratio_steps for n, v in zip(self.names, self._ratio_sum or [])}
+        norms = {n: v / k for n, v, k in zip(self.names, self._norm_sum, self._norm_steps) if k}
+        ratios = {n: v / k for n, v, k in zip(self.names, self._ratio_sum, self._ratio_steps) if k}
         norms = {n: norms[n] for n in self.order if n in norms}
+        frozen = [n for n, p in zip(self.names, self.params) if not p.requires_grad]
         total = math.sqrt(sum(v * v for v in norms.values())) if norms else None
         if self.first_total_norm is None and total and math.isfinite(total):
             self.first_total_norm = total
         nonfinite = self._nonfinite[1] if self._nonfinite else (f"NaN/Inf in {', '.join(bad)}" if bad else None)
         verdict = judge(EpochFigures(norms, train_loss, self.classes, self.first_total_norm, ratios,
-                                     activations or {}, nonfinite))
+                                     activations or {}, nonfinite, frozen))
         if self.writer is not None:
             dead = {f"dead_relu/{name}": stats["dead"] for name, stats in (activations or {}).items()
                     if "dead" in stats}
             write_event(self.writer, step, scalars=dead, histograms=hists,
                         texts={"diagnosis": f"epoch {self.epochs}: {verdict}"})
-        self._norm_sum, self._norm_steps, self._ratio_sum, self._ratio_steps = None, 0, None, 0
+        self.load_state_dict({"epochs": self.epochs, "first_total_norm": self.first_total_norm})  # a new epoch
         return verdict

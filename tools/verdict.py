@@ -33,6 +33,7 @@ class EpochFigures:
     update_ratios: dict = field(default_factory=dict)
     activations: dict = field(default_factory=dict)
     nonfinite: str | None = None
+    frozen: list = field(default_factory=list)  # parameters frozen on purpose: named, never judged
 
     @property
     def total_norm(self) -> float:
@@ -135,7 +136,21 @@ class Verdict:
 
 def judge(e: EpochFigures) -> Verdict:
     """Every rule on one epoch's figures: the most severe finding's status, all findings; else converged
-    (a low loss: small gradients are success, not vanishing) or healthy."""
+    (a low loss: small gradients are success, not vanishing) or healthy. Parameters frozen on purpose
+    are named last, as frozen, never as a problem."""
+    verdict = judge_trained(e)
+    if e.frozen:
+        verdict.findings.append(f"frozen on purpose: {frozen_layers(e.frozen)}")
+    return verdict
+
+
+def frozen_layers(names: list[str]) -> str:
+    """'conv1.weight', 'conv1.bias', 'conv2.weight' -> 'conv1, conv2' (layers, in order)."""
+    return ", ".join(dict.fromkeys(n.rsplit(".", 1)[0] for n in names))
+
+
+def judge_trained(e: EpochFigures) -> Verdict:
+    """`judge` of the parameters that trained."""
     found = [(status, finding) for status, rule in RULES if (finding := rule(e))]
     if found:
         return Verdict(found[0][0], [finding for _, finding in found])
