@@ -15,6 +15,9 @@ from tools.monitor import TrainingMonitor
 from tools.train_state import TrainState
 
 
+DATA = {"classes": ["1", "100"], "mean": [0.5] * 3, "std": [0.25] * 3}  # what the checkpointer keeps of the data
+
+
 def a_fake_run(tmp_path: Path) -> SimpleNamespace:
     """What the checkpointer needs of a RunFolder: one process, writing into tmp_path."""
     return SimpleNamespace(dir=tmp_path, is_main=True, rank=0, world_size=1, say=print, overrides={},
@@ -85,7 +88,7 @@ def test_the_checkpointer_round_trips_every_state(tmp_path):
     model, optimizer, scheduler, monitor, state = a_few_steps()
     scheduler.step()
     generator = torch.Generator().manual_seed(3)
-    saved = Checkpointer(run, generator, {"classes": ["1", "100"]}, model=model, optimizer=optimizer,
+    saved = Checkpointer(run, generator, DATA, model=model, optimizer=optimizer,
                          scheduler=scheduler, monitor=monitor, state=state)
     saved.save(best=True)
     checkpoint = load_checkpoint(tmp_path / "checkpoint_last.pt")
@@ -98,7 +101,7 @@ def test_the_checkpointer_round_trips_every_state(tmp_path):
     optimizer2 = torch.optim.SGD(model2.parameters(), lr=0.05, momentum=0.9)
     scheduler2 = torch.optim.lr_scheduler.StepLR(optimizer2, step_size=1, gamma=0.5)
     monitor2, state2 = TrainingMonitor(model2, log_interval=2), TrainState()
-    restored = Checkpointer(run, torch.Generator(), {"classes": ["1", "100"]}, model=model2, optimizer=optimizer2,
+    restored = Checkpointer(run, torch.Generator(), DATA, model=model2, optimizer=optimizer2,
                             scheduler=scheduler2, monitor=monitor2, state=state2)
     restored.restore(checkpoint)
     for key, tensor in model.state_dict().items():
@@ -131,7 +134,7 @@ def test_restoring_draws_no_random_number_after_setting_the_random_states(tmp_pa
     else:
         state.end_epoch({"loss": 0.5, "acc": 0.5, "confusion": torch.zeros(2, 2, dtype=torch.int64)})
     stateful = dict(model=model, optimizer=optimizer, scheduler=scheduler, monitor=monitor, state=state)
-    Checkpointer(a_fake_run(tmp_path), generator, {}, **stateful).save()
+    Checkpointer(a_fake_run(tmp_path), generator, DATA, **stateful).save()
     checkpoint = load_checkpoint(tmp_path / "checkpoint_last.pt")
 
     # independently: the states a resumed run must start from, set directly, and what they draw
@@ -145,7 +148,7 @@ def test_restoring_draws_no_random_number_after_setting_the_random_states(tmp_pa
     torch.manual_seed(7)
     model2 = LeNet().initialize_weights()  # built before the restore, as train_rmb.py does
     optimizer2 = torch.optim.SGD(model2.parameters(), lr=0.05, momentum=0.9)
-    Checkpointer(a_fake_run(tmp_path), new_generator, {}, model=model2, optimizer=optimizer2,
+    Checkpointer(a_fake_run(tmp_path), new_generator, DATA, model=model2, optimizer=optimizer2,
                  scheduler=torch.optim.lr_scheduler.StepLR(optimizer2, 1), monitor=TrainingMonitor(model2),
                  state=new_state).restore(checkpoint)
     assert same_draws(draws(new_generator), expected)

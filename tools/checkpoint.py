@@ -126,15 +126,16 @@ class Checkpointer:
     `stateful`: name -> an object with state_dict() / load_state_dict(): model (the unwrapped one),
     optimizer, scheduler, monitor, and `state`, the TrainState, whose fields sit at the top level of
     the checkpoint (epoch, global_step, best, history, ...). `generator`: the train loader's.
-    `facts`: plain values saved beside them for whoever reads the checkpoint (classes, normalisation).
+    `data`: `load_splits`' dict; its classes and normalisation are saved beside them, for whoever reads
+    the checkpoint (tools.inspect_run).
     Under torchrun every rank calls save() at the same points (the random states of all ranks are
     gathered: each rank resumes its own augmentation) and rank 0 alone writes.
     """
 
-    def __init__(self, run, generator: torch.Generator, facts: dict, **stateful):
+    def __init__(self, run, generator: torch.Generator, data: dict, **stateful):
         self.run = run
         self.generator = generator
-        self.facts = facts
+        self.facts = {"classes": data["classes"], "norm": {"mean": data["mean"], "std": data["std"]}}
         self.state = stateful.pop("state")
         self.stateful = stateful
 
@@ -164,10 +165,10 @@ class Checkpointer:
         if checkpoint is None:
             return
         for name, obj in self.stateful.items():
-            if name == "model":
+            if name not in checkpoint and name in ("swa", "monitor"):  # saved by later versions only
+                obj.load_state_dict({} if name == "swa" else {"first_total_norm": checkpoint.get("first_total_norm")})
+            elif name == "model":
                 load_model_state(obj, checkpoint["model"], self.run.dir)
-            elif name == "monitor":  # checkpoints of before the monitor kept its own state had this one number
-                obj.load_state_dict(checkpoint.get("monitor", {"first_total_norm": checkpoint.get("first_total_norm")}))
             else:
                 obj.load_state_dict(checkpoint[name])
         self.state.load_state_dict(checkpoint)
@@ -188,16 +189,16 @@ class Checkpointer:
         restore_rng_states(rng, self.generator)
 
     def apply_overrides(self) -> None:
-        """Hyper-parameters given anew on resume (run.overrides: --lr, --momentum) replace the restored
-        optimizer's: every parameter group's lr scaled by new / old (groups keep their ratios; so does
-        the schedule's base), momentum set. A new learning rate also starts the optimizer's running
+        """Hyper-parameters given anew on resume (run.overrides: --lr, --momentum, --weight-decay) replace
+        the restored optimizer's: every parameter group's lr scaled by new / old (groups keep their
+        ratios; so does the schedule's base), momentum and weight decay set. A new learning rate also starts the optimizer's running
         state afresh (momentum buffers, Adam's moments): gathered at the old rate, after a divergence
         they would throw the weights off again at the new one."""
         optimizer, scheduler = self.stateful.get("optimizer"), self.stateful.get("scheduler")
         if optimizer is not None and "lr" in self.run.overrides:
             optimizer.state.clear()
         for flag, (old, new) in self.run.overrides.items():
-            if optimizer is None or flag not in ("lr", "momentum"):
+            if optimizer is None or flag not in ("lr", "momentum", "weight_decay"):
                 continue
             for group in optimizer.param_groups:
                 if flag == "lr":

@@ -57,6 +57,32 @@ def number_at_least(kind, low, strict: bool = False, name: str = "number", high=
     return parse
 
 
+def fraction(text: str) -> float:
+    """An argparse type for a number in [0, 1)."""
+    value = number_at_least(float, 0, name="fraction")(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be below 1, got {text}")
+    return value
+
+
+def class_weights_flag(text: str) -> str | list[float]:
+    """An argparse type for --class-weights: 'balanced', or positive numbers separated by commas."""
+    if text == "balanced":
+        return text
+    try:
+        return [positive_float(part) for part in text.split(",")]
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"{text!r}: use 'balanced' or numbers above 0 such as 1,2.5") from None
+
+
+def prefixes(text: str) -> list[str]:
+    """An argparse type for comma-separated name prefixes, e.g. conv or conv1,fc1."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give names such as conv or conv1,fc1")
+    return parts
+
+
 def seed_value(text: str) -> int:
     """An argparse type for --seed: an integer that numpy, torch and random all accept."""
     return number_at_least(int, 0, name="seed", high=2**32 - 1)(text)

@@ -35,15 +35,18 @@ def build_scheduler(name: str, optimizer, epochs: int, step_size: int, gamma: fl
     raise ValueError(f"unknown scheduler {name!r}; choose from {', '.join(SCHEDULERS)}")
 
 
-def step_scheduler(scheduler, valid_loss: float) -> float:
+def step_scheduler(scheduler, valid_loss: float) -> dict[str, float]:
     """Step a scheduler at the end of an epoch (ReduceLROnPlateau with the valid loss); returns the
-    learning rate the epoch trained with (of the first parameter group)."""
-    lr = scheduler.optimizer.param_groups[0]["lr"]
+    learning rates the epoch trained with, as TensorBoard tags: 'lr' (the first parameter group), and
+    'lr/<group name>' for the others."""
+    from tools.optim import learning_rates
+
+    rates = learning_rates(scheduler.optimizer)
     if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
         scheduler.step(valid_loss)
     else:
         scheduler.step()
-    return lr
+    return rates
 
 
 def synthetic_valid_loss(epoch: int) -> float:

@@ -268,6 +268,21 @@ def build_transforms(mean=IMAGENET_MEAN, std=IMAGENET_STD):
     return train, v2.Compose(to_input)
 
 
+def class_weights(spec: str | list[float] | None, targets: list[int], classes: list[str]) -> torch.Tensor | None:
+    """CrossEntropyLoss's `weight` for --class-weights: None; 'balanced', the inverse class frequency
+    of `targets` (the train split), n / (classes x count of the class), so that every class weighs as
+    much in the loss as if all were as frequent; or explicit numbers, one per class."""
+    if spec is None:
+        return None
+    if spec == "balanced":
+        counts = torch.bincount(torch.tensor(targets), minlength=len(classes)).double()
+        return (len(targets) / (len(classes) * counts.clamp_min(1))).float()
+    if len(spec) != len(classes):
+        raise UserError(f"--class-weights gives {len(spec)} number(s) for {len(classes)} classes "
+                        f"({', '.join(classes)}): give one per class, in that order, or 'balanced'")
+    return torch.tensor(spec, dtype=torch.float32)
+
+
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images (N, 3, H, W), in [0, 1] units, for Normalize."""
     x = images.double().div_(255).transpose(0, 1).reshape(3, -1)

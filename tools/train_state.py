@@ -76,12 +76,15 @@ class TrainState:
         """Train accuracy of the current epoch so far (the running accuracy)."""
         return self.epoch_sums["correct"] / max(self.epoch_sums["seen"], 1)
 
-    def end_epoch(self, valid: dict) -> bool:
-        """Close the current epoch with its valid figures ({'loss', 'acc', 'confusion'}); True when it is
-        the best so far (a higher valid accuracy, or the same with a lower loss)."""
+    def end_epoch(self, valid: dict, averaged: dict | None = None) -> bool:
+        """Close the current epoch with its valid figures ({'loss', 'acc', 'confusion'}) and, with SWA,
+        the averaged weights' ({'loss', 'acc'}); True when it is the best so far (a higher valid accuracy,
+        or the same with a lower loss)."""
         self.epoch += 1
         self.last = {"train": {"loss": self.epoch_loss, "acc": self.epoch_acc},
                      "valid": {"loss": valid["loss"], "acc": valid["acc"], "confusion": valid["confusion"].tolist()}}
+        if averaged is not None:
+            self.last["valid_swa"] = {"loss": averaged["loss"], "acc": averaged["acc"]}
         self.history["valid"].append((self.global_step, valid["loss"]))
         self.batches_in_epoch, self.epoch_sums, self.epoch_rng = 0, new_epoch_sums(), None
         is_best = (valid["acc"], -valid["loss"]) > (self.best["acc"], -self.best["loss"])
