@@ -11,7 +11,7 @@ from torch.optim import lr_scheduler
 from model import LeNet
 from tools.engine import evaluate
 from tools.gradcam import gradcam, last_conv
-from tools.lr_schedules import PLATEAU_PATIENCE, build_scheduler, lr_curves, synthetic_valid_loss
+from tools.lr_schedules import build_scheduler, lr_curves
 from tools.visualize import feature_map_grids, feature_maps, kernel_grids, precision_recall, render_confusion_matrix
 
 
@@ -107,22 +107,26 @@ def stepped_lrs(make_scheduler, steps: int, **sgd) -> list[float]:
     return lrs
 
 
-def test_lr_curves_equal_get_last_lr():
-    curves = lr_curves(epochs=30, lr=0.1, steps_per_epoch=4)
-    assert len(curves) == 9
-    assert [v for _, v in curves["CosineAnnealingLR"]] == stepped_lrs(
-        lambda opt: lr_scheduler.CosineAnnealingLR(opt, T_max=30), 30, momentum=0.9)
-    assert [v for _, v in curves["OneCycleLR"]] == stepped_lrs(
-        lambda opt: lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=120), 120)
-    plateau = [v for _, v in curves["ReduceLROnPlateau"]]
-    assert plateau[0] == 0.1 and plateau[-1] < 0.1  # the synthetic loss flattens out: the rate is cut
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    scheduler = lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=PLATEAU_PATIENCE)
-    expected = []
-    for epoch in range(30):
-        expected.append(scheduler.get_last_lr()[0])
-        scheduler.step(synthetic_valid_loss(epoch))
-    assert plateau == expected
+def test_lr_curves_are_the_courses_schedulers_with_its_settings():
+    curves = lr_curves(epochs=100, lr=0.1)
+    assert list(curves) == ["StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR",
+                            "CosineAnnealingWarmRestarts", "CyclicLR", "OneCycleLR", "LambdaLR", "MultiplicativeLR",
+                            "ReduceLROnPlateau"]
+    base = {name: [v for _, v in groups["base"]] for name, groups in curves.items()}
+    assert base["CosineAnnealingLR"] == stepped_lrs(lambda o: lr_scheduler.CosineAnnealingLR(o, 10, 1e-5), 100)
+    assert base["OneCycleLR"] == stepped_lrs(lambda o: lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=100), 100,
+                                             momentum=0.9)
+    assert base["CyclicLR"] == stepped_lrs(lambda o: lr_scheduler.CyclicLR(o, 0.01, 0.1, 25, 10), 100, momentum=0.9)
+    assert base["StepLR"][29:31] == pytest.approx([0.1, 0.01]) and base["MultiStepLR"][45] == pytest.approx(0.0125)
+    assert base["ExponentialLR"][:3] == pytest.approx([0.1, 0.09, 0.081])
+    # two parameter groups, two lambdas, two curves
+    assert [v for _, v in curves["LambdaLR"]["base"]] == pytest.approx([0.1 * 0.1 ** (e // 20) for e in range(100)])
+    assert [v for _, v in curves["LambdaLR"]["fc"]] == pytest.approx([0.1 * 0.95 ** e for e in range(100)])
+    assert [v for _, v in curves["MultiplicativeLR"]["base"]] == pytest.approx([0.1 * 0.95 ** e for e in range(100)])
+    assert [v for _, v in curves["MultiplicativeLR"]["fc"]] == pytest.approx([0.1 * 0.9 ** e for e in range(100)])
+    plateau = base["ReduceLROnPlateau"]  # a loss that never improves: cut after 10 epochs, 10 of cooldown
+    assert plateau[:12] == [0.1] * 12 and plateau[12] == pytest.approx(0.01) and plateau[-1] == pytest.approx(1e-4)
+    assert "fc" not in curves["StepLR"]
 
 
 @pytest.mark.parametrize("name", ["step", "multistep", "exponential", "cosine", "plateau"])
