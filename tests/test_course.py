@@ -168,3 +168,17 @@ def test_a_sigterm_mid_epoch_with_adam_and_swa_resumes_bit_for_bit(tiny_data, tm
     assert_same_weights(expected["swa"]["model"], final["swa"]["model"])
     for index, state in expected["optimizer"]["state"].items():
         assert torch.equal(state["exp_avg_sq"], final["optimizer"]["state"][index]["exp_avg_sq"])
+
+
+def test_inspect_run_on_a_folder_evaluates_every_image_in_it(tiny_data, tmp_path):
+    from tools import inspect_run
+
+    metrics = train(tmp_path, tiny_data, *FLAGS, "--epochs", "1", "--no-monitor")
+    result = inspect_run.main(inspect_run.get_args_parser().parse_args(
+        [metrics["run_dir"], "--data-dir", str(tiny_data), "--out", str(tmp_path / "inspect"), "--device", "cpu"]))
+    images = sorted(tiny_data.rglob("*.jpg"))
+    assert result["split"] == "all" and result["total"] == len(images) == 24
+    assert sum(map(sum, result["confusion"])) == 24 and (tmp_path / "inspect" / "confusion_all.png").is_file()
+    worst = [item["probability"] for item in result["worst"]]
+    assert len(worst) == 5 and worst == sorted(worst)
+    assert {item["path"] for item in result["worst"]} <= {str(p) for p in images}

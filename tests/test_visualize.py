@@ -87,6 +87,16 @@ def test_feature_maps_are_what_forward_computes_and_hooks_are_removed():
     assert no_hooks(model)
 
 
+def test_feature_maps_after_relu_too_as_in_the_course():
+    torch.manual_seed(0)
+    model = LeNet()
+    image = torch.randn(3, 32, 32)
+    maps = feature_maps(model, image, (nn.Conv2d, nn.ReLU))
+    assert list(maps) == ["conv1", "relu1", "conv2", "relu2"]  # relu3, relu4 follow linear layers: no maps
+    assert torch.equal(maps["relu1"], torch.relu(maps["conv1"])) and torch.equal(maps["relu2"], torch.relu(maps["conv2"]))
+    assert no_hooks(model)
+
+
 def test_kernel_grids_have_the_expected_shapes():
     grids = kernel_grids(LeNet(), scale=1)
     assert grids["conv1/all"].shape == (5 + 2, 6 * 5 + 7, 3)      # six RGB 5x5 kernels in a row

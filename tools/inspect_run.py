@@ -81,15 +81,24 @@ def main(args) -> dict:
     classes, splits, _ = find_splits(data_dir)
     if classes != checkpoint["classes"]:
         raise UserError(f"{data_dir} has classes {classes}, the run was trained on {checkpoint['classes']}")
-    split = "test" if splits["test"] else "valid"
+    # a folder you name: every image in it, whatever its layout; the run's own data: its held-out test split
+    split = "all" if args.data_dir else "test" if splits["test"] else "valid"
+    samples = [s for part in splits.values() for s in part] if args.data_dir else splits[split]
     mean, std = checkpoint["norm"]["mean"], checkpoint["norm"]["std"]
-    dataset = RMBDataset(samples=splits[split], classes=classes, transform=build_transforms(mean, std)[1])
+    dataset = RMBDataset(samples=samples, classes=classes, transform=build_transforms(mean, std)[1])
     data = {"classes": classes, "mean": mean, "std": std, split: dataset}
-    result = report(model, data, split, device, out_dir, title=f"{split}, {args.run_dir.name}")
+    result = report(model, data, split, device, out_dir, title=f"{split} {len(dataset)} images, {args.run_dir.name}")
     paths = [Path(p) for p in result["pngs"]]
     (out_dir / "inspect.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{split} accuracy {result['acc']:.2%} on {len(dataset)} images of {data_dir}")
+    print(f"accuracy {result['acc']:.2%} on {'all ' if args.data_dir else 'the ' + split + ' split, '}"
+          f"{len(dataset)} images of {data_dir}")
     print(f"confusion (rows true {classes}, columns predicted):\n{torch.tensor(result['confusion']).numpy()}")
+    print("worst predicted (lowest probability of the true class):")
+    for item in result["worst"]:
+        print(f"  {item['probability']:6.1%} {class_label(item['truth'])}, taken for {class_label(item['predicted'])}: "
+              f"{item['path']}")
+    for warning in result["warnings"]:
+        print(f"warning: {warning}")
     print(f"pictures in {out_dir}: " + ", ".join(p.name for p in paths))
     return result
 

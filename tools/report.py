@@ -14,13 +14,31 @@ from tools.engine import evaluate
 from tools.visualize import explain, precision_recall, render_confusion_matrix, save_png, write_explanation
 
 
+@torch.no_grad()
+def worst_predicted(model: nn.Module, dataset, classes: list[str], device: torch.device, count: int = 5) -> list[dict]:
+    """The `count` images whose true class got the lowest probability: [{'path', 'truth', 'predicted',
+    'probability' (of the true class)}], worst first."""
+    model.eval()
+    truth_probs, predicted = [], []
+    for images, labels in eval_loader(dataset):
+        probs = model(images.to(device)).softmax(1)
+        truth_probs.append(probs.gather(1, labels.to(device)[:, None])[:, 0].cpu())
+        predicted.append(probs.argmax(1).cpu())
+    truth_probs, predicted = torch.cat(truth_probs), torch.cat(predicted)
+    order = truth_probs.argsort()[:count].tolist()
+    paths = [path for path, _ in dataset.samples] if hasattr(dataset, "samples") else [None] * len(dataset)
+    return [{"path": paths[i], "truth": classes[dataset.targets[i]], "predicted": classes[int(predicted[i])],
+             "probability": float(truth_probs[i])} for i in order]
+
+
 def report(model: nn.Module, data: dict, split: str, device: torch.device, out_dir: Path | None = None,
            writer=None, step: int = 0, title: str = "") -> dict:
     """Evaluate `model` on data[split] and, with `out_dir`, draw what explains it.
 
     data: {'classes', 'mean', 'std' (of Normalize), split: a data set of (normalised image, label)}.
     Returns {'split', 'acc', 'loss' (cross-entropy), 'total', 'confusion' (a list of rows),
-    'per_class' (precision and recall), 'pngs' (paths written), 'warnings' (what could not be drawn)}. With `out_dir`: confusion_<split>.png
+    'per_class' (precision and recall), 'pngs' (paths written), 'warnings' (what could not be drawn),
+    and with `out_dir` 'worst' (`worst_predicted`)}. With `out_dir`: confusion_<split>.png
     titled `title`, Grad-CAM, feature maps and kernels (see `write_explanation`), and the same in
     TensorBoard at `step` when a writer is given. Under torchrun every rank evaluates its shard and
     only the rank given an `out_dir` draws.
@@ -32,6 +50,7 @@ def report(model: nn.Module, data: dict, split: str, device: torch.device, out_d
               "pngs": [], "warnings": []}
     if out_dir is None:
         return result
+    result["worst"] = worst_predicted(model, data[split], classes, device)
     confusion = render_confusion_matrix(stats["confusion"], classes, title or split)
     paths = [save_png(confusion, Path(out_dir) / f"confusion_{split}.png")]
     if writer is not None:

@@ -14,6 +14,8 @@ from torch import nn
 
 from tools.hooks import hooks
 
+MAP_LAYERS = (nn.Conv2d, nn.ReLU)  # feature maps are drawn before the ReLU (conv) and after it, as in the course
+
 
 def precision_recall(confusion: torch.Tensor, classes: list[str]) -> dict:
     """Per-class precision and recall from a confusion matrix (rows true, columns predicted).
@@ -82,7 +84,8 @@ def enlarge(image: np.ndarray, factor: int = 4) -> np.ndarray:
 
 
 def feature_maps(model: nn.Module, image: torch.Tensor, types=(nn.Conv2d,)) -> dict[str, torch.Tensor]:
-    """Outputs of every module of `types` for one image (3, H, W): name -> (channels, h, w).
+    """Outputs of every module of `types` for one image (3, H, W): name -> (channels, h, w), in forward
+    order; modules whose output is not a stack of maps (a ReLU after a linear layer) are left out.
 
     Caught with forward hooks during one ordinary forward pass, so every layer sees exactly what
     `forward` gives it (ReLU and pooling included). The hooks are removed before returning.
@@ -90,7 +93,10 @@ def feature_maps(model: nn.Module, image: torch.Tensor, types=(nn.Conv2d,)) -> d
     maps = {}
 
     def keep(name):
-        return lambda _m, _i, output: maps.__setitem__(name, output.detach()[0])
+        def record(_module, _inputs, output):
+            if output.dim() == 4:  # maps (N, C, h, w) only: a ReLU after a linear layer has none
+                maps[name] = output.detach()[0]
+        return record
 
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
     was_training = model.training
@@ -233,7 +239,7 @@ def explain(model: nn.Module, dataset, classes: list[str], mean, std, count: int
                                f"truth {class_label(classes[label])} ({probs[predicted]:.0%})"})
     first = dataset[0][0].to(device)
     return {"gradcam": items, "input": denormalize(first, mean, std), "unreadable": unreadable,
-            "feature_maps": feature_map_grids(feature_maps(model, first)), "kernels": kernel_grids(model)}
+            "feature_maps": feature_map_grids(feature_maps(model, first, MAP_LAYERS)), "kernels": kernel_grids(model)}
 
 
 def write_explanation(visuals: dict, out_dir: Path, writer=None, step: int = 0) -> list[Path]:
@@ -268,5 +274,5 @@ def log_pictures(writer, visuals: dict, step: int) -> None:
 
 def snapshot(model: nn.Module, image: torch.Tensor, mean, std) -> dict:
     """Input, feature maps and kernels without Grad-CAM: what train_rmb.py logs at the start."""
-    return {"input": denormalize(image, mean, std), "feature_maps": feature_map_grids(feature_maps(model, image)),
+    return {"input": denormalize(image, mean, std), "feature_maps": feature_map_grids(feature_maps(model, image, MAP_LAYERS)),
             "kernels": kernel_grids(model), "gradcam": []}
