@@ -147,12 +147,13 @@ def main(args) -> dict:
     for mode, result in results.items():  # one sub-run per mode, same tags: the modes overlay in one chart
         with open_writer(run_dir / mode) as writer:
             for layer, (std, grad) in enumerate(zip(result["std"], result["grad_norm"]), start=1):
-                if std is not None:
+                if std is not None:  # the log10 too: one axis for every mode, 1e-16 to 1e37
                     writer.add_scalar("activation_std", std, layer)
+                    writer.add_scalar("activation_std_log10", math.log10(std) if std > 0 else -45.0, layer)
                 if grad is not None:
                     writer.add_scalar("grad_norm", grad, layer)
             for layer, values in result["activations"].items():
-                writer.add_histogram("activations", values.float().cpu(), layer)
+                writer.add_histogram(f"activations/{mode}", values.float().cpu(), layer)  # the card names the mode
     print(f"results in {run_dir} (init_stats.json, activation_std.png)\n"
           f"see them with: tensorboard --logdir {run_dir}")
     return {"run_dir": str(run_dir), "stats": stats, "verdicts": {m: verdict(r) for m, r in results.items()}}

@@ -5,7 +5,7 @@
     python monitor_grads.py --scenario vanishing    # a 20-layer sigmoid MLP: the verdict says vanishing
     python monitor_grads.py --scenario exploding    # a 20-layer ReLU MLP with too high a learning rate
 
-One sample per step; gradients accumulate and, every --accumulate samples, are printed (per-parameter
+One forward and backward per sample; gradients add up and, every --accumulate samples, are printed (per-parameter
 L2 norms in forward order, histograms as counts and bin edges) before optimizer.step() and zero_grad().
 Writes grad_histograms.png, gradient_flow.png and TensorBoard events into runs/<time>_<run-name>/.
 """
@@ -45,7 +45,7 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--scenario", choices=("none", "vanishing", "exploding"), default="none",
                         help="replace the model by an MLP that provokes a verdict")
     parser.add_argument("--samples", type=int_between(1, MAX_SAMPLES), default=40,
-                        help="samples in all, one per step")
+                        help="samples in all, one forward and backward each")
     parser.add_argument("--accumulate", type=positive_int, default=10,
                         help="samples whose gradients add up before each print and optimizer step")
     parser.add_argument("--lr", type=positive_float, default=None,
@@ -101,17 +101,19 @@ def main(args) -> dict:
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
 
     from tools.plots import plot_grad_flow, plot_histograms, png_to_array
-    from tools.tb_logging import log_args, open_writer
+    from tools.tb_logging import LOSS, PICTURES, RunWriter, log_args
 
-    writer = open_writer(run_dir)
+    writer = RunWriter(run_dir)
     log_args(writer, vars(args) | {"lr": lr, "device": device})
-    # Each group of --accumulate samples is one optimizer step: the monitor's "step" and "epoch".
+    # Each group of --accumulate samples is one optimizer step, and one print. One unit everywhere, in
+    # the terminal, TensorBoard's x axis and the charts: the samples seen.
     monitor = TrainingMonitor(model, writer, log_interval=1, classes=len(classes))
     monitor.set_forward_order(inputs[:1].to(device))
     flows, reports, verdicts = [], [], []
     try:
-        for step, start in enumerate(range(0, args.samples, args.accumulate), start=1):
+        for start in range(0, args.samples, args.accumulate):
             group = range(start, min(start + args.accumulate, args.samples))
+            seen = group[-1] + 1  # samples seen: the x axis
             losses = []
             with activation_stats(model) as acts:  # dead units: never active over the whole group
                 for i in group:
@@ -119,28 +121,29 @@ def main(args) -> dict:
                     loss.backward()  # as in the course: the group's gradients add up, sample by sample
                     losses.append(loss.detach())
             mean_loss = torch.stack(losses).mean()
-            monitor.after_backward(step, mean_loss)
+            monitor.after_backward(seen, mean_loss)
             norms = grad_norms(model)
             norms = {name: norms[name] for name in monitor.order if name in norms}
             params = dict(model.named_parameters())
             hists = dict(zip(norms, histograms([params[n].grad for n in norms], args.bins)))
-            flows.append((group[-1] + 1, grad_flow(model)))
-            verdict = monitor.end_epoch(step, mean_loss.item(), acts.result())
+            flows.append((seen, grad_flow(model)))
+            verdict = monitor.end_epoch(seen, mean_loss.item(), acts.result(), label=f"samples {seen}")
             verdicts.append(verdict)
-            reports.append({"samples": group[-1] + 1, "loss": mean_loss.item(), "norms": norms,
+            reports.append({"samples": seen, "loss": mean_loss.item(), "norms": norms,
                             "verdict": verdict.status, "findings": verdict.findings})
-            print(format_report(group[-1] + 1, args.samples, mean_loss.item(), norms, hists)
+            print(format_report(seen, args.samples, mean_loss.item(), norms, hists)
                   + f"\n  verdict: {verdict}\n")
             if monitor.nonfinite:
                 print(f"stopped: {monitor.nonfinite[1]}", file=sys.stderr)
                 break
             optimizer.step()
-            monitor.after_step(step)
+            monitor.after_step(seen, {LOSS: {"train": mean_loss.item()}})
             optimizer.zero_grad()
         samples = reports[-1]["samples"]
         plot_histograms(hists, run_dir / "grad_histograms.png", f"gradient histograms after {samples} samples")
         plot_grad_flow(flows, run_dir / "gradient_flow.png")
-        writer.add_image("gradient_flow", png_to_array(run_dir / "gradient_flow.png"), step, dataformats="HWC")
+        writer.add_image(f"{PICTURES}/gradient_flow", png_to_array(run_dir / "gradient_flow.png"), seen,
+                         dataformats="HWC")
     finally:
         writer.close()
     (run_dir / "grad_report.json").write_text(json.dumps(reports, indent=2) + "\n")

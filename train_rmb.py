@@ -133,7 +133,7 @@ def main(args) -> dict:
         run.start(model, example, data, device)         # the run folder and TensorBoard, where training starts
         monitor = TrainingMonitor(model, run.writer, args.log_interval, enabled=run.is_main and not args.no_monitor,
                                   classes=num_classes)  # gradient norms, histograms, the verdict
-        monitor.set_forward_order(example)
+        monitor.start(example, log_initial=not run.checkpoint)  # forward order; the initial weights' histograms
         state = TrainState()                            # epochs and steps done, the best epoch, the history
         checkpointer = Checkpointer(run, train_batches.generator, data, model=model, optimizer=optimizer,
                                     scheduler=scheduler, swa=swa, monitor=monitor, state=state)

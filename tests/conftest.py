@@ -28,6 +28,12 @@ def train(tmp_path: Path, data_dir: Path, *flags: str) -> dict:
     return train_rmb.main(train_rmb.get_args_parser().parse_args(argv))
 
 
+def line(run_dir: Path, tag: str, name: str) -> list:
+    """The scalar events of one line of a chart: `tag` in the sub-run <run_dir>/<name> (see
+    tools.tb_logging: train and valid loss are the tag 1_training/loss in the sub-runs train and valid)."""
+    return read_events(Path(run_dir) / name).Scalars(tag)
+
+
 def read_events(run_dir: Path):
     """The run's event files, read back with TensorBoard's own reader."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

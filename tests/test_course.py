@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, read_events, train
+from conftest import ROOT, line, read_events, train
 from PIL import Image
 
 from model import LeNet
 from tools.errors import UserError
 from tools.optim import OPTIMIZERS, build_optimizer, load_matching, parameter_groups
+from tools.tb_logging import ACCURACY, LR
 from tools.rmb_dataset import IMAGENET_MEAN, IMAGENET_STD, RMBDataset, class_weights, find_splits
 
 FLAGS = ["--batch-size", "4", "--device", "cpu"]
@@ -53,9 +54,8 @@ def test_optimizer_flags_that_do_not_apply_are_one_line(tiny_data, tmp_path):
 
 def test_the_head_gets_its_own_learning_rate_and_every_group_is_logged(tiny_data, tmp_path):
     metrics = train(tmp_path, tiny_data, *FLAGS, "--epochs", "2", "--head-lr-mult", "10", "--no-monitor")
-    events = read_events(metrics["run_dir"])
-    assert [e.value for e in events.Scalars("lr")] == pytest.approx([0.01, 0.01])
-    assert [e.value for e in events.Scalars("lr/head")] == pytest.approx([0.1, 0.1])
+    assert [e.value for e in line(metrics["run_dir"], LR, "groups/body")] == pytest.approx([0.01, 0.01])
+    assert [e.value for e in line(metrics["run_dir"], LR, "groups/head")] == pytest.approx([0.1, 0.1])
     groups = weights(metrics["run_dir"])["optimizer"]["param_groups"]
     assert [g["name"] for g in groups] == ["body", "head"] and groups[1]["params"] == [8, 9]  # fc3's
 
@@ -143,8 +143,8 @@ def test_swa_averages_the_epochs_from_swa_start_and_resumes_exactly(tiny_data, t
         assert torch.allclose(final["swa"]["model"][f"module.{key}"], (after_two["model"][key] + w3) / 2, atol=1e-6)
     assert int(final["swa"]["model"]["n_averaged"]) == 2
     assert straight["test_acc_swa"] is not None and straight["valid_acc_swa"] is not None
-    events = read_events(straight["run_dir"])
-    assert [e.step for e in events.Scalars("acc/valid_swa")] == [10, 15]
+    assert [e.step for e in line(straight["run_dir"], ACCURACY, "valid_swa")] == [10, 15]
+    assert line(straight["run_dir"], ACCURACY, "test_swa")[-1].value == pytest.approx(straight["test_acc_swa"])
 
 
 def test_a_sigterm_mid_epoch_with_adam_and_swa_resumes_bit_for_bit(tiny_data, tmp_path):

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, read_events
+from conftest import ROOT, line
 from torch import nn
 from torch.utils.data import DataLoader
 
 from model import LeNet
 from tools.distributed import ShardSampler
 from tools.engine import evaluate
+from tools.tb_logging import ACCURACY, LOSS
 from tools.rmb_dataset import RMBDataset, build_transforms, find_splits
 
 BATCH = 4
@@ -48,9 +49,8 @@ def test_two_processes_train_one_run(ddp_run, tiny_data):
     assert result.stdout.count("epoch   1/2") == 1  # one rank prints
     _, splits, _ = find_splits(tiny_data)
     steps_per_epoch = math.ceil(len(splits["train"]) / (2 * BATCH))
-    events = read_events(runs[0])
-    assert [e.step for e in events.Scalars("loss/train")] == list(range(1, 2 * steps_per_epoch + 1))
-    assert [e.step for e in events.Scalars("acc/valid")] == [steps_per_epoch, 2 * steps_per_epoch]
+    assert [e.step for e in line(runs[0], LOSS, "train")] == list(range(1, 2 * steps_per_epoch + 1))
+    assert [e.step for e in line(runs[0], ACCURACY, "valid")] == [steps_per_epoch, 2 * steps_per_epoch]
 
 
 def test_logged_valid_accuracy_equals_a_single_process_evaluation(ddp_run, tiny_data):
@@ -62,9 +62,8 @@ def test_logged_valid_accuracy_equals_a_single_process_evaluation(ddp_run, tiny_
     classes, splits, _ = find_splits(tiny_data)
     valid = RMBDataset(samples=splits["valid"], classes=classes, transform=build_transforms()[1])
     stats = evaluate(model, DataLoader(valid, batch_size=3), nn.CrossEntropyLoss(), torch.device("cpu"), 2)
-    events = read_events(run_dir)
-    assert events.Scalars("acc/valid")[-1].value == pytest.approx(stats["acc"])
-    assert events.Scalars("loss/valid")[-1].value == pytest.approx(stats["loss"], rel=1e-5)
+    assert line(run_dir, ACCURACY, "valid")[-1].value == pytest.approx(stats["acc"])
+    assert line(run_dir, LOSS, "valid")[-1].value == pytest.approx(stats["loss"], rel=1e-5)
 
 
 def test_shard_sampler_covers_every_sample_once():
@@ -94,5 +93,5 @@ def test_sigterm_on_one_rank_saves_once_and_resume_is_exact(ddp_run, tiny_data, 
     expected = torch.load(next((tmp_path / "reference").glob("*_lenet")) / "checkpoint_last.pt", weights_only=True)
     for key, tensor in expected["model"].items():
         assert torch.equal(tensor, final["model"][key]), (key, err[-2000:], resumed.stdout[-2000:])
-    steps = [e.step for e in read_events(run_dir).Scalars("loss/train")]
+    steps = [e.step for e in line(run_dir, LOSS, "train")]
     assert steps == list(range(1, expected["global_step"] + 1))

@@ -47,7 +47,9 @@ def test_outputs_json_png_and_tensorboard(all_modes):
     tanh = read_events(run_dir / "tanh")
     assert [e.step for e in tanh.Scalars("activation_std")] == list(range(1, 101))
     assert [e.value for e in tanh.Scalars("activation_std")] == pytest.approx(saved["tanh"], rel=1e-6)
-    assert [h.step for h in tanh.Histograms("activations")] == [1, 10, 50, 100]
+    assert [h.step for h in tanh.Histograms("activations/tanh")] == [1, 10, 50, 100]
+    assert [e.value for e in tanh.Scalars("activation_std_log10")] == pytest.approx([math.log10(v) for v in saved["tanh"]],
+                                                                                  rel=1e-6)
     vanished = [e.value for e in read_events(run_dir / "relu-normal-scaled").Scalars("grad_norm")]
     steady = [e.value for e in read_events(run_dir / "relu-kaiming").Scalars("grad_norm")]
     assert len(vanished) == len(steady) == 100

@@ -3,10 +3,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_events
+from conftest import line, read_events
 from PIL import Image
 
 import monitor_grads
+from tools.tb_logging import GRAD_NORM, LOSS, PICTURES
 from model import ToyModel
 
 
@@ -24,10 +25,13 @@ def test_toy_experiment_prints_norms_every_10_samples_and_writes_the_charts(tmp_
     for name in ("grad_histograms.png", "gradient_flow.png"):
         with Image.open(run_dir / name) as img:
             assert img.size[0] > 400
-    events = read_events(run_dir)
-    assert [e.step for e in events.Scalars("grad_norm/conv1.weight")] == [1, 2, 3, 4]
+    events = read_events(run_dir)  # one unit everywhere: the samples seen
+    assert [e.step for e in line(run_dir, GRAD_NORM, "layers/conv1")] == [10, 20, 30, 40]
+    assert [e.value for e in line(run_dir, LOSS, "train")] == pytest.approx([r["loss"] for r in result["reports"]])
     assert len(events.Histograms("grads/fc.weight")) == 4
-    assert events.Tags()["images"] == ["gradient_flow"]
+    assert events.Tags()["images"] == [f"{PICTURES}/gradient_flow"]
+    texts = [e.tensor_proto.string_val[0].decode() for e in events.Tensors("diagnosis/text_summary")]
+    assert [t.split(":")[0] for t in texts] == ["samples 10", "samples 20", "samples 30", "samples 40"]
     report = json.loads((run_dir / "grad_report.json").read_text())
     assert list(report[0]["norms"]) == ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc.weight"]
 

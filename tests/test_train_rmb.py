@@ -1,17 +1,17 @@
 import json
-import socket
+import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import REAL_DATA, ROOT, read_events, requires_real_data, train
+from conftest import REAL_DATA, ROOT, line, read_events, requires_real_data, train
 from PIL import Image
 
 from model import LeNet
+from tools.tb_logging import ACCURACY, DEAD_UNITS, GRAD_NORM, LOSS, LR, PICTURES, UPDATE_RATIO
 from tools.rmb_dataset import IMAGENET_MEAN, IMAGENET_STD, RMBDataset, default_data_dir, find_splits
 
 PARAMS = [f"{layer}.{kind}" for layer in ("conv1", "conv2", "fc1", "fc2", "fc3") for kind in ("weight", "bias")]
@@ -25,8 +25,8 @@ def two_epochs(tiny_data, tmp_path_factory):
     return metrics, Path(metrics["run_dir"])
 
 
-def steps(events, tag):
-    return [e.step for e in events.Scalars(tag)]
+def steps(run_dir, tag, name):
+    return [e.step for e in line(run_dir, tag, name)]
 
 
 def test_run_folder_layout(two_epochs):
@@ -44,20 +44,23 @@ def test_run_folder_layout(two_epochs):
 def test_scalars_histograms_graph_and_text_read_back(two_epochs):
     _, run_dir = two_epochs
     events = read_events(run_dir)
-    assert steps(events, "loss/train") == list(range(1, 11))
-    assert steps(events, "acc/train") == list(range(1, 11))
-    for tag in ("loss/valid", "acc/valid", "lr"):
-        assert steps(events, tag) == [5, 10], tag
+    assert steps(run_dir, LOSS, "train") == list(range(1, 11))
+    assert steps(run_dir, ACCURACY, "train") == list(range(1, 11))
+    for tag, name in ((LOSS, "valid"), (ACCURACY, "valid"), (LR, "groups/all")):
+        assert steps(run_dir, tag, name) == [5, 10], tag
+    for layer in ("conv1", "conv2", "fc1", "fc2", "fc3", "total"):  # a line per layer, in one chart
+        assert steps(run_dir, GRAD_NORM, f"layers/{layer}") == [2, 4, 6, 8, 10]
+    for layer in ("conv1", "conv2", "fc1", "fc2", "fc3"):
+        assert steps(run_dir, UPDATE_RATIO, f"layers/{layer}") == [2, 4, 6, 8, 10]
     for name in PARAMS:
-        assert steps(events, f"grad_norm/{name}") == [2, 4, 6, 8, 10]
-        for kind in ("weights", "grads"):
+        for kind, expected in (("weights", [0, 5, 10]), ("grads", [5, 10])):  # weights: the initial ones too
             hists = events.Histograms(f"{kind}/{name}")
-            assert [h.step for h in hists] == [5, 10]
+            assert [h.step for h in hists] == expected
             assert sum(hists[-1].histogram_value.bucket) == events.Histograms(f"weights/{name}")[0].histogram_value.num
     assert events.Tags()["graph"]
     text_tags = events.Tags()["tensors"]
     assert "args/text_summary" in text_tags and "diagnosis/text_summary" in text_tags
-    assert [e.value for e in events.Scalars("lr")] == pytest.approx([0.01, 0.01])
+    assert [e.value for e in line(run_dir, LR, "groups/all")] == pytest.approx([0.01, 0.01])
 
 
 def test_metrics_json_matches_the_logged_values_and_an_independent_evaluation(two_epochs, tiny_data):
@@ -65,11 +68,11 @@ def test_metrics_json_matches_the_logged_values_and_an_independent_evaluation(tw
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert set(saved) >= {"train_loss", "train_acc", "valid_loss", "valid_acc", "test_acc", "best_epoch",
                           "epochs", "seconds"}
-    events = read_events(run_dir)
-    assert saved["valid_acc"] == pytest.approx(events.Scalars("acc/valid")[-1].value)
-    assert saved["valid_loss"] == pytest.approx(events.Scalars("loss/valid")[-1].value, rel=1e-5)
-    assert saved["train_acc"] == pytest.approx(events.Scalars("acc/train")[-1].value)  # running acc at epoch end
-    losses = [e.value for e in events.Scalars("loss/train")][5:]
+    assert saved["valid_acc"] == pytest.approx(line(run_dir, ACCURACY, "valid")[-1].value)
+    assert saved["valid_loss"] == pytest.approx(line(run_dir, LOSS, "valid")[-1].value, rel=1e-5)
+    assert saved["train_acc"] == pytest.approx(line(run_dir, ACCURACY, "train")[-1].value)  # running acc at epoch end
+    assert saved["test_acc"] == pytest.approx(line(run_dir, ACCURACY, "test")[-1].value)  # a point at the end
+    losses = [e.value for e in line(run_dir, LOSS, "train")][5:]
     assert saved["train_loss"] == pytest.approx(sum(losses) / 5, rel=1e-5)  # equal batches: mean of the steps
     assert saved["epochs"] == 2
 
@@ -93,9 +96,9 @@ def test_resume_keeps_step_numbering_and_ends_bit_identical(two_epochs, tiny_dat
                     "--resume", "auto")
     assert resumed["run_dir"] == str(run_dir)
     events = read_events(run_dir)
-    assert steps(events, "loss/train") == list(range(1, 11))
-    assert steps(events, "loss/valid") == [5, 10]
-    assert [h.step for h in events.Histograms("weights/conv1.weight")] == [5, 10]
+    assert steps(run_dir, LOSS, "train") == list(range(1, 11))
+    assert steps(run_dir, LOSS, "valid") == [5, 10]
+    assert [h.step for h in events.Histograms("weights/conv1.weight")] == [0, 5, 10]
     straight = torch.load(Path(two_epochs[1]) / "checkpoint_last.pt", weights_only=True)
     again = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
     for key, tensor in straight["model"].items():
@@ -123,8 +126,8 @@ def test_empty_cache_dir_means_no_disk_cache(tiny_data, tmp_path, monkeypatch):
 def test_no_monitor_turns_off_histograms_and_norms(tiny_data, tmp_path):
     metrics = train(tmp_path, tiny_data, "--epochs", "1", "--batch-size", "4", "--no-monitor")
     tags = read_events(metrics["run_dir"]).Tags()
-    assert tags["histograms"] == [] and not any(t.startswith("grad_norm/") for t in tags["scalars"])
-    assert "loss/train" in tags["scalars"]
+    assert tags["histograms"] == [] and not (Path(metrics["run_dir"]) / "layers").exists()
+    assert LOSS in read_events(Path(metrics["run_dir"]) / "train").Tags()["scalars"]
 
 
 def test_default_data_is_generated_once(tmp_path):
@@ -140,7 +143,7 @@ def test_default_data_is_generated_once(tmp_path):
 def test_default_synthetic_set_gives_a_real_learning_curve(tmp_path):
     folder, _ = default_data_dir(tmp_path / "data")
     metrics = train(tmp_path, folder, "--no-monitor")  # the defaults: 10 epochs, batch 16
-    accs = [e.value for e in read_events(metrics["run_dir"]).Scalars("acc/valid")]
+    accs = [e.value for e in line(metrics["run_dir"], ACCURACY, "valid")]
     assert len(accs) == 10 and accs[0] < 0.9 and metrics["valid_acc"] >= 0.9
 
 
@@ -166,36 +169,35 @@ def test_cuda_without_cuda_is_one_clear_line(tmp_path):
     assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_tensorboard_server_serves_the_story_in_a_few_cards(two_epochs):
+    from tools.tb_screenshots import cards, get_json, serve
 
-
-def test_tensorboard_server_serves_the_run(two_epochs):
     _, run_dir = two_epochs
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(run_dir.parent),
-                               "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, base = serve(run_dir)  # a free port, retried if another process takes it first
     try:
-        base = f"http://127.0.0.1:{port}/data/plugin"
-        deadline = time.time() + 60
-        while True:
-            try:
-                scalars = json.load(urllib.request.urlopen(f"{base}/scalars/tags", timeout=5))
-                histograms = json.load(urllib.request.urlopen(f"{base}/histograms/tags", timeout=5))
-                if scalars.get(run_dir.name) and histograms.get(run_dir.name):
-                    break
-            except OSError:
-                pass
-            assert time.time() < deadline, "TensorBoard did not serve the run within 60 s"
-            time.sleep(0.5)
-        assert {"loss/train", "loss/valid", "acc/train", "acc/valid", "lr"} <= set(scalars[run_dir.name])
-        assert {f"{k}/{p}" for k in ("weights", "grads") for p in PARAMS} <= set(histograms[run_dir.name])
-        url = f"{base}/scalars/scalars?run={run_dir.name}&tag=acc/valid"
-        points = json.load(urllib.request.urlopen(url, timeout=5))
-        assert [p[1] for p in points] == [5, 10] and all(0 <= p[2] <= 1 for p in points)
+        found = cards(base)
+        tags = get_json(f"{base}/data/plugin/scalars/tags")
+        points = get_json(f"{base}/data/plugin/scalars/scalars?run=valid&tag={ACCURACY}")
     finally:
         server.terminate()
         server.wait(timeout=30)
+    assert found["scalars"] == [ACCURACY, LOSS, LR, GRAD_NORM, UPDATE_RATIO, DEAD_UNITS]  # loss and accuracy first
+    assert {LOSS, ACCURACY} <= set(tags["train"]) and {LOSS, ACCURACY} <= set(tags["valid"])  # one chart each
+    assert found["images"] == [f"{PICTURES}/{name}" for name in ("confusion_test", "confusion_valid",
+                                                                 "feature_maps", "gradcam", "kernels")]
+    assert {f"{k}/{p}" for k in ("weights", "grads") for p in PARAMS} <= set(found["histograms"])
+    assert [p[1] for p in points] == [5, 10] and all(0 <= p[2] <= 1 for p in points)
+    assert not any(t.startswith("hparam") for t in found["scalars"])  # hparams: the HParams tab only
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium here (CI has none)")
+def test_screenshots_of_each_tab_in_a_real_browser(two_epochs, tmp_path):
+    from tools.tb_screenshots import take
+
+    _, run_dir = two_epochs
+    result = take(run_dir, tmp_path)
+    for tab, png in result["pngs"].items():
+        with Image.open(png) as img:
+            pixels = np.asarray(img.convert("L"), dtype=float)
+        assert img.size == (1400, 1000) and pixels.std() > 20, tab  # a page was drawn, not a blank one
+    assert len(result["cards"]["scalars"]) <= 20

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, read_events, train
+from conftest import ROOT, line, read_events, train
 from PIL import Image
 
 import train_rmb
 from tools.cli import run_script as run
+from tools.tb_logging import ACCURACY, LOSS
 
 FLAGS = ["--batch-size", "4", "--device", "cpu", "--seed", "7"]
 EPOCHS = 40
@@ -68,11 +69,10 @@ def assert_same_run(run_dir: Path, uninterrupted: dict):
         assert torch.equal(tensor, final["model"][key]), key
     for index, state in uninterrupted["optimizer"]["state"].items():
         assert torch.equal(state["momentum_buffer"], final["optimizer"]["state"][index]["momentum_buffer"])
-    events = read_events(run_dir)
-    steps = [e.step for e in events.Scalars("loss/train")]
+    steps = [e.step for e in line(run_dir, LOSS, "train")]
     assert steps == list(range(1, uninterrupted["global_step"] + 1))  # each step exactly once
-    assert [e.step for e in events.Scalars("acc/valid")] == [s for s, _ in uninterrupted["history"]["valid"]]
-    assert [e.value for e in events.Scalars("loss/train")] == pytest.approx(
+    assert [e.step for e in line(run_dir, ACCURACY, "valid")] == [s for s, _ in uninterrupted["history"]["valid"]]
+    assert [e.value for e in line(run_dir, LOSS, "train")] == pytest.approx(
         [v for _, v in uninterrupted["history"]["train"]], rel=1e-6)
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import read_events, train
+from conftest import line, read_events, train
 from PIL import Image
 from torch import nn
 from torch.optim import lr_scheduler
@@ -12,7 +12,16 @@ from model import LeNet
 from tools.engine import evaluate
 from tools.gradcam import gradcam, last_conv
 from tools.lr_schedules import build_scheduler, lr_curves
-from tools.visualize import feature_map_grids, feature_maps, kernel_grids, precision_recall, render_confusion_matrix
+from tools.tb_logging import LR, PICTURES
+from tools.visualize import (
+    feature_map_sheets,
+    feature_maps,
+    kernel_sheets,
+    labelled_sheet,
+    precision_recall,
+    render_confusion_matrix,
+    tiles_of,
+)
 
 
 def no_hooks(model):
@@ -81,10 +90,25 @@ def test_feature_maps_are_what_forward_computes_and_hooks_are_removed():
     assert torch.allclose(maps["conv1"], model.conv1(image[None])[0])
     second_input = model.pool1(model.relu1(model.conv1(image[None])))
     assert torch.allclose(maps["conv2"], model.conv2(second_input)[0], atol=1e-6)
-    grids = feature_map_grids(maps)
-    assert grids["conv1"].shape == (28 + 2 * 2, 6 * 28 + 7 * 2, 3)      # 6 maps of 28x28 in one row
-    assert grids["conv2"].shape == (2 * 10 + 3 * 2, 8 * 10 + 9 * 2, 3)  # 16 maps of 10x10, 8 per row
+    tiles = tiles_of(maps["conv1"])  # each map scaled to [0, 255] on its own, as gray RGB
+    assert len(tiles) == 6 and tiles[0].shape == (28, 28, 3) and tiles[0].min() == 0 and tiles[0].max() == 255
+    expected = (maps["conv1"][0] - maps["conv1"][0].min()) / (maps["conv1"][0].max() - maps["conv1"][0].min()) * 255
+    assert np.abs(tiles[0][..., 0].astype(float) - expected.numpy()).max() <= 0.5
     assert no_hooks(model)
+
+
+def test_labelled_sheets_enlarge_tiles_with_nearest_neighbour_and_keep_every_pixel(tmp_path):
+    tile = np.arange(5 * 5 * 3, dtype=np.uint8).reshape(5, 5, 3)
+    sheet = labelled_sheet("title", [("row", [tile, tile], ["a", "b"])], tile=40)
+    enlarged = np.kron(tile, np.ones((8, 8, 1), dtype=np.uint8))  # 40 // 5: every pixel an 8x8 block
+    found = [(y, x) for y in range(sheet.shape[0] - 39) for x in range(sheet.shape[1] - 39)
+             if sheet[y, x, 0] == tile[0, 0, 0] and np.array_equal(sheet[y:y + 40, x:x + 40], enlarged)]
+    assert len(found) == 2  # both tiles, whole
+    maps = feature_map_sheets({"maps": feature_maps(LeNet(), torch.randn(3, 32, 32), (nn.Conv2d, nn.ReLU)),
+                               "input": np.zeros((32, 32, 3), np.uint8)})
+    assert list(maps) == ["conv1", "relu1", "conv2", "relu2", "all"]
+    assert maps["conv2"].shape[1] >= 90 + 8 * 56  # 16 maps of 10x10, 8 to a line, each at least 50 px
+    assert maps["all"].shape[0] > sum(maps[name].shape[0] for name in ("conv1", "conv2")) - 2 * 26
 
 
 def test_feature_maps_after_relu_too_as_in_the_course():
@@ -97,12 +121,15 @@ def test_feature_maps_after_relu_too_as_in_the_course():
     assert no_hooks(model)
 
 
-def test_kernel_grids_have_the_expected_shapes():
-    grids = kernel_grids(LeNet(), scale=1)
-    assert grids["conv1/all"].shape == (5 + 2, 6 * 5 + 7, 3)      # six RGB 5x5 kernels in a row
-    assert grids["conv2/all"].shape == (16 * 5 + 17, 6 * 5 + 7, 3)  # a row of 6 input channels per output
-    assert grids["conv2/out_15"].shape == (5 + 2, 6 * 5 + 7, 3)
-    assert len([t for t in grids if t.startswith("conv2/out_")]) == 16
+def test_kernel_sheets_show_every_kernel_labelled():
+    model = LeNet()
+    sheets = kernel_sheets(model)
+    assert list(sheets) == ["conv1", "conv2", "all"]
+    conv1 = tiles_of(model.conv1.weight)
+    assert len(conv1) == 6 and conv1[0].shape == (5, 5, 3)  # RGB kernels in colour
+    assert len(tiles_of(model.conv2.weight[0])) == 6       # conv2: a gray tile per input channel
+    assert sheets["conv2"].shape[0] > 16 * 40                # a row of 40 px tiles per output channel
+    assert sheets["all"].shape[0] > sheets["conv2"].shape[0]
 
 
 def stepped_lrs(make_scheduler, steps: int, **sgd) -> list[float]:
@@ -143,7 +170,7 @@ def test_lr_curves_are_the_courses_schedulers_with_its_settings():
 def test_train_rmb_scheduler_flag(tiny_data, tmp_path, name):
     metrics = train(tmp_path, tiny_data, "--epochs", "4", "--batch-size", "4", "--scheduler", name,
                     "--step-size", "2", "--gamma", "0.5", "--no-monitor")
-    lrs = [e.value for e in read_events(metrics["run_dir"]).Scalars("lr")]
+    lrs = [e.value for e in line(metrics["run_dir"], LR, "groups/all")]
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
     scheduler = build_scheduler(name, optimizer, 4, 2, 0.5)
     if name != "plateau":
@@ -165,10 +192,11 @@ def test_training_writes_the_pictures(tiny_data, tmp_path):
             img.verify()
     events = read_events(run_dir)
     images = events.Tags()["images"]
-    assert [e.step for e in events.Images("confusion/valid")] == [5, 10]
-    assert {"confusion/test", "feature_maps/input", "feature_maps/conv1", "kernels/conv1/all",
-            "kernels/conv2/out_00", "gradcam/0"} <= set(images)
-    assert [e.step for e in events.Images("kernels/conv1/all")] == [0, 10]  # start and end
+    assert [e.step for e in events.Images(f"{PICTURES}/confusion_valid")] == [5, 10]
+    assert set(images) == {f"{PICTURES}/{name}" for name in ("confusion_valid", "confusion_test", "feature_maps",
+                                                             "kernels", "gradcam")}  # a handful of cards
+    assert [e.step for e in events.Images(f"{PICTURES}/kernels")] == [0, 10]  # start and end
+    assert [e.step for e in events.Images(f"{PICTURES}/feature_maps")] == [0, 10]
     assert set(metrics["per_class"]["test"]) == {"1", "100"}
 
 

@@ -9,6 +9,7 @@ from tqdm import tqdm
 from tools.checkpoint import restore_rng_states, rng_states
 from tools.distributed import all_reduce_sum, enabled, is_main_process, sum_over_ranks
 from tools.monitor import TrainingMonitor
+from tools.tb_logging import ACCURACY, LOSS
 from tools.train_state import TrainState
 
 
@@ -61,7 +62,7 @@ def train_one_epoch(model: nn.Module, loader, criterion, optimizer, device: torc
                 return {"loss": float("nan"), "acc": state.epoch_acc, "complete": False, "diverged": True}
             optimizer.step()
             state.step_done(loss_value, correct, n)
-            monitor.after_step(step, {"loss/train": loss_value, "acc/train": state.epoch_acc})
+            monitor.after_step(step, {LOSS: {"train": loss_value}, ACCURACY: {"train": state.epoch_acc}})
             progress.set_postfix(loss=f"{loss_value:.4f}", acc=f"{state.epoch_acc:.2%}", refresh=False)
             progress.update(1)
             if stopping:

@@ -37,8 +37,7 @@ def build_scheduler(name: str, optimizer, epochs: int, step_size: int, gamma: fl
 
 def step_scheduler(scheduler, valid_loss: float) -> dict[str, float]:
     """Step a scheduler at the end of an epoch (ReduceLROnPlateau with the valid loss); returns the
-    learning rates the epoch trained with, as TensorBoard tags: 'lr' (the first parameter group), and
-    'lr/<group name>' for the others."""
+    learning rates the epoch trained with: parameter group name -> lr."""
     from tools.optim import learning_rates
 
     rates = learning_rates(scheduler.optimizer)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from tools.hooks import forward_order
-from tools.tb_logging import write_event
+from tools.tb_logging import DEAD_UNITS, GRAD_NORM, UPDATE_RATIO, write_event, write_lines
 from tools.tensor_stats import HIST_BINS, Histogram, histograms, tensor_norms, unwrap
 from tools.verdict import EpochFigures, Verdict, judge
 
@@ -35,13 +35,23 @@ def per_parameter(saved: list | None, n: int, zero) -> list:
     return list(saved) if isinstance(saved, list) and len(saved) == n else [zero] * n
 
 
+def layer_norms(names: list[str], norms: list[float]) -> dict[str, float]:
+    """Per-parameter L2 norms -> per-layer ones (conv1.weight and conv1.bias -> conv1: the norm of both
+    together), in order."""
+    squares = {}
+    for name, norm in zip(names, norms):
+        layer = name.rsplit(".", 1)[0]
+        squares[layer] = squares.get(layer, 0.0) + norm * norm
+    return {layer: math.sqrt(total) for layer, total in squares.items()}
+
+
 class TrainingMonitor:
     """Gradient norms, update ratios and histograms of a model's parameters, logged to TensorBoard.
 
-    Call `after_backward(step, loss)` after every backward, `after_step(step, scalars)` after every
+    Call `after_backward(step, loss)` after every backward, `after_step(step, lines)` after every
     optimizer step and `end_epoch(step, train_loss, activations)` once per epoch. Norms are logged
     every `log_interval` steps; histograms and the verdict once per epoch. With `enabled=False` only
-    the non-finite loss check and the step's own scalars remain. The monitor's state (the epoch count,
+    the non-finite loss check and the step's own figures remain. The monitor's state (the epoch count,
     the first total norm, the epoch's running sums) is saved and restored with `state_dict()` /
     `load_state_dict()`, so a resumed run judges as an uninterrupted one would.
     """
@@ -61,13 +71,20 @@ class TrainingMonitor:
         self.order = self.names      # parameter names in forward order, once set_forward_order is called
         self._nonfinite = None       # (step, what) of the first non-finite loss or gradient
         self._before = None          # weights before a logged optimizer step
-        self._pending = None         # (step, scalars) of a logging step, written by after_step
+        self._pending = None         # (step, lines) of a logging step, written by after_step
         self.load_state_dict({})
 
     def set_forward_order(self, *example_inputs) -> None:
         """Learn the order in which forward uses the parameters (one hooked forward pass of an example
         batch), so that the first non-finite gradient is named correctly."""
         self.order = forward_order(self.model, *example_inputs)
+
+    def start(self, example: torch.Tensor, log_initial: bool = True) -> None:
+        """Before training: the forward order (from one hooked pass of `example`) and, for a new run,
+        the histograms of the initial weights at step 0: the first picture of training."""
+        self.set_forward_order(example)
+        if log_initial:
+            self.log_histograms(0)
 
     def state_dict(self) -> dict:
         """What a resumed run needs to judge as an uninterrupted one would: plain numbers and lists."""
@@ -114,9 +131,10 @@ class TrainingMonitor:
             self._norm_steps[i] += 1
         if step % self.log_interval == 0:
             self._write_pending()
-            # written by after_step together with the update ratios: one event per logging step
-            self._pending = (step, {f"grad_norm/{name}": norm for name, norm in zip(self._grad_names(), norms)}
-                             | {"grad_norm/total": total})
+            # written by after_step together with the update ratios: a line per layer in one chart
+            by_layer = layer_norms([self.names[i] for i in with_grad], norms)
+            self._pending = (step, {GRAD_NORM: {f"layers/{layer}": v for layer, v in by_layer.items()}
+                                    | {"layers/total": total}})
             self._before = (with_grad, [self.params[i].detach().clone() for i in with_grad])
             if self._nonfinite is not None:  # the loop will stop before after_step: write them now
                 self._write_pending()
@@ -127,11 +145,11 @@ class TrainingMonitor:
         if self._nonfinite is None:
             self._nonfinite = (step, f"non-finite loss or gradient on another rank at step {step}")
 
-    def after_step(self, step: int, scalars: dict | None = None) -> None:
-        """After optimizer.step(): `scalars` (tag -> float, e.g. the step's loss and accuracy) and, on a
-        logging step, the update-to-weight ratio |W_new - W_old| / |W_old| of every parameter with the
-        step's gradient norms, all in one TensorBoard event."""
-        scalars = scalars or {}
+    def after_step(self, step: int, lines: dict | None = None) -> None:
+        """After optimizer.step(): `lines` (tag -> {line: value}, e.g. {LOSS: {'train': 0.5}}: the step's
+        own figures, see `write_lines`) and, on a logging step, the update-to-weight ratio
+        |W_new - W_old| / |W_old| of every layer, and the step's gradient norms: a line per layer."""
+        lines = dict(lines or {})
         if self._before is not None:  # the parameters that had a gradient, before the step
             trained, before = self._before
             deltas = torch._foreach_sub([self.params[i].detach() for i in trained], before)
@@ -142,14 +160,17 @@ class TrainingMonitor:
                 self._ratio_sum[i] += ratio
                 self._ratio_steps[i] += 1
             self._before = None
-            logged = self._pending[1] if self._pending else {}  # this step's gradient norms
+            names = [self.names[i] for i in trained]
+            weight, update = layer_norms(names, norms[:n]), layer_norms(names, norms[n:])
+            lines[UPDATE_RATIO] = {f"layers/{layer}": update[layer] / max(w, 1e-12) for layer, w in weight.items()}
+            if self._pending:  # this step's gradient norms
+                lines |= self._pending[1]
             self._pending = None
-            scalars = logged | {f"update_ratio/{self.names[i]}": r for i, r in zip(trained, ratios)} | scalars
-        self._write(step, scalars)
+        self._write(step, lines)
 
-    def _write(self, step: int, scalars: dict) -> None:
-        if scalars and self.writer is not None:
-            write_event(self.writer, step, scalars=scalars)
+    def _write(self, step: int, lines: dict) -> None:
+        if lines and self.writer is not None:
+            write_lines(self.writer, step, lines)
 
     def _write_pending(self) -> None:
         """The gradient norms of a logging step that no after_step followed, written on their own."""
@@ -193,11 +214,12 @@ class TrainingMonitor:
             write_event(self.writer, step, histograms=result)
         return result
 
-    def end_epoch(self, step: int, train_loss: float, activations: dict | None = None) -> Verdict | None:
+    def end_epoch(self, step: int, train_loss: float, activations: dict | None = None,
+                  label: str | None = None) -> Verdict | None:
         """Histograms of the epoch, and the verdict on it (printed by the caller, logged as text here).
 
         `step`: the global step that ends the epoch (TensorBoard's x axis). The monitor counts the epochs
-        itself, so the verdict text names the epoch. The histograms, the verdict (`diagnosis`) and the
+        itself, so the verdict text names the epoch ('epoch 3'), unless `label` names it otherwise. The histograms, the verdict (`diagnosis`) and the
         dead-unit shares (`dead_relu/<layer>`) go to TensorBoard in one event."""
         if not self.enabled:
             return None
@@ -216,9 +238,9 @@ class TrainingMonitor:
         verdict = judge(EpochFigures(norms, train_loss, self.classes, self.first_total_norm, ratios,
                                      activations or {}, nonfinite, frozen))
         if self.writer is not None:
-            dead = {f"dead_relu/{name}": stats["dead"] for name, stats in (activations or {}).items()
-                    if "dead" in stats}
-            write_event(self.writer, step, scalars=dead, histograms=hists,
-                        texts={"diagnosis": f"epoch {self.epochs}: {verdict}"})
+            dead = {f"layers/{name}": stats["dead"] for name, stats in (activations or {}).items() if "dead" in stats}
+            self._write(step, {DEAD_UNITS: dead} if dead else {})
+            write_event(self.writer, step, histograms=hists,
+                        texts={"diagnosis": f"{label or f'epoch {self.epochs}'}: {verdict}"})
         self.load_state_dict({"epochs": self.epochs, "first_total_norm": self.first_total_norm})  # a new epoch
         return verdict

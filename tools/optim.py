@@ -50,12 +50,8 @@ def build_optimizer(name: str, groups: list[dict], momentum: float | None = None
 
 
 def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """The learning rate of every parameter group, as TensorBoard tags: 'lr' for the first group,
-    'lr/<name>' for the others."""
-    rates = {}
-    for index, group in enumerate(optimizer.param_groups):
-        rates["lr" if index == 0 else f"lr/{group.get('name', index)}"] = group["lr"]
-    return rates
+    """The learning rate of every parameter group: group name ('all', or 'body' and 'head') -> lr."""
+    return {str(group.get("name", index)): group["lr"] for index, group in enumerate(optimizer.param_groups)}
 
 
 def load_matching(model: nn.Module, path: Path) -> tuple[list[str], list[str]]:

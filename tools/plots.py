@@ -12,21 +12,27 @@ def pyplot():
     return plt
 
 
-def plot_loss_curve(train: list, valid: list, path: Path) -> Path:
-    """Train loss per iteration and valid loss per epoch, against the iteration, into a PNG.
+def plot_loss_curve(history: dict, path: Path) -> Path:
+    """The run's two curves side by side, into a PNG: loss (train per iteration, valid per epoch) and
+    accuracy (train: the epoch's running accuracy, and valid, per epoch), against the iteration.
 
-    train, valid: [(iteration, loss)]. Returns path.
-    """
+    history: TrainState.history ({'train', 'valid', 'train_acc', 'valid_acc': [(iteration, value)]}).
+    Returns path."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    if train:
-        ax.plot(*zip(*train), label="train (per iteration)", linewidth=1)
-    if valid:
-        ax.plot(*zip(*valid), "o-", label="valid (per epoch)")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    fig, (loss, acc) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    for ax, curves, what in ((loss, (("train", "train (per iteration)", "-"), ("valid", "valid (per epoch)", "o-")),
+                              "loss"),
+                             (acc, (("train_acc", "train (per epoch)", "o-"), ("valid_acc", "valid (per epoch)", "o-")),
+                              "accuracy")):
+        for key, label, style in curves:
+            if history.get(key):
+                ax.plot(*zip(*history[key]), style, label=label, linewidth=1 if style == "-" else 1.5, markersize=4)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(what)
+        ax.set_title(what)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    acc.set_ylim(-0.02, 1.02)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -59,7 +65,7 @@ def plot_histograms(hists: dict, path: Path, title: str = "gradient histograms")
 def plot_grad_flow(flows: list, path: Path) -> Path:
     """The gradient-flow chart: mean and max |grad| per layer (forward order), one line per logged step.
 
-    flows: [(step, {layer: (mean |grad|, max |grad|)})]. Log scale, so vanishing gradients show as a
+    flows: [(samples seen, {layer: (mean |grad|, max |grad|)})]. Log scale, so vanishing gradients show as a
     slope down towards the first layers. Returns path.
     """
     plt = pyplot()
@@ -67,8 +73,8 @@ def plot_grad_flow(flows: list, path: Path) -> Path:
     colors = plt.cm.viridis([i / max(len(flows) - 1, 1) for i in range(len(flows))])
     for color, (step, flow) in zip(colors, flows):
         layers = list(flow)
-        ax_mean.plot(range(len(layers)), [flow[n][0] for n in layers], "o-", color=color, label=f"step {step}")
-        ax_max.plot(range(len(layers)), [flow[n][1] for n in layers], "o-", color=color, label=f"step {step}")
+        ax_mean.plot(range(len(layers)), [flow[n][0] for n in layers], "o-", color=color, label=f"after {step} samples")
+        ax_max.plot(range(len(layers)), [flow[n][1] for n in layers], "o-", color=color, label=f"after {step} samples")
     for ax, what in ((ax_mean, "mean |grad|"), (ax_max, "max |grad|")):
         ax.set_yscale("log")
         ax.set_ylabel(what)

@@ -11,6 +11,7 @@ from torch import nn
 
 from tools.distributed import eval_loader
 from tools.engine import evaluate
+from tools.tb_logging import PICTURES
 from tools.visualize import explain, precision_recall, render_confusion_matrix, save_png, write_explanation
 
 
@@ -54,7 +55,7 @@ def report(model: nn.Module, data: dict, split: str, device: torch.device, out_d
     confusion = render_confusion_matrix(stats["confusion"], classes, title or split)
     paths = [save_png(confusion, Path(out_dir) / f"confusion_{split}.png")]
     if writer is not None:
-        writer.add_image(f"confusion/{split}", np.asarray(confusion), step, dataformats="HWC")
+        writer.add_image(f"{PICTURES}/confusion_{split}", np.asarray(confusion), step, dataformats="HWC")
     visuals = explain(model, data[split], classes, data["mean"], data["std"])
     paths += write_explanation(visuals, out_dir, writer, step)
     warnings = [f"{len(visuals['unreadable'])} photo(s) could not be read again (moved, deleted or changed since "

@@ -273,7 +273,7 @@ class RunFolder:
         """The run begins: its folder (new, or the resumed one) and writer; for a new run, TensorBoard's
         picture of where training starts (arguments, graph, the initial kernels and feature maps); and
         the lines that say what the run trains on. `example`: one input batch; `data`: `load_splits`."""
-        from tools.tb_logging import NullWriter, log_args, log_layout, open_writer
+        from tools.tb_logging import NullWriter, RunWriter, log_args
         from tools.visualize import log_pictures, snapshot
 
         self.classes = data["classes"]
@@ -283,11 +283,10 @@ class RunFolder:
         self.dir = distributed.broadcast(self.dir)
         # on resume, hide the events a killed run wrote after its checkpoint: each step is shown once
         purge_step = self.checkpoint["global_step"] + 1 if self.checkpoint else None
-        self.writer = open_writer(self.dir, purge_step) if self.is_main else NullWriter()
+        self.writer = RunWriter(self.dir, purge_step) if self.is_main else NullWriter()
         if self.is_main and not self.checkpoint:
             log_args(self.writer, vars(self.args) | {"classes": self.classes, "device": device,
                                                      "world_size": self.world_size})
-            log_layout(self.writer)
             with warnings.catch_warnings():  # add_graph traces with torch.jit, which warns it is deprecated
                 warnings.simplefilter("ignore", FutureWarning)
                 self.writer.add_graph(model, example)
@@ -320,23 +319,25 @@ class RunFolder:
         (and the averaged weights', with SWA), the learning rate of every parameter group ('lr', 'lr/head')
         and the valid confusion matrix, flushed to disk before the checkpoint that covers them; the
         terminal gets one line, and the verdict."""
-        from tools.tb_logging import write_event
+        from tools.tb_logging import ACCURACY, LOSS, LR, PICTURES, write_lines
         from tools.visualize import render_confusion_matrix
 
         train, valid, step = state.last["train"], state.last["valid"], state.global_step
         averaged = state.last.get("valid_swa")
-        swa = {"loss/valid_swa": averaged["loss"], "acc/valid_swa": averaged["acc"]} if averaged else {}
-        write_event(self.writer, step, scalars={"loss/valid": valid["loss"], "acc/valid": valid["acc"]} | swa | lrs)
+        swa = {"valid_swa": averaged} if averaged else {}
+        write_lines(self.writer, step, {LOSS: {name: v["loss"] for name, v in ({"valid": valid} | swa).items()},
+                                        ACCURACY: {name: v["acc"] for name, v in ({"valid": valid} | swa).items()},
+                                        LR: {f"groups/{group}": lr for group, lr in lrs.items()}})
         if self.is_main:  # drawn small: TensorBoard's PNG encoding costs per pixel
             confusion = render_confusion_matrix(torch.tensor(valid["confusion"]), self.classes,
                                                 f"valid, epoch {state.epoch}", cell=48)
-            self.writer.add_image("confusion/valid", np.asarray(confusion), step, dataformats="HWC")
+            self.writer.add_image(f"{PICTURES}/confusion_valid", np.asarray(confusion), step, dataformats="HWC")
         self.writer.flush()
         now = time.perf_counter()
         self.say(f"epoch {state.epoch:>3}/{self.args.epochs}  train loss {train['loss']:.4f} acc {train['acc']:6.2%}  "
                  f"valid loss {valid['loss']:.4f} acc {valid['acc']:6.2%}"
                  + (f" (averaged {averaged['acc']:6.2%})" if averaged else "")
-                 + f"  lr {lrs['lr']:.2g}  {now - self._epoch_started:.3f} s" + (f"\n    diagnosis: {verdict}" if verdict else ""))
+                 + f"  lr {next(iter(lrs.values())):.2g}  {now - self._epoch_started:.3f} s" + (f"\n    diagnosis: {verdict}" if verdict else ""))
         self._epoch_started = now
 
     def stop_diverged(self, step: int, detail: str) -> None:
@@ -367,7 +368,7 @@ class RunFolder:
         model's, with --swa-start. `stop`: a signal that came during this final phase was held until it
         was done; then the run exits with its code."""
         from tools.plots import plot_loss_curve
-        from tools.tb_logging import log_hparams
+        from tools.tb_logging import ACCURACY, LOSS, log_hparams, write_lines
         from tools.visualize import precision_recall
 
         test = report if report and report["split"] == "test" else None
@@ -383,12 +384,17 @@ class RunFolder:
         if averaged is not None:
             metrics |= {"valid_acc_swa": last.get("valid_swa", {}).get("acc"),
                         "test_acc_swa": averaged["acc"] if averaged["split"] == "test" else None}
+        tested = {"test": test["acc"]} if test else {}
+        if averaged is not None and test:
+            tested["test_swa"] = averaged["acc"]
+        write_lines(self.writer, state.global_step, {ACCURACY: tested})  # a point at the end of the accuracy chart
         if self.is_main:
-            log_hparams(self.writer, {k: v for k, v in vars(self.args).items() if k in self.hparams}, metrics,
-                        state.global_step)
+            compared = [("valid", ACCURACY), ("valid", LOSS), ("train", LOSS)] + [(name, ACCURACY) for name in tested]
+            log_hparams(self.writer, {k: v for k, v in vars(self.args).items() if k in self.hparams},
+                        dict.fromkeys(compared))
             self.writer.close()
             (self.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-            plot_loss_curve(state.history["train"], state.history["valid"], self.dir / "loss_curve.png")
+            plot_loss_curve(state.history, self.dir / "loss_curve.png")
         for warning in (report or {}).get("warnings", []):
             self.say(f"warning: {warning}", file=sys.stderr)
         if test:

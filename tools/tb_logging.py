@@ -49,11 +49,70 @@ def write_event(writer, step: int, scalars: dict | None = None, histograms: dict
         writer.file_writer.add_summary(Summary(value=values), step)
 
 
+# The tags of the Time Series tab, in the order its groups show (alphabetical: the numbers order them).
+# A chart of several lines (train and valid loss, a line per layer) is one tag in several sub-runs,
+# <run>/<line>, as the course's add_scalars does: TensorBoard draws a run's tag and its sub-runs' in one
+# chart, a colour each, named in the legend.
+LOSS, ACCURACY, LR = "1_training/loss", "1_training/accuracy", "1_training/lr"
+GRAD_NORM, UPDATE_RATIO = "2_gradients/norm", "2_gradients/update_ratio"
+DEAD_UNITS = "3_activations/dead_units"
+PICTURES = "4_pictures"
+
+
+class RunWriter:
+    """A run's TensorBoard writers: its own SummaryWriter (which every other call goes to), and one per
+    sub-run, <run_dir>/<name>, made on first use with the same purge step, for the lines of a chart."""
+
+    def __init__(self, run_dir: Path, purge_step: int | None = None):
+        self.run_dir, self.purge_step = Path(run_dir), purge_step
+        self.main = open_writer(self.run_dir, purge_step)
+        self.subs: dict[str, SummaryWriter] = {}
+
+    def __getattr__(self, name):  # add_image, add_text, add_graph, file_writer, ...
+        return getattr(self.main, name)
+
+    def sub(self, name: str) -> SummaryWriter:
+        if name not in self.subs:
+            self.subs[name] = open_writer(self.run_dir / name, self.purge_step)
+        return self.subs[name]
+
+    def flush(self) -> None:
+        for writer in (self.main, *self.subs.values()):
+            writer.flush()
+
+    def close(self) -> None:
+        for writer in (self.main, *self.subs.values()):
+            writer.close()
+
+    def __enter__(self) -> "RunWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_lines(writer, step: int, lines: dict[str, dict[str, float]]) -> None:
+    """Charts of several lines: tag -> {line: value}. Each line is a sub-run of a RunWriter (one event
+    per sub-run for all its tags); a plain SummaryWriter gets them as the scalars <tag>/<line>."""
+    by_line = {}
+    for tag, values in lines.items():
+        for line, value in values.items():
+            by_line.setdefault(line, {})[tag] = value
+    for line, scalars in by_line.items():
+        if hasattr(writer, "sub"):
+            write_event(writer.sub(line), step, scalars=scalars)
+        elif writer is not None:
+            write_event(writer, step, scalars={f"{tag}/{line}": value for tag, value in scalars.items()})
+
+
 class NullWriter:
     """A SummaryWriter that writes nothing: what the ranks other than 0 log to under torchrun."""
 
     @property
     def file_writer(self):  # writer.file_writer.add_summary(...) is a no-op too
+        return self
+
+    def sub(self, name: str) -> "NullWriter":
         return self
 
     def __getattr__(self, name):
@@ -71,19 +130,18 @@ def log_args(writer: SummaryWriter, args: dict) -> None:
     writer.add_text("args", "| flag | value |\n|---|---|\n" + rows, 0)
 
 
-def log_layout(writer: SummaryWriter) -> None:
-    """Custom Scalars tab: train and valid loss on one chart, train and valid accuracy on another."""
-    writer.add_custom_scalars({"train vs valid": {
-        "loss": ["Multiline", ["loss/train", "loss/valid"]],
-        "accuracy": ["Multiline", ["acc/train", "acc/valid"]],
-    }})
+def log_hparams(writer, args: dict, metrics: dict[tuple[str, str], float]) -> None:
+    """The run's hyper-parameters (HParams tab), with the metrics it compares runs by: (sub-run, tag)
+    -> value, each pointing at a scalar the run already writes (no chart of one point is added)."""
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-
-def log_hparams(writer: SummaryWriter, args: dict, metrics: dict, step: int) -> None:
-    """The run's hyper-parameters with its final metrics (HParams tab), into the run's own event file."""
     hparam_dict = {k: plain(v) for k, v in args.items() if v is not None}
-    metric_dict = {f"hparam/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
-    for summary in hparams(hparam_dict, metric_dict):
+    keys = [f"metric{i}" for i in range(len(metrics))]
+    experiment, start, end = hparams(hparam_dict, dict.fromkeys(keys, 0.0))
+    content = experiment.value[0].metadata.plugin_data
+    data = HParamsPluginData.FromString(content.content)
+    for info, (group, tag) in zip(data.experiment.metric_infos, metrics):
+        info.name.group, info.name.tag = group, tag
+    content.content = data.SerializeToString()
+    for summary in (experiment, start, end):
         writer.file_writer.add_summary(summary)
-    for tag, value in metric_dict.items():
-        writer.add_scalar(tag, value, step)

@@ -21,7 +21,7 @@ class TrainState:
 
     epoch: epochs completed; global_step: optimizer steps done; best: {'acc', 'loss', 'epoch'} of the
     best valid accuracy so far (ties to the lower loss; epoch 0: none yet); history: {'train': [(step,
-    loss)], 'valid': [(step, loss)]}; last: the last completed epoch's {'train': {'loss', 'acc'},
+    loss)] per step, 'valid': [(step, loss)], 'train_acc', 'valid_acc': [(step, accuracy)] per epoch}; last: the last completed epoch's {'train': {'loss', 'acc'},
     'valid': {'loss', 'acc', 'confusion'}}. An interrupted epoch: batches_in_epoch trained so far,
     epoch_sums (the running loss sum and correct and seen counts) and epoch_rng (this process's random
     states where the epoch began). resume_rng is not saved by this object: the checkpointer sets it on
@@ -86,6 +86,8 @@ class TrainState:
         if averaged is not None:
             self.last["valid_swa"] = {"loss": averaged["loss"], "acc": averaged["acc"]}
         self.history["valid"].append((self.global_step, valid["loss"]))
+        for name, acc in (("train_acc", self.epoch_acc), ("valid_acc", valid["acc"])):  # the accuracy curves
+            self.history.setdefault(name, []).append((self.global_step, acc))
         self.batches_in_epoch, self.epoch_sums, self.epoch_rng = 0, new_epoch_sums(), None
         is_best = (valid["acc"], -valid["loss"]) > (self.best["acc"], -self.best["loss"])
         if is_best:

@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from tools.hooks import hooks
+from tools.tb_logging import PICTURES
 
 MAP_LAYERS = (nn.Conv2d, nn.ReLU)  # feature maps are drawn before the ReLU (conv) and after it, as in the course
 
@@ -70,14 +71,6 @@ def render_confusion_matrix(confusion: torch.Tensor, classes: list[str], title: 
     return img
 
 
-def image_grid(tensor: torch.Tensor, nrow: int = 8, pad: int = 1) -> np.ndarray:
-    """(N, C, h, w) as one uint8 (H, W, 3) grid, each image scaled to [0, 1] on its own."""
-    from torchvision.utils import make_grid
-
-    grid = make_grid(tensor.detach().float().cpu(), nrow=nrow, normalize=True, scale_each=True, padding=pad)
-    return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-
-
 def enlarge(image: np.ndarray, factor: int = 4) -> np.ndarray:
     """(H, W, 3) -> (factor H, factor W, 3), each pixel a factor x factor block (tiny images stay sharp)."""
     return np.kron(image, np.ones((factor, factor, 1), dtype=image.dtype))
@@ -107,33 +100,6 @@ def feature_maps(model: nn.Module, image: torch.Tensor, types=(nn.Conv2d,)) -> d
     finally:
         model.train(was_training)
     return maps
-
-
-def feature_map_grids(maps: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """Each layer's channels as one grid of gray images: name -> uint8 (H, W, 3)."""
-    return {name: image_grid(fmap.unsqueeze(1), nrow=min(8, len(fmap)), pad=2) for name, fmap in maps.items()}
-
-
-def kernel_grids(model: nn.Module, scale: int = 8) -> dict[str, np.ndarray]:
-    """Every conv layer's kernels as image grids, enlarged `scale` times (nearest neighbour).
-
-    '<layer>/all': every kernel, as RGB when the layer reads 3 channels, else one gray tile per
-    (output, input) pair, a row per output channel; '<layer>/out_<k>': output channel k's kernels,
-    one gray tile per input channel.
-    """
-    grids = {}
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Conv2d):
-            continue
-        weight = module.weight.detach().float().cpu()              # (out, in, k, k)
-        out_ch, in_ch = weight.shape[:2]
-        if in_ch == 3:
-            grids[f"{name}/all"] = image_grid(weight, nrow=min(out_ch, 8))
-        else:
-            grids[f"{name}/all"] = image_grid(weight.reshape(-1, 1, *weight.shape[2:]), nrow=in_ch)
-        for k in range(out_ch):
-            grids[f"{name}/out_{k:02d}"] = image_grid(weight[k].unsqueeze(1), nrow=in_ch)
-    return {tag: enlarge(grid, scale) for tag, grid in grids.items()}
 
 
 def denormalize(image: torch.Tensor, mean, std) -> np.ndarray:
@@ -171,29 +137,39 @@ def save_png(array_or_image, path: Path) -> Path:
     return Path(path)
 
 
-def plot_gradcam_panel(items: list[dict], path: Path, title: str = "Grad-CAM") -> Path:
-    """A row of (image, overlay) pairs titled with prediction and truth, into a PNG.
+def plot_gradcam_panel(items: list[dict], path: Path, title: str = "Grad-CAM", per_band: int = 4) -> Path:
+    """Grad-CAM of a few images, titled with prediction, truth and confidence, into a PNG: bands of
+    `per_band` images (so that the picture stays legible at TensorBoard's card width), each band a row
+    of inputs, a row of Grad-CAM overlays and, where the photos could be read, a row on the photos.
 
-    items: [{'image': uint8 (H, W, 3), 'overlay': uint8 (H, W, 3), 'title': str}]. Returns path.
+    items: [{'image': uint8 (H, W, 3), 'overlay': uint8 (H, W, 3), 'title': str, 'photo': (H, W, 3) or
+    None}]. Returns path.
     """
     from tools.plots import pyplot
 
     plt = pyplot()
-    rows = 3 if all(item.get("photo") is not None for item in items) else 2
-    fig, axes = plt.subplots(rows, len(items), figsize=(2.2 * len(items), 2.0 * rows + 0.6), dpi=100,
-                             squeeze=False)
-    for k, item in enumerate(items):
-        axes[0, k].imshow(item["image"], interpolation="nearest")
-        axes[1, k].imshow(item["overlay"], interpolation="bilinear")
-        if rows == 3:
-            axes[2, k].imshow(item["photo"])
-        axes[0, k].set_title(item["title"], fontsize=8)
-        for ax in axes[:, k]:
-            ax.axis("off")
-    for row, label in enumerate(["input (32x32)", "Grad-CAM", "on the photo"][:rows]):
-        axes[row, 0].text(-0.08, 0.5, label, transform=axes[row, 0].transAxes, rotation=90, va="center",
-                          ha="right", fontsize=8)
-    fig.suptitle(title)
+    kinds = 3 if all(item.get("photo") is not None for item in items) else 2
+    bands = [items[k:k + per_band] for k in range(0, len(items), per_band)]
+    columns = min(per_band, len(items))
+    fig, axes = plt.subplots(kinds * len(bands), columns, figsize=(1.7 * columns + 0.4, 1.75 * kinds * len(bands) + 0.5),
+                             dpi=100, squeeze=False)
+    for b, band in enumerate(bands):
+        for k in range(columns):
+            cell = axes[b * kinds:(b + 1) * kinds, k]
+            for ax in cell:
+                ax.axis("off")
+            if k >= len(band):
+                continue
+            item = band[k]
+            cell[0].imshow(item["image"], interpolation="nearest")
+            cell[0].set_title(item["title"], fontsize=8)
+            cell[1].imshow(item["overlay"], interpolation="bilinear")
+            if kinds == 3:
+                cell[2].imshow(item["photo"])
+        for row, label in enumerate(["input 32x32", "Grad-CAM", "on the photo"][:kinds]):
+            ax = axes[b * kinds + row, 0]
+            ax.text(-0.08, 0.5, label, transform=ax.transAxes, rotation=90, va="center", ha="right", fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -209,8 +185,8 @@ def explain(model: nn.Module, dataset, classes: list[str], mean, std, count: int
     """Pictures of a trained model on a data set whose items are (normalised image, label).
 
     Returns {'gradcam': [{'image', 'overlay', 'title', 'path', 'cam', 'photo'}] for up to `count` images
-    (wrong predictions first), 'input': the first image (H, W, 3), 'feature_maps': layer -> grid,
-    'kernels': tag -> grid, 'unreadable': photos that could not be opened again (they vanished or
+    (wrong predictions first), 'input': the first image (H, W, 3), 'maps': layer -> its feature maps
+    (channels, h, w) for that image, 'model', 'unreadable': photos that could not be opened again (they vanished or
     changed since they were decoded: their Grad-CAM is drawn on the decoded 32x32 image only)}.
     Everything is computed with hooks that are removed afterwards.
     """
@@ -239,40 +215,108 @@ def explain(model: nn.Module, dataset, classes: list[str], mean, std, count: int
                                f"truth {class_label(classes[label])} ({probs[predicted]:.0%})"})
     first = dataset[0][0].to(device)
     return {"gradcam": items, "input": denormalize(first, mean, std), "unreadable": unreadable,
-            "feature_maps": feature_map_grids(feature_maps(model, first, MAP_LAYERS)), "kernels": kernel_grids(model)}
+            "maps": feature_maps(model, first, MAP_LAYERS), "model": model}
+
+
+def tiles_of(stack: torch.Tensor) -> list[np.ndarray]:
+    """(N, h, w) or (N, 3, h, w) -> N uint8 (h, w, 3) tiles, each scaled to [0, 1] on its own."""
+    stack = stack.detach().float().cpu()
+    stack = stack.unsqueeze(1).expand(-1, 3, -1, -1) if stack.dim() == 3 else stack
+    low = stack.amin(dim=(1, 2, 3), keepdim=True)
+    span = (stack.amax(dim=(1, 2, 3), keepdim=True) - low).clamp_min(1e-12)
+    return list(((stack - low) / span * 255).round().byte().permute(0, 2, 3, 1).numpy())
+
+
+def labelled_sheet(title: str, rows: list[tuple[str, list[np.ndarray], list[str]]], tile: int = 56,
+                   per_line: int = 8) -> np.ndarray:
+    """One picture of labelled tiles, legible at TensorBoard's card size: `title` on top, then for each
+    (row label, tiles, captions) a row of tiles enlarged with nearest neighbour to about `tile` pixels
+    (integer factors: every pixel stays a sharp block), a caption above each, at most `per_line` tiles
+    to a line. Returns uint8 (H, W, 3)."""
+    font, small = _font(14), _font(11)
+    gap, label_width, caption_height, title_height = 6, 90, 14, 26
+    lines = []  # (label, [(caption, enlarged tile)])
+    for label, images, captions in rows:
+        big = [enlarge(img, max(1, tile // img.shape[0])) for img in images]
+        for start in range(0, len(big), per_line):
+            lines.append((label if start == 0 else "", list(zip(captions[start:start + per_line],
+                                                                 big[start:start + per_line]))))
+    width = label_width + max(sum(t.shape[1] + gap for _, t in line) for _, line in lines) + gap
+    heights = [caption_height + max(t.shape[0] for _, t in line) + gap for _, line in lines]
+    sheet = Image.new("RGB", (max(width, 8 * len(title) + 20), title_height + sum(heights)), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((8, 5), title, fill="black", font=font)
+    y = title_height
+    for (label, line), height in zip(lines, heights):
+        draw.text((8, y + caption_height + 4), label, fill="black", font=font)
+        x = label_width
+        for caption, image in line:
+            draw.text((x, y), caption, fill="gray", font=small)
+            sheet.paste(Image.fromarray(image), (x, y + caption_height))
+            x += image.shape[1] + gap
+        y += height
+    return np.asarray(sheet)
+
+
+def feature_map_sheets(visuals: dict) -> dict[str, np.ndarray]:
+    """Labelled sheets of what each layer sees in the sample image: name -> uint8 (H, W, 3), and 'all':
+    the input and every layer in one picture."""
+    rows = {name: (name, tiles_of(fmap), [f"ch {k}" for k in range(len(fmap))])
+            for name, fmap in visuals["maps"].items()}
+    sheets = {name: labelled_sheet(f"{name}: each channel's map of the sample image", [row])
+              for name, row in rows.items()}
+    sheets["all"] = labelled_sheet("feature maps of the sample image, layer by layer (brighter: stronger)",
+                                   [("input", [visuals["input"]], ["32x32"]), *rows.values()])
+    return sheets
+
+
+def kernel_sheets(model: nn.Module) -> dict[str, np.ndarray]:
+    """Labelled sheets of every conv layer's kernels: name -> uint8 (H, W, 3), and 'all'. A layer
+    that reads RGB shows each kernel in colour; a deeper one, a row per output channel, a gray tile
+    per input channel."""
+    rows = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Conv2d):
+            continue
+        weight = module.weight.detach()                             # (out, in, k, k)
+        if weight.shape[1] == 3:
+            rows[name] = [(name, tiles_of(weight), [f"out {k}" for k in range(len(weight))])]
+        else:
+            rows[name] = [(f"{name} out {k}", tiles_of(weight[k]), [f"in {j}" for j in range(weight.shape[1])])
+                          for k in range(len(weight))]
+    sheets = {name: labelled_sheet(f"{name} kernels", layer_rows, tile=40) for name, layer_rows in rows.items()}
+    sheets["all"] = labelled_sheet("conv kernels", [row for layer_rows in rows.values() for row in layer_rows],
+                                   tile=40)
+    return sheets
 
 
 def write_explanation(visuals: dict, out_dir: Path, writer=None, step: int = 0) -> list[Path]:
     """The pictures of `explain` as PNGs in out_dir (gradcam.png, feature_maps_<layer>.png,
-    kernels_<layer>.png) and, with a writer, as TensorBoard images. Returns the PNG paths."""
+    kernels_<layer>.png, each titled and labelled) and, with a writer, in TensorBoard: the Grad-CAM
+    sheet, one feature-map sheet and one kernel sheet. Returns the PNG paths."""
+    from tools.plots import png_to_array
+
     out_dir = Path(out_dir)
     paths = []
     if visuals["gradcam"]:
         paths.append(plot_gradcam_panel(visuals["gradcam"], out_dir / "gradcam.png"))
-    for name, grid in visuals["feature_maps"].items():
-        paths.append(save_png(grid, out_dir / f"feature_maps_{name}.png"))
-    for tag, grid in visuals["kernels"].items():
-        if tag.endswith("/all"):
-            paths.append(save_png(grid, out_dir / f"kernels_{tag.split('/')[0]}.png"))
+    maps, kernels = feature_map_sheets(visuals), kernel_sheets(visuals["model"])
+    paths += [save_png(sheet, out_dir / f"feature_maps_{name}.png") for name, sheet in maps.items() if name != "all"]
+    paths += [save_png(sheet, out_dir / f"kernels_{name}.png") for name, sheet in kernels.items() if name != "all"]
     if writer is not None:
         log_pictures(writer, visuals, step)
-        for k, item in enumerate(visuals["gradcam"]):
-            side_by_side = np.concatenate([enlarge(item["image"]), enlarge(item["overlay"])], axis=1)
-            writer.add_image(f"gradcam/{k}", side_by_side, step, dataformats="HWC")
-            writer.add_text(f"gradcam/{k}", item["title"], step)
+        if visuals["gradcam"]:
+            writer.add_image(f"{PICTURES}/gradcam", png_to_array(out_dir / "gradcam.png"), step, dataformats="HWC")
     return paths
 
 
 def log_pictures(writer, visuals: dict, step: int) -> None:
-    """The input image, feature maps and kernels of `explain` (or of `snapshot`) as TensorBoard images."""
-    writer.add_image("feature_maps/input", enlarge(visuals["input"]), step, dataformats="HWC")
-    for name, grid in visuals["feature_maps"].items():
-        writer.add_image(f"feature_maps/{name}", grid, step, dataformats="HWC")
-    for tag, grid in visuals["kernels"].items():
-        writer.add_image(f"kernels/{tag}", grid, step, dataformats="HWC")
+    """The feature maps and kernels of `explain` (or of `snapshot`) as two labelled TensorBoard images."""
+    writer.add_image(f"{PICTURES}/feature_maps", feature_map_sheets(visuals)["all"], step, dataformats="HWC")
+    writer.add_image(f"{PICTURES}/kernels", kernel_sheets(visuals["model"])["all"], step, dataformats="HWC")
 
 
 def snapshot(model: nn.Module, image: torch.Tensor, mean, std) -> dict:
     """Input, feature maps and kernels without Grad-CAM: what train_rmb.py logs at the start."""
-    return {"input": denormalize(image, mean, std), "feature_maps": feature_map_grids(feature_maps(model, image, MAP_LAYERS)),
-            "kernels": kernel_grids(model), "gradcam": []}
+    return {"input": denormalize(image, mean, std), "maps": feature_maps(model, image, MAP_LAYERS), "model": model,
+            "gradcam": [], "unreadable": []}
