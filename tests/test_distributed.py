@@ -95,3 +95,12 @@ def test_sigterm_on_one_rank_saves_once_and_resume_is_exact(ddp_run, tiny_data, 
         assert torch.equal(tensor, final["model"][key]), (key, err[-2000:], resumed.stdout[-2000:])
     steps = [e.step for e in line(run_dir, LOSS, "train")]
     assert steps == list(range(1, expected["global_step"] + 1))
+
+
+def test_a_user_error_under_torchrun_is_one_line_and_exit_2_on_every_rank(tmp_path):
+    result = torchrun(tmp_path / "missing", tmp_path / "runs", "--epochs", "1")
+    lines = result.stderr.strip().splitlines()
+    ours = [line for line in lines if line.startswith("train_rmb.py: error:")]
+    assert len(ours) == 1 and "missing does not exist" in ours[0] and lines[0] == ours[0]  # said once, first
+    assert "Traceback" not in result.stderr.split("torch/distributed/elastic")[0]  # no traceback of ours
+    assert "exitcode: 2" in result.stderr and "exitcode: 1" not in result.stderr  # torchrun reports our 2

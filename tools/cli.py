@@ -20,11 +20,22 @@ class Args(argparse.Namespace):
     __slots__ = ("explicit",)
 
 
+class DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each flag's default, once: not added where the help already says its default, nor
+    for a default of None (no value) or a switch's False."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with defaults in --help, and errors as one line (no usage block), exit code 2."""
+    """argparse with defaults in --help (once each), and errors as one line (no usage block), exit code 2."""
 
     def __init__(self, **kwargs):
-        super().__init__(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+        super().__init__(formatter_class=DefaultsOnceFormatter, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

@@ -1,12 +1,15 @@
 """Regenerate the README's pictures in docs/ from real runs of the scripts (about half a minute).
 
-    python -m tools.readme_pictures                    # uses ../shared/data/rmb_real/RMB_data when present
+    python -m tools.readme_pictures                    # the real photos in ../shared/data/rmb_real/RMB_data
     python -m tools.readme_pictures --data-dir data/RMB_data
+
+The README captions these pictures as real photos, so they are only ever drawn from real photos: without
+them, the command stops with one line naming the folder it looked for (it never falls back on the
+generated set).
 
 Runs the commands a user would (train_rmb.py, monitor_grads.py, init_demo.py, tools.lr_schedules) into a
 temporary folder and copies their pictures into docs/, each shrunk to at most MAX_WIDTH pixels wide.
 """
-import argparse
 import subprocess
 import sys
 import tempfile
@@ -20,7 +23,8 @@ MAX_WIDTH = 1200       # pixels
 MAX_BYTES = 200_000    # every picture must stay well under this
 
 
-def run_script(*argv: str) -> None:
+def run_command(*argv: str) -> None:
+    """python <argv> in the repository, quietly; a failure raises."""
     subprocess.run([sys.executable, *argv], cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
 
 
@@ -42,19 +46,21 @@ def shrink_into(source: Path, target: Path) -> Path:
     return target
 
 
-def main(argv=None) -> list[Path]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=REAL_PHOTOS if REAL_PHOTOS.is_dir() else None,
-                        help="photos to train on (default: the shared real photos, else the generated set)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs")
-    args = parser.parse_args(argv)
+def main(args) -> list[Path]:
+    from tools.errors import UserError
+    from tools.rmb_dataset import find_splits
+
+    if not args.data_dir.is_dir():
+        raise UserError(f"no real photos at {args.data_dir}: the README shows its pictures as real photos; pass "
+                        "--data-dir with photos of the notes (<folder>/1/*.jpg, <folder>/100/*.jpg)")
+    find_splits(args.data_dir)  # a folder of class folders, or one clear line
     tmp = Path(tempfile.mkdtemp(prefix="readme_pictures_"))
-    data = ["--data-dir", str(args.data_dir)] if args.data_dir else []
-    run_script("train_rmb.py", *data, "--epochs", "10", "--device", "cpu", "--logdir", str(tmp / "train"))
+    data = ["--data-dir", str(args.data_dir)]
+    run_command("train_rmb.py", *data, "--epochs", "10", "--device", "cpu", "--logdir", str(tmp / "train"))
     run_dir = newest(tmp / "train", "*_lenet")
-    run_script("monitor_grads.py", "--scenario", "vanishing", "--device", "cpu", "--logdir", str(tmp / "grads"))
-    run_script("init_demo.py", "--device", "cpu", "--logdir", str(tmp / "init"))
-    run_script("-m", "tools.lr_schedules", "--logdir", str(tmp / "lr"))
+    run_command("monitor_grads.py", "--scenario", "vanishing", "--device", "cpu", "--logdir", str(tmp / "grads"))
+    run_command("init_demo.py", "--device", "cpu", "--logdir", str(tmp / "init"))
+    run_command("-m", "tools.lr_schedules", "--logdir", str(tmp / "lr"))
     args.out.mkdir(parents=True, exist_ok=True)
     pictures = {
         "gradcam.png": run_dir / "gradcam.png",
@@ -65,6 +71,12 @@ def main(argv=None) -> list[Path]:
         "activation_std.png": newest(tmp / "init", "*_init") / "activation_std.png",
         "lr_schedules.png": newest(tmp / "lr", "*_lr_schedules") / "lr_schedules.png",
     }
+    from tools.tb_screenshots import chromium, take
+
+    if chromium():  # the first screen a user sees, from the same run
+        pictures["tensorboard_time_series.png"] = take(run_dir, tmp / "shots")["pngs"]["timeseries"]
+    else:
+        print("no Chromium here: docs/tensorboard_time_series.png is left as it is", file=sys.stderr)
     written = [shrink_into(source, args.out / name) for name, source in pictures.items()]
     for path in written:
         print(f"{path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}  "
@@ -73,4 +85,9 @@ def main(argv=None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    main()
+    from tools.cli import ArgumentParser, run_script
+
+    parser = ArgumentParser(description=__doc__.splitlines()[0], prog="python -m tools.readme_pictures")
+    parser.add_argument("--data-dir", type=Path, default=REAL_PHOTOS, help="real photos of the notes, in class folders")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs", help="where the pictures go")
+    run_script(main, parser)
