@@ -11,7 +11,7 @@ A few lines in any training loop (the model may be wrapped in DistributedDataPar
         if monitor.nonfinite:                            # (step, what, first bad parameter)
             break
         optimizer.step()
-        monitor.after_step(step, {"loss/train": loss_value})  # with the update ratios of logging steps
+        monitor.after_step(step, {LOSS: {"train": loss_value}})  # with the update ratios of logging steps
     verdict = monitor.end_epoch(step, loss_value)  # histograms, and a verdict on the epoch
 
 Everything is computed on the tensors' own device and copied to the host once per step (the loss
