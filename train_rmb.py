@@ -31,7 +31,8 @@ from tools.cli import (
     run_script,
     seed_everything,
 )
-from tools.distributed import check_weights_agree, distributed, eval_loader, train_loader, wrap
+from tools.batches import eval_batches, training_batches
+from tools.distributed import check_weights_agree, distributed, wrap
 from tools.engine import evaluate, train_one_epoch
 from tools.interrupt import stop_on_signals
 from tools.lr_schedules import SCHEDULERS, build_scheduler, step_scheduler
@@ -79,7 +80,7 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--init", choices=INIT_SCHEMES, default="course",
                         help="weight init: the course's LeNet scheme, PyTorch's default, xavier, kaiming, normal")
     parser.add_argument("--workers", type=non_negative_int, default=0,
-                        help="DataLoader worker processes (0: load in the main process; images are decoded once)")
+                        help="processes that decode the photos when they are not in the cache yet (0: one per core)")
     parser.add_argument("--log-interval", type=positive_int, default=10,
                         help="iterations between gradient-norm logs")
     parser.add_argument("--resume", default=None, metavar="PATH|auto",
@@ -107,9 +108,9 @@ def main(args) -> dict:
         seed_everything(args.seed + dist.rank)  # the same init on every rank (DDP copies rank 0's), own augmentation
 
         # 1. Data: every photo decoded and resized once; only the random crop and grayscale run each epoch
-        data = load_splits(args.data_dir, args.norm, args.cache_dir, args.strict)
-        train_batches = train_loader(data["train"], args.batch_size, args.seed, args.workers)
-        valid_batches = eval_loader(data["valid"])
+        data = load_splits(args.data_dir, args.norm, args.cache_dir, args.strict, args.workers)
+        train_batches = training_batches(data, args.batch_size, device, args.seed)  # one tensor on the device
+        valid_batches = eval_batches(data, "valid", device)
         num_classes = len(data["classes"])
 
         # 2. Model: LeNet, initialised by --init; with --finetune, another model's weights wherever they fit
@@ -169,7 +170,7 @@ def finish(run, model, checkpointer, swa, data, state, device, stop) -> dict:
     split = "test" if data["test"] else "valid"
     averaged = None
     if swa.model is not None:  # batch-norm statistics for the averaged weights, then its own test
-        swa.finish(eval_loader(data["train"]), device)
+        swa.finish(eval_batches(data, "train", device), device)
         averaged = report(swa.model, data, split, device)
     checkpointer.load_best()
     tested = report(model, data, split, device, run.pictures_dir, run.writer, state.global_step,

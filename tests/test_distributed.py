@@ -14,7 +14,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from model import LeNet
-from tools.distributed import ShardSampler
 from tools.engine import evaluate
 from tools.tb_logging import ACCURACY, LOSS
 from tools.rmb_dataset import RMBDataset, build_transforms, find_splits
@@ -66,9 +65,23 @@ def test_logged_valid_accuracy_equals_a_single_process_evaluation(ddp_run, tiny_
     assert line(run_dir, LOSS, "valid")[-1].value == pytest.approx(stats["loss"], rel=1e-5)
 
 
-def test_shard_sampler_covers_every_sample_once():
-    shards = [list(ShardSampler(11, rank, 3)) for rank in range(3)]
-    assert sorted(i for shard in shards for i in shard) == list(range(11))
+def test_shards_cover_every_image_once_and_training_shards_are_equal():
+    from types import SimpleNamespace
+
+    from tools.batches import DeviceBatches
+
+    images = SimpleNamespace(images=torch.arange(11, dtype=torch.uint8).view(11, 1, 1, 1).expand(11, 3, 2, 2),
+                             targets=list(range(11)))
+    evaluation = [DeviceBatches(images, 4, [0.0] * 3, [1 / 255] * 3, torch.device("cpu"), shard=(rank, 3))
+                  for rank in range(3)]
+    seen = [int(label) for shard in evaluation for _, labels in shard for label in labels]
+    assert sorted(seen) == list(range(11))  # each image on exactly one rank
+    training = [DeviceBatches(images, 4, [0.0] * 3, [1 / 255] * 3, torch.device("cpu"), seed=1, augment=True,
+                              shard=(rank, 3)) for rank in range(3)]
+    orders = [shard.order() for shard in training]
+    assert [len(o) for o in orders] == [4, 4, 4] and set(torch.cat(orders).tolist()) == set(range(11))
+    training[0].set_epoch(1)
+    assert not torch.equal(training[0].order(), orders[0])  # a new shuffle every epoch
 
 
 def test_sigterm_on_one_rank_saves_once_and_resume_is_exact(ddp_run, tiny_data, tmp_path):

@@ -1,10 +1,10 @@
 """Running on N processes with torchrun: process group, devices, sharded data, agreeing across ranks.
 
 A plain `python train_rmb.py` is one process and every function here then does what one process
-needs (a plain DataLoader, the model itself, sums of one). Under `torchrun --nproc_per_node=N
-train_rmb.py` (or several nodes), torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; we join the process
-group (nccl on GPUs, gloo on CPUs), take the device from LOCAL_RANK, and the same calls shard the data,
-wrap the model in DistributedDataParallel and sum over the ranks. So the training script reads the same
+needs (the model itself, sums of one). Under `torchrun --nproc_per_node=N train_rmb.py` (or several
+nodes), torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; we join the process group (nccl on GPUs, gloo on
+CPUs), take the device from LOCAL_RANK, and the same calls wrap the model in DistributedDataParallel
+and sum over the ranks (tools.batches shards the data by the same process group). So the training script reads the same
 on one process or many.
 """
 import os
@@ -14,12 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from tools.errors import UserError
-
-EVAL_BATCH_SIZE = 256  # images per evaluation batch: no gradients, so as large as memory likes
-
 
 @dataclass
 class Distributed:
@@ -77,45 +73,12 @@ def distributed(device_flag: str):
         dist.destroy_process_group()
 
 
-def train_loader(dataset, batch_size: int, seed: int, workers: int = 0) -> DataLoader:
-    """Shuffled batches of `dataset`, drawn from the loader's own generator (seeded with `seed`; its
-    state is saved in every checkpoint). Under torchrun each rank gets its own part of every epoch
-    (DistributedSampler; `train_one_epoch` calls its set_epoch: a new shuffle every epoch, the same
-    on every rank)."""
-    sampler = DistributedSampler(dataset, seed=seed) if enabled() else None
-    # Workers are started anew each epoch (not persistent): each epoch's workers are then seeded from
-    # the generator, whose state every checkpoint keeps, and a resumed epoch augments as the first try did.
-    return DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                      generator=torch.Generator().manual_seed(seed), num_workers=workers)
-
-
-def eval_loader(dataset, batch_size: int = EVAL_BATCH_SIZE) -> DataLoader:
-    """Batches of `dataset` in order; under torchrun each rank gets its own shard, every sample on
-    exactly one rank, so that sums over the ranks (see `evaluate`) count each image once."""
-    sampler = ShardSampler(len(dataset), dist.get_rank(), dist.get_world_size()) if enabled() else None
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler)
-
-
 def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """The model to train: itself, or under torchrun in DistributedDataParallel (which averages the
     gradients over the ranks in backward). Checkpoints and pictures use the unwrapped model."""
     if not enabled():
         return model
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-class ShardSampler(Sampler):
-    """Every rank-th index starting at `rank`: each sample on exactly one rank, none repeated (unlike
-    DistributedSampler, which pads the shards to equal length). For evaluation."""
-
-    def __init__(self, length: int, rank: int, world_size: int):
-        self.indices = list(range(rank, length, world_size))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

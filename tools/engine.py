@@ -28,8 +28,9 @@ def train_one_epoch(model: nn.Module, loader, criterion, optimizer, device: torc
     the global batch's, and makes every rank stop together when any rank saw NaN/Inf or was asked to stop.
     """
     model.train()
-    if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(state.epoch)  # under torchrun: a new shuffle every epoch, the same on every rank
+    shuffler = loader if hasattr(loader, "set_epoch") else getattr(loader, "sampler", None)  # DeviceBatches, DataLoader
+    if hasattr(shuffler, "set_epoch"):
+        shuffler.set_epoch(state.epoch)  # a new shuffle every epoch, the same on every rank
     resuming = state.mid_epoch
     if not resuming:
         state.epoch_rng = rng_states(loader.generator)  # where the epoch begins, for a resume mid-epoch
@@ -48,8 +49,9 @@ def train_one_epoch(model: nn.Module, loader, criterion, optimizer, device: torc
             logits = model(images)
             loss = criterion(logits, labels)
             loss.backward()
-            loss_value = monitor.after_backward(step, loss)
-            n, correct = labels.size(0), (logits.argmax(1) == labels).sum().item()
+            # the loss, the batch's correct count and the gradient norms reach the host in one copy
+            loss_value, correct = monitor.after_backward(step, loss, also=(logits.argmax(1) == labels).sum())
+            n, correct = labels.size(0), int(correct)
             if enabled():  # one all-reduce: the global batch's figures, and whether any rank must stop
                 loss_sum, correct, n, bad, stopping = sum_over_ranks(
                     [loss_value * n, correct, n, monitor.nonfinite is not None, stop.requested])
@@ -77,7 +79,7 @@ def evaluate(model: nn.Module, loader, criterion, device: torch.device, classes:
     criterion must average over the batch (as CrossEntropyLoss does); returns {'loss', 'acc', 'total',
     'confusion': (classes, classes) int64 CPU tensor, rows true class, columns predicted}.
     Counts stay on the device until the end: one host copy per pass. Under torchrun each rank sees its
-    own shard (see `eval_loader`) and the sums are added over the ranks.
+    own shard (see tools.batches) and the sums are added over the ranks.
     """
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)

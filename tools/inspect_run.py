@@ -16,7 +16,7 @@ from tools.errors import UserError
 from tools.gradcam import gradcam, last_conv
 from tools.report import report
 from tools.run_folder import check_writable
-from tools.rmb_dataset import RMBDataset, build_transforms, decode_resized, find_splits
+from tools.rmb_dataset import Normalized, RMBDataset, decode_resized, find_splits
 from tools.visualize import class_label, denormalize, overlay, overlay_on_photo, plot_gradcam_panel
 
 
@@ -50,7 +50,7 @@ def explain_image(model: nn.Module, checkpoint: dict, image_path: Path, out_dir:
     except (OSError, ValueError, SyntaxError) as err:
         raise UserError(f"--image {image_path} cannot be read as an image ({err})") from None
     mean, std = checkpoint["norm"]["mean"], checkpoint["norm"]["std"]
-    image = build_transforms(mean, std)[1](pixels).to(next(model.parameters()).device)
+    image = Normalized(mean, std)(pixels).to(next(model.parameters()).device)
     cam, predicted, probs = gradcam(model, last_conv(model), image)
     classes = checkpoint["classes"]
     rgb = denormalize(image, mean, std)
@@ -85,7 +85,7 @@ def main(args) -> dict:
     split = "all" if args.data_dir else "test" if splits["test"] else "valid"
     samples = [s for part in splits.values() for s in part] if args.data_dir else splits[split]
     mean, std = checkpoint["norm"]["mean"], checkpoint["norm"]["std"]
-    dataset = RMBDataset(samples=samples, classes=classes, transform=build_transforms(mean, std)[1])
+    dataset = RMBDataset(samples=samples, classes=classes, transform=Normalized(mean, std))
     data = {"classes": classes, "mean": mean, "std": std, split: dataset}
     result = report(model, data, split, device, out_dir, title=f"{split} {len(dataset)} images, {args.run_dir.name}")
     paths = [Path(p) for p in result["pngs"]]

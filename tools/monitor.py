@@ -109,20 +109,23 @@ class TrainingMonitor:
         """(step, what) of the first non-finite loss or gradient seen, or None."""
         return self._nonfinite
 
-    def after_backward(self, step: int, loss: torch.Tensor) -> float:
-        """Check the loss and gradients for NaN/Inf and log gradient norms; returns the loss as a float.
+    def after_backward(self, step: int, loss: torch.Tensor, also: torch.Tensor | None = None):
+        """Check the loss and gradients for NaN/Inf and log gradient norms; returns the loss as a float,
+        or with `also` (a scalar tensor, e.g. the batch's correct count) (loss, also) as floats.
 
-        One host copy per step: the loss, and when monitoring, every parameter's gradient norm with it.
+        One host copy per step: the loss, `also`, and when monitoring, every parameter's gradient norm.
         """
         with_grad = [i for i, p in enumerate(self.params) if p.grad is not None] if self.enabled else []
-        if not with_grad:
-            value = loss.item()
+        grads = [self.params[i].grad for i in with_grad]
+        first = [loss.detach().float()] + ([also.detach().float()] if also is not None else [])
+        # one fused call for all parameters' norms, one sync per step for them, the loss and `also`
+        values = torch.stack([*first, *(torch._foreach_norm(grads) if grads else [])]).tolist()
+        value, extra, norms = values[0], values[1:len(first)], values[len(first):]
+        result = (value, extra[0]) if also is not None else value
+        if not grads:
             if not math.isfinite(value):
                 self._record_nonfinite(step, "loss")
-            return value
-        # one fused call for all parameters' norms, one sync per step for them and the loss
-        grads = [self.params[i].grad for i in with_grad]
-        value, *norms = torch.stack([loss.detach().float(), *torch._foreach_norm(grads)]).tolist()
+            return result
         total = math.sqrt(sum(n * n for n in norms))
         if not math.isfinite(value) or not math.isfinite(total):
             self._record_nonfinite(step, "loss" if not math.isfinite(value) else "gradient", norms)
@@ -138,7 +141,7 @@ class TrainingMonitor:
             self._before = (with_grad, [self.params[i].detach().clone() for i in with_grad])
             if self._nonfinite is not None:  # the loop will stop before after_step: write them now
                 self._write_pending()
-        return value
+        return result
 
     def nonfinite_elsewhere(self, step: int) -> None:
         """Under torchrun: another rank saw a non-finite loss or gradient at `step` (this one did not)."""

@@ -9,19 +9,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from tools.distributed import eval_loader
+from tools.batches import eval_batches
 from tools.engine import evaluate
 from tools.tb_logging import PICTURES
 from tools.visualize import explain, precision_recall, render_confusion_matrix, save_png, write_explanation
 
 
 @torch.no_grad()
-def worst_predicted(model: nn.Module, dataset, classes: list[str], device: torch.device, count: int = 5) -> list[dict]:
-    """The `count` images whose true class got the lowest probability: [{'path', 'truth', 'predicted',
-    'probability' (of the true class)}], worst first."""
+def worst_predicted(model: nn.Module, data: dict, split: str, device: torch.device, count: int = 5) -> list[dict]:
+    """The `count` images of data[split] whose true class got the lowest probability: [{'path', 'truth',
+    'predicted', 'probability' (of the true class)}], worst first."""
     model.eval()
+    dataset, classes = data[split], data["classes"]
     truth_probs, predicted = [], []
-    for images, labels in eval_loader(dataset):
+    for images, labels in eval_batches(data, split, device):
         probs = model(images.to(device)).softmax(1)
         truth_probs.append(probs.gather(1, labels.to(device)[:, None])[:, 0].cpu())
         predicted.append(probs.argmax(1).cpu())
@@ -45,13 +46,13 @@ def report(model: nn.Module, data: dict, split: str, device: torch.device, out_d
     only the rank given an `out_dir` draws.
     """
     classes = data["classes"]
-    stats = evaluate(model, eval_loader(data[split]), nn.CrossEntropyLoss(), device, len(classes))
+    stats = evaluate(model, eval_batches(data, split, device), nn.CrossEntropyLoss(), device, len(classes))
     result = {"split": split, "acc": stats["acc"], "loss": stats["loss"], "total": stats["total"],
               "confusion": stats["confusion"].tolist(), "per_class": precision_recall(stats["confusion"], classes),
               "pngs": [], "warnings": []}
     if out_dir is None:
         return result
-    result["worst"] = worst_predicted(model, data[split], classes, device)
+    result["worst"] = worst_predicted(model, data, split, device)
     confusion = render_confusion_matrix(stats["confusion"], classes, title or split)
     paths = [save_png(confusion, Path(out_dir) / f"confusion_{split}.png")]
     if writer is not None:

@@ -169,14 +169,42 @@ def _cache_key(path: str) -> str:
     return f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
+def decode_or_error(path: str, size: int = IMAGE_SIZE):
+    """decode_resized as a uint8 numpy array (H, W, 3), or the error's text: what a decoding process
+    sends back (it does no torch work: torch's threads do not survive a fork)."""
+    try:
+        img = open_rgb(path, size).resize((size, size), Image.BILINEAR)
+        return np.array(img, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        return str(err) or type(err).__name__
+
+
+def decode_many(paths: list[str], size: int = IMAGE_SIZE, workers: int = 0) -> list:
+    """decode_or_error of every path, on `workers` processes (0: one per core), in order; a progress
+    bar when it takes more than a second."""
+    from functools import partial
+
+    from tqdm import tqdm
+
+    workers = workers or os.cpu_count() or 1
+    work = partial(decode_or_error, size=size)
+    with tqdm(total=len(paths), desc="decoding photos", unit="img", delay=1, leave=False) as bar:
+        if workers == 1 or len(paths) < 4 * workers:  # a pool would cost more than it saves
+            return [bar.update(1) or work(path) for path in paths]
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return [bar.update(1) or result for result in pool.imap(work, paths, chunksize=16)]
+
+
 def decode_all(paths: list[str], size: int = IMAGE_SIZE, cache_dir: Path | None = None,
-               strict: bool = False) -> tuple[list[torch.Tensor | None], list[str]]:
+               strict: bool = False, workers: int = 0) -> tuple[list[torch.Tensor | None], list[str]]:
     """Decode and resize every image once: a uint8 (3, size, size) tensor per path (None if unreadable).
 
-    With `cache_dir`, results are kept on disk keyed by path, file size and mtime, so a second run decodes
-    nothing; the cache file is replaced atomically (safe when several processes build it). Unreadable
-    files (zero bytes, truncated, not an image) are returned in the second list, or raise UserError
-    when `strict`.
+    Photos not in the cache are decoded by `workers` processes (0: one per core). With `cache_dir`,
+    results are kept on disk keyed by path, file size and mtime, so a second run decodes nothing; the
+    cache file is replaced atomically (safe when several processes build it). Unreadable files (zero
+    bytes, truncated, not an image) are returned in the second list, or raise UserError when `strict`.
     """
     cache_file = Path(cache_dir) / f"images_{size}px.pt" if cache_dir else None
     cache = {}
@@ -185,24 +213,20 @@ def decode_all(paths: list[str], size: int = IMAGE_SIZE, cache_dir: Path | None 
             cache = torch.load(cache_file, map_location="cpu", weights_only=True)
         except Exception:  # a cache from another version or a damaged file: rebuild it
             cache = {}
-    images, bad, added = [], [], False
-    for path in paths:
-        key = _cache_key(path)
-        if key not in cache:
-            try:
-                cache[key] = decode_resized(path, size)
-                added = True
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-                if strict:
-                    raise UserError(f"cannot read image {path} ({err}); fix or remove it, "
-                                    "or drop --strict to skip unreadable images") from None
-                bad.append(path)
-                images.append(None)
-                continue
-        images.append(cache[key])
-    if cache_file and added:
+    keys = [_cache_key(path) for path in paths]
+    missing = [path for path, key in zip(paths, keys) if key not in cache]
+    bad = []
+    for path, result in zip(missing, decode_many(missing, size, workers)):
+        if isinstance(result, str):
+            if strict:
+                raise UserError(f"cannot read image {path} ({result}); fix or remove it, "
+                                "or drop --strict to skip unreadable images")
+            bad.append(path)
+        else:
+            cache[_cache_key(path)] = torch.from_numpy(result).permute(2, 0, 1).contiguous()
+    if cache_file and len(missing) > len(bad):
         write_cache(cache, cache_file)
-    return images, bad
+    return [cache.get(key) for key in keys], bad
 
 
 def write_cache(cache: dict, cache_file: Path) -> None:
@@ -231,13 +255,17 @@ class RMBDataset(Dataset):
     """
 
     def __init__(self, data_dir=None, transform=None, *, samples=None, classes=None,
-                 size: int = IMAGE_SIZE, cache_dir=None, strict: bool = False):
+                 size: int = IMAGE_SIZE, cache_dir=None, strict: bool = False, decoded: dict | None = None):
         if samples is None:
             classes = find_classes(data_dir)
             samples, unsupported = list_samples(data_dir, classes)
         else:
             unsupported = []
-        images, unreadable = decode_all([p for p, _ in samples], size, cache_dir, strict)
+        if decoded is None:
+            images, unreadable = decode_all([p for p, _ in samples], size, cache_dir, strict)
+        else:  # decoded already (path -> tensor, None when unreadable), e.g. every split at once
+            images = [decoded.get(p) for p, _ in samples]
+            unreadable = [p for (p, _), img in zip(samples, images) if img is None]
         kept = [(s, img) for s, img in zip(samples, images) if img is not None]
         self.classes = list(classes)
         self.samples = [s for s, _ in kept]
@@ -255,8 +283,21 @@ class RMBDataset(Dataset):
         return (self.transform(image) if self.transform else image), self.targets[index]
 
 
+class Normalized:
+    """ToTensor then Normalize(mean, std) of one uint8 image (3, H, W), without torchvision (whose
+    import costs about a second): (x / 255 - mean) / std."""
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return (image.float() / 255 - self.mean) / self.std
+
+
 def build_transforms(mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """The course's train and eval transforms, for uint8 tensors already resized to 32x32.
+    """The course's train and eval transforms with torchvision, for uint8 tensors already resized to
+    32x32: what tools.batches does a batch at once, and what the comparisons and tests check it against.
 
     train: RandomCrop(32, padding=4), RandomGrayscale(p=0.8), ToTensor, Normalize; eval: ToTensor, Normalize.
     (ToDtype(float32, scale=True) is ToTensor for a uint8 tensor.)
@@ -314,30 +355,31 @@ def default_data_dir(data_root: Path) -> tuple[Path, str | None]:
 
 
 def load_splits(data_dir: Path, norm: str = "imagenet", cache_dir: Path | None = None,
-                strict: bool = False) -> dict:
-    """Everything a run needs from a data folder, each image decoded once.
+                strict: bool = False, workers: int = 0) -> dict:
+    """Everything a run needs from a data folder, each image decoded once (on `workers` processes,
+    0: one per core, when not in the cache). Each data set's items are (normalised image, label).
 
     Returns {'classes', 'train', 'valid', 'test' (RMBDataset, test None when there is none),
     'mean', 'std' (of Normalize: ImageNet's, or with norm='data' the train split's own), 'skipped',
     'warnings' (a class missing from the valid or test split)}.
     """
     classes, splits, unsupported = find_splits(data_dir)
-    sets = {name: RMBDataset(samples=samples, classes=classes, cache_dir=cache_dir, strict=strict)
+    paths = [path for samples in splits.values() for path, _ in samples]
+    images, unreadable = decode_all(paths, IMAGE_SIZE, cache_dir, strict, workers)
+    decoded = dict(zip(paths, images))
+    sets = {name: RMBDataset(samples=samples, classes=classes, decoded=decoded)
             for name, samples in splits.items() if samples}
-    skipped = unsupported + [path for ds in sets.values() for path in ds.skipped]
+    skipped = unsupported + unreadable
     if strict and unsupported:
         raise UserError(f"unsupported image format: {unsupported[0]}; convert or remove it, "
                         "or drop --strict to skip such files")
     if len(sets["train"]) == 0 or len(sets["valid"]) == 0:
         raise UserError(f"{data_dir}: no readable images left in the train or valid split")
     mean, std = (channel_stats(sets["train"].images) if norm == "data" else (list(IMAGENET_MEAN), list(IMAGENET_STD)))
-    train_tf, eval_tf = build_transforms(mean, std)
     missing = [f"{classes[c]} has no {name} image" for name in ("valid", "test") if name in sets
                for c in sorted(set(range(len(classes))) - set(sets[name].targets))]
-    sets["train"].transform = train_tf
-    for name in ("valid", "test"):
-        if name in sets:
-            sets[name].transform = eval_tf
+    for dataset in sets.values():  # an item as the model takes it; training augments whole batches instead
+        dataset.transform = Normalized(mean, std)
     return {"classes": classes, "train": sets["train"], "valid": sets["valid"], "test": sets.get("test"),
             "mean": mean, "std": std, "skipped": skipped,
             "warnings": [f"class {m}: its accuracy there is not measured (add images; a class needs at "
