@@ -1,0 +1,104 @@
+"""Batched augmentation has the distribution of torchvision's per-image transforms, pixel for pixel where
+the random choices are fixed; the first decode gives the same images on any number of processes."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as F
+
+from tools import rmb_dataset
+from tools.batches import CROP_PADDING, GRAYSCALE_P, DeviceBatches, grayscale, normalize, random_crop, random_grayscale
+from tools.rmb_dataset import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+
+
+def images(n=64, seed=0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def crop_offset(original: torch.Tensor, cropped: torch.Tensor) -> tuple[int, int]:
+    """(top, left) of `cropped` in `original` zero-padded by CROP_PADDING: found by trying every offset."""
+    padded = F.pad(original, [CROP_PADDING] * 4)
+    hits = [(top, left) for top in range(2 * CROP_PADDING + 1) for left in range(2 * CROP_PADDING + 1)
+            if torch.equal(padded[:, top:top + 32, left:left + 32], cropped)]
+    assert len(hits) == 1
+    return hits[0]
+
+
+def test_random_crop_is_torchvisions_crop_at_every_offset_uniformly():
+    batch = images(2000)
+    cropped = random_crop(batch, CROP_PADDING, torch.Generator().manual_seed(1))
+    offsets = [crop_offset(original, crop) for original, crop in zip(batch[:400], cropped[:400])]
+    for (top, left), original, crop in zip(offsets[:50], batch, cropped):  # pixel-exact: torchvision's ops
+        expected = F.crop(F.pad(original, [CROP_PADDING] * 4), top, left, 32, 32)
+        assert torch.equal(crop, expected)
+    # each of top and left uniform over 0..8: a chi-square test over the 81 offsets, 400 draws
+    counts = np.zeros((9, 9))
+    for top, left in offsets:
+        counts[top, left] += 1
+    chi2 = ((counts - 400 / 81) ** 2 / (400 / 81)).sum()
+    assert chi2 < 130  # 80 degrees of freedom: the 99.9% quantile is about 125; a skewed draw is far above
+
+
+def test_random_grayscale_is_torchvisions_grayscale_four_times_in_five():
+    batch = images(4000, seed=2)
+    out = random_grayscale(batch, GRAYSCALE_P, torch.Generator().manual_seed(3))
+    gray = torch.tensor([torch.equal(o[0], o[1]) and torch.equal(o[1], o[2]) for o in out])
+    changed = (out != batch).flatten(1).any(1)
+    share = gray[changed | ~gray].float().mean().item()  # random RGB images are never gray by chance
+    assert abs(share - GRAYSCALE_P) < 4 * math.sqrt(GRAYSCALE_P * (1 - GRAYSCALE_P) / 4000)
+    for original, result, is_gray in zip(batch[:100], out[:100], gray[:100]):
+        expected = F.rgb_to_grayscale(original, num_output_channels=3) if is_gray else original
+        assert torch.equal(result, expected)  # pixel-exact, both ways
+    assert torch.equal(grayscale(batch[:10]), F.rgb_to_grayscale(batch[:10], num_output_channels=3))
+
+
+def test_normalize_is_totensor_then_normalize():
+    batch = images(8)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    expected = torch.stack([build_transforms()[1](image) for image in batch])  # torchvision's, one by one
+    assert torch.allclose(normalize(batch, mean, std), expected, atol=1e-6)
+
+
+def test_training_batches_cover_the_split_once_per_epoch_and_resume_from_the_generator():
+    class Split:
+        images = images(50)
+        targets = list(range(50))
+
+    batches = DeviceBatches(Split, 16, IMAGENET_MEAN, IMAGENET_STD, torch.device("cpu"), seed=4, augment=True)
+    assert len(batches) == 4 == len(list(batches))
+    labels = torch.cat([y for _, y in batches])
+    assert sorted(labels.tolist()) == list(range(50))
+    state = batches.generator.get_state()
+    first = [x for x, _ in batches]
+    batches.generator.set_state(state)  # what a resumed run does with the checkpoint's state
+    assert all(torch.equal(a, b) for a, b in zip(first, [x for x, _ in batches]))
+    batches.set_epoch(1)
+    assert not torch.equal(torch.cat([y for _, y in batches]), labels)  # another epoch, another order
+
+
+def write_photos(folder, n):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(folder / f"{i:03d}.jpg")
+    (folder / "broken.jpg").write_bytes(b"not a photo")
+    return sorted(str(p) for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_the_first_decode_gives_the_same_images_on_one_process_or_several(tmp_path, strict):
+    paths = write_photos(tmp_path / "photos", 40)
+    if strict:
+        with pytest.raises(rmb_dataset.UserError, match="broken.jpg"):
+            rmb_dataset.decode_all(paths, workers=2, strict=True)
+        return
+    one, bad_one = rmb_dataset.decode_all(paths, workers=1)
+    two, bad_two = rmb_dataset.decode_all(paths, workers=2, cache_dir=tmp_path / "cache")
+    assert bad_one == bad_two == [str(tmp_path / "photos" / "broken.jpg")]
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(one, two))
+    assert torch.equal(one[0], rmb_dataset.decode_resized(paths[0]))  # the one-image path gives the same
+    cached, _ = rmb_dataset.decode_all(paths, workers=2, cache_dir=tmp_path / "cache")  # from the cache now
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(one, cached))
