@@ -1,14 +1,25 @@
-"""Time train_rmb.py end to end and per epoch, beside the course's pipeline, on the same machine.
+"""How close train_rmb.py's data path comes to bare compute, beside what a user would otherwise write.
 
-    python bench/bench_train.py --data-dir ../shared/data/rmb_real/RMB_data --repeats 3
+    python bench/bench_train.py                          # the real photos and a generated set of 8000 images
+    python bench/bench_train.py --device cuda            # the same on a GPU
+    python bench/bench_train.py --skip-end-to-end        # only the in-process measures (about 2 minutes)
 
-Prints medians over --repeats runs (alternating the two pipelines): the import time, the steady-state
-epoch time with monitoring on and off (--no-monitor), the end-to-end wall time of 10 epochs with a cold
-cache (every photo decoded once) and a warm one (decoded images read from the disk cache), and the
-ratios to the course-style pipeline (bench/course_style_train.py: decodes every photo every epoch).
+In one process, for each data set (the real photos in ../shared, and 8000 generated images, drawn into
+data/bench_8000 once):
+  - train_rmb.py's steady epoch, all monitoring on (its epochs 2.. of 4, timed inside train_one_epoch);
+  - the bare compute of the same steps: LeNet, batch 16, forward, backward, SGD with momentum, on one
+    fixed batch already on the device, as many steps; and their ratio;
+  - images per second of both, and of the pipeline a user would otherwise write: torchvision's
+    ImageFolder with the course's transforms and a DataLoader with 2 workers, training the same LeNet;
+  - the first decode of every photo (what a run without a disk cache does first) on 1 process and on
+    one per core.
+Then, unless --skip-end-to-end, the whole command end to end, 10 epochs on the real photos, beside the
+course's pipeline (bench/course_style_train.py), medians of --repeats runs of each.
 """
 import argparse
-import re
+import contextlib
+import io
+import os
 import statistics
 import subprocess
 import sys
@@ -16,7 +27,134 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+from torch import nn
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from model import LeNet  # noqa: E402
+
+REAL = ROOT.parent / "shared" / "data" / "rmb_real" / "RMB_data"
+GENERATED = ROOT / "data" / "bench_8000"
+BATCH = 16
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_rmb_epochs(data_dir: Path, device: str, epochs: int = 4) -> tuple[list[float], int]:
+    """train_rmb.main in this process on `data_dir`; the seconds of each epoch's train_one_epoch (its
+    loop over the batches with all monitoring on) and the steps of an epoch."""
+    import train_rmb
+
+    seconds, steps = [], []
+    original = train_rmb.train_one_epoch
+
+    def timed(model, loader, *args):
+        started = time.perf_counter()
+        result = original(model, loader, *args)
+        sync(torch.device(device))
+        seconds.append(time.perf_counter() - started)
+        steps.append(len(loader))
+        return result
+
+    train_rmb.train_one_epoch = timed
+    try:
+        args = train_rmb.get_args_parser().parse_args(
+            ["--data-dir", str(data_dir), "--epochs", str(epochs), "--device", device, "--logdir",
+             tempfile.mkdtemp(prefix="bench_train_"), "--cache-dir", str(ROOT / "data" / "cache")])
+        with contextlib.redirect_stdout(io.StringIO()):
+            train_rmb.main(args)
+    finally:
+        train_rmb.train_one_epoch = original
+    return seconds[1:], steps[0]
+
+
+def bare_compute(steps: int, device: torch.device, repeats: int = 3) -> float:
+    """Seconds of `steps` bare LeNet steps (forward, backward, SGD with momentum) on one fixed batch
+    already on the device: the compute an epoch cannot go below. The median of `repeats` timings."""
+    torch.manual_seed(0)
+    model = LeNet().initialize_weights().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    x, y = torch.randn(BATCH, 3, 32, 32, device=device), torch.randint(0, 2, (BATCH,), device=device)
+
+    def run():
+        for _ in range(steps):
+            optimizer.zero_grad()
+            criterion(model(x), y).backward()
+            optimizer.step()
+        sync(device)
+
+    run()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def imagefolder_epoch(data_dir: Path, device: torch.device, workers: int = 2) -> tuple[float, int]:
+    """What a user would otherwise write: ImageFolder with the course's transforms (the photo opened,
+    resized and augmented every time), a DataLoader with `workers` processes, and the same training
+    step. Seconds of one epoch over every image, and the images."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose([transforms.Resize((32, 32)), transforms.RandomCrop(32, padding=4),
+                             transforms.RandomGrayscale(p=0.8), transforms.ToTensor(),
+                             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    dataset = datasets.ImageFolder(str(data_dir), transform=tf)
+    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers)
+    model = LeNet(len(dataset.classes)).initialize_weights().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    started = time.perf_counter()
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        optimizer.zero_grad()
+        criterion(model(images), labels).backward()
+        optimizer.step()
+    sync(device)
+    return time.perf_counter() - started, len(dataset)
+
+
+def first_decode(data_dir: Path) -> dict[int, float]:
+    """Seconds to decode every photo of `data_dir` (no cache) on 1 process and on one per core."""
+    from tools.rmb_dataset import decode_all, find_splits
+
+    _, splits, _ = find_splits(data_dir)
+    paths = [path for samples in splits.values() for path, _ in samples]
+    seconds = {}
+    for workers in sorted({1, os.cpu_count() or 1}):
+        started = time.perf_counter()
+        decode_all(paths, workers=workers)
+        seconds[workers] = time.perf_counter() - started
+    return seconds
+
+
+def measure(name: str, data_dir: Path, device: str) -> None:
+    epochs, steps = train_rmb_epochs(data_dir, device)
+    epoch = statistics.median(epochs)
+    bare = bare_compute(steps, torch.device(device))
+    images = steps * BATCH
+    folder_seconds, folder_images = imagefolder_epoch(data_dir, torch.device(device))
+    decode = first_decode(data_dir)
+    print(f"\n{name}: {data_dir} ({steps} steps of {BATCH} an epoch, {device})")
+    print(f"  train_rmb.py steady epoch, all monitoring on   {epoch:8.3f} s   {images / epoch:8.0f} images/s")
+    print(f"  bare compute of the same steps                 {bare:8.3f} s   {images / bare:8.0f} images/s")
+    print(f"  ratio epoch / bare compute                     {epoch / bare:8.2f}x  (target: at most 1.3x)")
+    print(f"  ImageFolder + DataLoader(num_workers=2)        {folder_seconds:8.3f} s   "
+          f"{folder_images / folder_seconds:8.0f} images/s; train_rmb.py "
+          f"{(images / epoch) / (folder_images / folder_seconds):.1f}x as many  (target: at least 3x)")
+    many = max(decode)
+    print(f"  first decode, 1 process                        {decode[1]:8.3f} s" + (
+        f"\n  first decode, {many} processes                      {decode[many]:8.3f} s   "
+        f"{decode[1] / decode[many]:.2f}x faster  (target: at least 1.7x on 2 cores)" if many > 1 else ""))
 
 
 def wall(cmd: list[str]) -> tuple[float, str]:
@@ -25,48 +163,51 @@ def wall(cmd: list[str]) -> tuple[float, str]:
     return time.perf_counter() - started, out
 
 
-def epoch_seconds(output: str) -> list[float]:
-    """The seconds of epochs 2.. from train_rmb.py's summary lines (epoch 1 warms up)."""
-    return [float(s) for s in re.findall(r"^epoch\s+\d+/\d+ .* ([\d.]+) s$", output, re.M)][1:]
+def end_to_end(data_dir: Path, repeats: int) -> None:
+    """The commands as a user runs them: imports, the course's pipeline, train_rmb.py cold and warm."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    py = sys.executable
+    ours = [py, "train_rmb.py", "--data-dir", str(data_dir), "--epochs", "10", "--device", "cpu",
+            "--logdir", str(tmp / "runs")]
+    times = {k: [] for k in ("imports", "torch", "course", "cold", "warm")}
+    for repeat in range(repeats):
+        times["imports"].append(wall([py, "-c", "import torch, torchvision, torch.utils.tensorboard, "
+                                                "matplotlib.pyplot, tqdm"])[0])
+        times["torch"].append(wall([py, "-c", "import torch"])[0])
+        times["course"].append(wall([py, "bench/course_style_train.py", "--data-dir", str(data_dir),
+                                     "--epochs", "10"])[0])
+        times["cold"].append(wall(ours + ["--cache-dir", ""])[0])
+        seconds, _ = wall(ours + ["--cache-dir", str(tmp / "cache")])
+        if repeat > 0 or repeats == 1:  # the first run with a cache dir fills it
+            times["warm"].append(seconds)
+        print(f"repeat {repeat + 1}/{repeats} done", file=sys.stderr)
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    print(f"\nend to end, 10 epochs on {data_dir}, medians of {repeats} runs")
+    print(f"  import torch alone                                  {med['torch']:6.2f} s")
+    print(f"  imports of torch, torchvision, tensorboard, matplotlib {med['imports']:6.2f} s")
+    print(f"  the course's pipeline                               {med['course']:6.2f} s")
+    print(f"  train_rmb.py, cold (every photo decoded once)       {med['cold']:6.2f} s   "
+          f"ratio {med['cold'] / med['course']:.2f}x  (target: at most 0.30x)")
+    print(f"  train_rmb.py, warm (disk cache)                     {med['warm']:6.2f} s   "
+          f"ratio {med['warm'] / med['course']:.2f}x")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "rmb_real" / "RMB_data")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each end-to-end command")
+    parser.add_argument("--skip-end-to-end", action="store_true")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
-    py = sys.executable
-    ours = [py, "train_rmb.py", "--data-dir", str(args.data_dir), "--epochs", str(args.epochs), "--device", "cpu",
-            "--logdir", str(tmp / "runs")]
-    course = [py, "bench/course_style_train.py", "--data-dir", str(args.data_dir), "--epochs", str(args.epochs)]
-    imports = [py, "-c", "import torch, torchvision, torch.utils.tensorboard, matplotlib.pyplot, tqdm"]
+    from tools.synthetic_rmb import generate, is_generated
 
-    times = {k: [] for k in ("imports", "course", "cold", "warm", "epoch", "epoch_no_monitor")}
-    for repeat in range(args.repeats):
-        times["imports"].append(wall(imports)[0])
-        times["course"].append(wall(course)[0])
-        seconds, out = wall(ours + ["--cache-dir", ""])
-        times["cold"].append(seconds)
-        times["epoch"] += epoch_seconds(out)
-        seconds, _ = wall(ours + ["--cache-dir", str(tmp / "cache")])
-        if repeat > 0 or args.repeats == 1:  # the first run with a cache dir fills it
-            times["warm"].append(seconds)
-        times["epoch_no_monitor"] += epoch_seconds(wall(ours + ["--no-monitor", "--cache-dir", str(tmp / "cache")])[1])
-        print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
-
-    med = {k: statistics.median(v) for k, v in times.items() if v}
-    print(f"data {args.data_dir}, {args.epochs} epochs, medians of {args.repeats} runs")
-    print(f"imports (torch, torchvision, tensorboard, matplotlib)  {med['imports']:6.2f} s")
-    print(f"course-style pipeline, end to end                    {med['course']:6.2f} s")
-    print(f"train_rmb.py, end to end, cold (decode once)         {med['cold']:6.2f} s   "
-          f"ratio {med['cold'] / med['course']:.2f}x")
-    print(f"train_rmb.py, end to end, warm (disk cache)          {med['warm']:6.2f} s   "
-          f"ratio {med['warm'] / med['course']:.2f}x")
-    print(f"train_rmb.py, steady-state epoch, monitoring on      {med['epoch']:6.3f} s")
-    print(f"train_rmb.py, steady-state epoch, --no-monitor       {med['epoch_no_monitor']:6.3f} s   "
-          f"monitor cost {med['epoch'] / med['epoch_no_monitor'] - 1:+.1%}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, {args.device}")
+    if not is_generated(GENERATED):
+        generate(GENERATED, per_class=4000)
+    if REAL.is_dir():
+        measure("real photos", REAL, args.device)
+    measure("generated, 8000 images", GENERATED, args.device)
+    if not args.skip_end_to_end and REAL.is_dir():
+        end_to_end(REAL, args.repeats)
 
 
 if __name__ == "__main__":

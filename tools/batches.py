@@ -5,7 +5,7 @@ device when it fits; each step takes a batch by index and applies the course's r
 all of it at once, so that no per-image Python, no collation and no host-to-device copy stand
 between two steps:
 
-    RandomCrop(32, padding=4)  per-image offsets into a zero-padded batch (`random_crop`)
+    RandomCrop(32, padding=4)  per-image offsets into the zero-padded images, one gather (`random_crop`)
     RandomGrayscale(p=0.8)     a per-image coin, the luminance blended in where it fell (`random_grayscale`)
     ToTensor, Normalize        one fused affine map (`normalize`)
 
@@ -30,14 +30,18 @@ LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """RandomCrop(size, padding) of every image of a uint8 batch (B, C, H, W): each image zero-padded,
     then cut at its own offset (top, left), each uniform over 0..2 * padding, as torchvision draws it."""
-    b, c, h, w = images.shape
-    padded = torch.nn.functional.pad(images, (padding,) * 4)
-    top, left = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device=generator.device).to(images.device)
-    rows = (top[:, None] + torch.arange(h, device=images.device))[:, None, :, None]   # (B, 1, H, 1)
-    cols = (left[:, None] + torch.arange(w, device=images.device))[:, None, None, :]  # (B, 1, 1, W)
-    batch = torch.arange(b, device=images.device)[:, None, None, None]
-    channel = torch.arange(c, device=images.device)[None, :, None, None]
-    return padded[batch, channel, rows, cols]
+    return crop_padded(torch.nn.functional.pad(images, (padding,) * 4), padding, generator)
+
+
+def crop_padded(padded: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """`random_crop` of a batch already zero-padded by `padding` (B, C, H + 2p, W + 2p): one gather of
+    each image's window, its flat indices the window's first pixel plus a fixed pattern."""
+    b, c, padded_h, padded_w = padded.shape
+    h, w = padded_h - 2 * padding, padded_w - 2 * padding
+    top, left = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device=generator.device).to(padded.device)
+    window = (torch.arange(h, device=padded.device)[:, None] * padded_w + torch.arange(w, device=padded.device)).view(1, 1, -1)
+    index = (window + (top * padded_w + left).view(b, 1, 1)).expand(b, c, -1)
+    return padded.reshape(b, c, -1).gather(2, index).view(b, c, h, w)
 
 
 def grayscale(images: torch.Tensor) -> torch.Tensor:
@@ -73,7 +77,9 @@ class DeviceBatches:
 
     def __init__(self, dataset, batch_size: int, mean, std, device: torch.device, seed: int = 0,
                  augment: bool = False, shard: tuple[int, int] | None = None):
-        self.images = dataset.images.to(device)
+        # training: padded once for RandomCrop, so that a step only gathers its windows
+        self.images = torch.nn.functional.pad(dataset.images, (CROP_PADDING,) * 4).to(device) if augment \
+            else dataset.images.to(device)
         self.targets = torch.as_tensor(dataset.targets, dtype=torch.int64).to(device)
         self.batch_size, self.augment, self.seed = batch_size, augment, seed
         # on the device once: a step copies nothing from the host
@@ -117,7 +123,7 @@ class DeviceBatches:
             index = order[start:start + self.batch_size]
             images = self.images[index]
             if self.augment:
-                images = random_grayscale(random_crop(images, CROP_PADDING, self.generator), GRAYSCALE_P,
+                images = random_grayscale(crop_padded(images, CROP_PADDING, self.generator), GRAYSCALE_P,
                                           self.generator)
             yield normalize(images, self.mean, self.std), self.targets[index]
 

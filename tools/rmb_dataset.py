@@ -4,6 +4,7 @@ Write a raw folder's 80/10/10 split to disk, as the course does:
 
     python -m tools.rmb_dataset data/RMB_data --out data/rmb_split
 """
+import contextlib
 import os
 import random
 import tempfile
@@ -188,13 +189,20 @@ def decode_many(paths: list[str], size: int = IMAGE_SIZE, workers: int = 0) -> l
 
     workers = workers or os.cpu_count() or 1
     work = partial(decode_or_error, size=size)
-    with tqdm(total=len(paths), desc="decoding photos", unit="img", delay=1, leave=False) as bar:
+    results = []
+    with tqdm(total=len(paths), desc="decoding photos", unit="img", delay=1, leave=False) as bar, \
+            contextlib.ExitStack() as stack:
         if workers == 1 or len(paths) < 4 * workers:  # a pool would cost more than it saves
-            return [bar.update(1) or work(path) for path in paths]
-        import multiprocessing
+            decoded = map(work, paths)
+        else:
+            import multiprocessing
 
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            return [bar.update(1) or result for result in pool.imap(work, paths, chunksize=16)]
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(workers))
+            decoded = pool.imap(work, paths, chunksize=max(1, len(paths) // (8 * workers)))  # balanced ends
+        for result in decoded:
+            results.append(result)
+            bar.update(1)
+    return results
 
 
 def decode_all(paths: list[str], size: int = IMAGE_SIZE, cache_dir: Path | None = None,
