@@ -109,7 +109,7 @@ def test_disk_cache_decodes_once_and_notices_changes(tmp_path, monkeypatch):
 
     def no_decoding(*_):
         raise AssertionError("decoded although cached")
-    monkeypatch.setattr(rmb_dataset, "decode_resized", no_decoding)
+    monkeypatch.setattr(rmb_dataset, "decode_array", no_decoding)
     second, _ = decode_all(paths, cache_dir=tmp_path / "cache")
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 

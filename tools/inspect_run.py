@@ -17,7 +17,7 @@ from tools.gradcam import gradcam, last_conv
 from tools.report import report
 from tools.run_folder import check_writable
 from tools.rmb_dataset import Normalized, RMBDataset, decode_resized, find_splits
-from tools.visualize import class_label, denormalize, overlay, overlay_on_photo, plot_gradcam_panel
+from tools.visualize import class_label, denormalize, gradcam_sheet, overlay, overlay_on_photo, save_png
 
 
 def get_args_parser() -> ArgumentParser:
@@ -55,9 +55,9 @@ def explain_image(model: nn.Module, checkpoint: dict, image_path: Path, out_dir:
     classes = checkpoint["classes"]
     rgb = denormalize(image, mean, std)
     title = f"{type(model).__name__} got {class_label(classes[predicted])} ({probs[predicted]:.0%})"
-    path = plot_gradcam_panel([{"image": rgb, "overlay": overlay(rgb, cam), "title": title,
-                                "photo": overlay_on_photo(str(image_path), cam)}],
-                              out_dir / f"gradcam_{image_path.stem}.png", title="Grad-CAM")
+    sheet = gradcam_sheet([{"image": rgb, "overlay": overlay(rgb, cam), "title": title,
+                            "photo": overlay_on_photo(str(image_path), cam)}])
+    path = save_png(sheet, out_dir / f"gradcam_{image_path.stem}.png")
     return {"prediction": classes[predicted], "probabilities": dict(zip(classes, probs.tolist())), "png": str(path)}
 
 

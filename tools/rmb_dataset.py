@@ -159,10 +159,15 @@ def open_rgb(path: str, size: int | None = None) -> Image.Image:
         return img.convert("RGB")
 
 
-def decode_resized(path: str, size: int = IMAGE_SIZE) -> torch.Tensor:
-    """The image at `path` as a uint8 tensor (3, size, size): the course's Resize((size, size)), once."""
+def decode_array(path: str, size: int = IMAGE_SIZE) -> np.ndarray:
+    """The image at `path` as a uint8 array (size, size, 3): the course's Resize((size, size)), once."""
     img = open_rgb(path, size).resize((size, size), Image.BILINEAR)
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    return np.array(img, dtype=np.uint8)
+
+
+def decode_resized(path: str, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """`decode_array` as a uint8 tensor (3, size, size)."""
+    return torch.from_numpy(decode_array(path, size)).permute(2, 0, 1).contiguous()
 
 
 def _cache_key(path: str) -> str:
@@ -174,8 +179,7 @@ def decode_or_error(path: str, size: int = IMAGE_SIZE):
     """decode_resized as a uint8 numpy array (H, W, 3), or the error's text: what a decoding process
     sends back (it does no torch work: torch's threads do not survive a fork)."""
     try:
-        img = open_rgb(path, size).resize((size, size), Image.BILINEAR)
-        return np.array(img, dtype=np.uint8)
+        return decode_array(path, size)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         return str(err) or type(err).__name__
 
@@ -214,13 +218,8 @@ def decode_all(paths: list[str], size: int = IMAGE_SIZE, cache_dir: Path | None 
     cache file is replaced atomically (safe when several processes build it). Unreadable files (zero
     bytes, truncated, not an image) are returned in the second list, or raise UserError when `strict`.
     """
-    cache_file = Path(cache_dir) / f"images_{size}px.pt" if cache_dir else None
-    cache = {}
-    if cache_file and cache_file.is_file():
-        try:
-            cache = torch.load(cache_file, map_location="cpu", weights_only=True)
-        except Exception:  # a cache from another version or a damaged file: rebuild it
-            cache = {}
+    cache_file = cache_path(cache_dir, paths, size) if cache_dir and paths else None
+    cache = read_cache(cache_file)
     keys = [_cache_key(path) for path in paths]
     missing = [path for path, key in zip(paths, keys) if key not in cache]
     bad = []
@@ -237,15 +236,37 @@ def decode_all(paths: list[str], size: int = IMAGE_SIZE, cache_dir: Path | None 
     return [cache.get(key) for key in keys], bad
 
 
+def cache_path(cache_dir: Path, paths: list[str], size: int) -> Path:
+    """The cache file of one data folder (the photos' common folder): images_<size>px_<digest>.pt, so
+    that a run reads only its own photos' decoded images."""
+    import hashlib
+
+    folder = os.path.commonpath([os.path.abspath(p) for p in paths])
+    return Path(cache_dir) / f"images_{size}px_{hashlib.sha1(folder.encode()).hexdigest()[:12]}.pt"
+
+
+def read_cache(cache_file: Path | None) -> dict:
+    """key -> uint8 image (views of one tensor), from `write_cache`'s file; {} when there is none, or
+    it is of another version or damaged (it is then rebuilt)."""
+    if not cache_file or not cache_file.is_file():
+        return {}
+    try:
+        saved = torch.load(cache_file, map_location="cpu", weights_only=True)
+        return dict(zip(saved["keys"], saved["images"]))
+    except Exception:
+        return {}
+
+
 def write_cache(cache: dict, cache_file: Path) -> None:
-    """torch.save the decoded images atomically (a temporary file, then a rename). A folder that cannot
-    be written or a full disk costs only the cache: a warning, and the run goes on."""
+    """torch.save the decoded images atomically (a temporary file, then a rename), as one tensor and
+    their keys (one tensor loads much faster than thousands). A folder that cannot be written or a full
+    disk costs only the cache: a warning, and the run goes on."""
     tmp = None
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            torch.save(cache, f)
+            torch.save({"keys": list(cache), "images": torch.stack(list(cache.values()))}, f)
         os.replace(tmp, cache_file)
     except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError of its zip writer
         if tmp:
