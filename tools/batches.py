@@ -119,13 +119,13 @@ class DeviceBatches:
 
     def __iter__(self):
         order = self.order().to(self.images.device)
+        # the epoch's images in its order, gathered once: each batch is then a slice, not a gather
+        images, targets = self.images[order], self.targets[order]
         for start in range(0, len(order), self.batch_size):
-            index = order[start:start + self.batch_size]
-            images = self.images[index]
+            batch = images[start:start + self.batch_size]
             if self.augment:
-                images = random_grayscale(crop_padded(images, CROP_PADDING, self.generator), GRAYSCALE_P,
-                                          self.generator)
-            yield normalize(images, self.mean, self.std), self.targets[index]
+                batch = random_grayscale(crop_padded(batch, CROP_PADDING, self.generator), GRAYSCALE_P, self.generator)
+            yield normalize(batch, self.mean, self.std), targets[start:start + self.batch_size]
 
 
 def training_batches(data: dict, batch_size: int, device: torch.device, seed: int) -> DeviceBatches:
