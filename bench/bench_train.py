@@ -17,8 +17,6 @@ Then, unless --skip-end-to-end, the whole command end to end, 10 epochs on the r
 course's pipeline (bench/course_style_train.py), medians of --repeats runs of each.
 """
 import argparse
-import contextlib
-import io
 import os
 import statistics
 import subprocess
@@ -48,12 +46,11 @@ def sync(device: torch.device) -> None:
 def train_rmb_epochs(data_dir: Path, device: str, epochs: int = 4) -> tuple[list[float], int]:
     """train_rmb.main in this process on `data_dir`; the seconds of each epoch's train_one_epoch (its
     loop over the batches with all monitoring on) and the steps of an epoch."""
-    import train_rmb
+    from bench_monitor import run_train_rmb
 
     seconds, steps = [], []
-    original = train_rmb.train_one_epoch
 
-    def timed(model, loader, *args):
+    def timed(original, model, loader, *args):
         started = time.perf_counter()
         result = original(model, loader, *args)
         sync(torch.device(device))
@@ -61,15 +58,7 @@ def train_rmb_epochs(data_dir: Path, device: str, epochs: int = 4) -> tuple[list
         steps.append(len(loader))
         return result
 
-    train_rmb.train_one_epoch = timed
-    try:
-        args = train_rmb.get_args_parser().parse_args(
-            ["--data-dir", str(data_dir), "--epochs", str(epochs), "--device", device, "--logdir",
-             tempfile.mkdtemp(prefix="bench_train_"), "--cache-dir", str(ROOT / "data" / "cache")])
-        with contextlib.redirect_stdout(io.StringIO()):
-            train_rmb.main(args)
-    finally:
-        train_rmb.train_one_epoch = original
+    run_train_rmb(data_dir, device, epochs, timed)
     return seconds[1:], steps[0]
 
 

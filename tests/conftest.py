@@ -28,6 +28,32 @@ def train(tmp_path: Path, data_dir: Path, *flags: str) -> dict:
     return train_rmb.main(train_rmb.get_args_parser().parse_args(argv))
 
 
+def sigterm_mid_run(flags: list[str], logdir: Path, after_epoch: int = 0) -> tuple[Path, str]:
+    """train_rmb.py with `flags` in a process of its own, sent SIGTERM once its checkpoint holds more
+    than `after_epoch` epochs; asserts it saved and exited with 143. Returns (run folder, stderr)."""
+    import signal
+    import subprocess
+    import time
+
+    import torch
+
+    process = subprocess.Popen([sys.executable, "train_rmb.py", *flags, "--logdir", str(logdir)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+
+    def saved_epochs() -> int:
+        checkpoints = list(Path(logdir).glob("*_lenet/checkpoint_last.pt"))
+        return torch.load(checkpoints[0], weights_only=True)["epoch"] if checkpoints else -1
+
+    while saved_epochs() < after_epoch:
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    return next(Path(logdir).glob("*_lenet")), err
+
+
 def line(run_dir: Path, tag: str, name: str) -> list:
     """The scalar events of one line of a chart: `tag` in the sub-run <run_dir>/<name> (see
     tools.tb_logging: train and valid loss are the tag 1_training/loss in the sub-runs train and valid)."""

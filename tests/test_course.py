@@ -1,15 +1,11 @@
 """The rest of the course in train_rmb.py: optimizers, losses, finetuning and freezing, SWA; each checked
 against an independent computation, and each resuming exactly."""
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, line, read_events, train
+from conftest import line, read_events, sigterm_mid_run, train
 from PIL import Image
 
 from model import LeNet
@@ -151,17 +147,7 @@ def test_a_sigterm_mid_epoch_with_adam_and_swa_resumes_bit_for_bit(tiny_data, tm
     flags = [*FLAGS, "--optimizer", "adam", "--lr", "0.001", "--swa-start", "5", "--epochs", "30", "--seed", "5",
              "--data-dir", str(tiny_data), "--cache-dir", str(tmp_path / "cache")]
     reference = train(tmp_path / "reference", tiny_data, *flags)
-    logdir = tmp_path / "runs"
-    process = subprocess.Popen([sys.executable, "train_rmb.py", *flags, "--logdir", str(logdir)], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not list(logdir.glob("*_lenet/checkpoint_last.pt")) or weights(next(logdir.glob("*_lenet")))["epoch"] < 6:
-        assert process.poll() is None and time.time() < deadline, process.communicate()
-        time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 143, err
-    run_dir = next(logdir.glob("*_lenet"))
+    run_dir, _ = sigterm_mid_run(flags, tmp_path / "runs", after_epoch=6)  # SWA is on by then
     train(tmp_path, tiny_data, *flags, "--resume", str(run_dir))
     expected, final = weights(reference["run_dir"]), weights(run_dir)
     assert_same_weights(expected["model"], final["model"])

@@ -7,13 +7,12 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, read_events, train
+from conftest import ROOT, read_events, sigterm_mid_run, train
 from PIL import Image
 
 import train_rmb
@@ -206,17 +205,7 @@ def test_sigterm_and_resume_with_workers_is_bit_exact(tiny_data, tmp_path):
     flags = [*FLAGS, "--workers", "2", "--epochs", "20", "--seed", "3", "--data-dir", str(tiny_data),
              "--cache-dir", str(tmp_path / "cache")]
     reference = train(tmp_path / "reference", tiny_data, *flags)
-    logdir = tmp_path / "runs"
-    process = subprocess.Popen([sys.executable, "train_rmb.py", *flags, "--logdir", str(logdir)], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not list(logdir.glob("*_lenet/checkpoint_last.pt")):
-        assert process.poll() is None and time.time() < deadline, process.communicate()
-        time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 143, err
-    run_dir = next(logdir.glob("*_lenet"))
+    run_dir, _ = sigterm_mid_run(flags, tmp_path / "runs")
     train(tmp_path, tiny_data, *flags, "--resume", str(run_dir))
     expected = torch.load(Path(reference["run_dir"]) / "checkpoint_last.pt", weights_only=True)
     final = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
