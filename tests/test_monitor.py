@@ -233,3 +233,22 @@ def test_names_of_a_ddp_wrapped_model_come_out_unwrapped(tmp_path):
         assert "weights/conv1.weight" in monitor.log_histograms(1)
     finally:
         dist.destroy_process_group()
+
+
+def test_an_epoch_shorter_than_the_log_interval_still_measures_the_update_ratio():
+    torch.manual_seed(0)
+    model = LeNet().initialize_weights()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-12)  # a learning rate far too low
+    monitor = TrainingMonitor(model, log_interval=10)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 2, (16,))
+    verdicts = []
+    for epoch in range(3):  # epochs of 3 steps: never a logging step
+        for step in range(epoch * 3 + 1, epoch * 3 + 4):
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            monitor.after_backward(step, loss)
+            optimizer.step()
+            monitor.after_step(step)
+        verdicts.append(monitor.end_epoch(step, loss.item()).status)
+    assert verdicts == ["lr-too-low"] * 3  # "healthy" three epochs running before

@@ -132,15 +132,19 @@ class TrainingMonitor:
         for i, norm in zip(with_grad, norms):  # the verdict uses each parameter's mean over the epoch
             self._norm_sum[i] += norm
             self._norm_steps[i] += 1
-        if step % self.log_interval == 0:
+        logging = step % self.log_interval == 0
+        if logging:
             self._write_pending()
             # written by after_step together with the update ratios: a line per layer in one chart
             by_layer = layer_norms([self.names[i] for i in with_grad], norms)
             self._pending = (step, {GRAD_NORM: {f"layers/{layer}": v for layer, v in by_layer.items()}
                                     | {"layers/total": total}})
-            self._before = (with_grad, [self.params[i].detach().clone() for i in with_grad])
-            if self._nonfinite is not None:  # the loop will stop before after_step: write them now
-                self._write_pending()
+        # update ratios: on logging steps, and at least once in every epoch however short (the verdict's
+        # learning-rate rules read them); TensorBoard gets them on logging steps only
+        if logging or not any(self._ratio_steps):
+            self._before = (with_grad, [self.params[i].detach().clone() for i in with_grad], logging)
+        if self._nonfinite is not None:  # the loop will stop before after_step: write the norms now
+            self._write_pending()
         return result
 
     def nonfinite_elsewhere(self, step: int) -> None:
@@ -154,7 +158,7 @@ class TrainingMonitor:
         |W_new - W_old| / |W_old| of every layer, and the step's gradient norms: a line per layer."""
         lines = dict(lines or {})
         if self._before is not None:  # the parameters that had a gradient, before the step
-            trained, before = self._before
+            trained, before, logging = self._before
             deltas = torch._foreach_sub([self.params[i].detach() for i in trained], before)
             norms = tensor_norms([*before, *deltas]).tolist()  # one fused call, one sync: |W_old|, |update|
             n = len(trained)
@@ -165,7 +169,8 @@ class TrainingMonitor:
             self._before = None
             names = [self.names[i] for i in trained]
             weight, update = layer_norms(names, norms[:n]), layer_norms(names, norms[n:])
-            lines[UPDATE_RATIO] = {f"layers/{layer}": update[layer] / max(w, 1e-12) for layer, w in weight.items()}
+            if logging:  # TensorBoard gets them on logging steps only
+                lines[UPDATE_RATIO] = {f"layers/{layer}": update[layer] / max(w, 1e-12) for layer, w in weight.items()}
             if self._pending:  # this step's gradient norms
                 lines |= self._pending[1]
             self._pending = None
