@@ -88,7 +88,8 @@ class TrainingMonitor:
 
     def state_dict(self) -> dict:
         """What a resumed run needs to judge as an uninterrupted one would: plain numbers and lists."""
-        return {"epochs": self.epochs, "first_total_norm": self.first_total_norm,
+        return {"epochs": self.epochs, "first_total_norm": self.first_total_norm, "epoch_steps": self.epoch_steps,
+                "last_epoch_step": self.last_epoch_step,
                 "norm_sum": self._norm_sum, "norm_steps": self._norm_steps,
                 "ratio_sum": self._ratio_sum, "ratio_steps": self._ratio_steps}
 
@@ -97,6 +98,8 @@ class TrainingMonitor:
         n = len(self.params)
         self.epochs = state.get("epochs", 0)                      # verdicts given: the epochs judged
         self.first_total_norm = state.get("first_total_norm")     # total grad norm at the first verdict
+        self.epoch_steps = state.get("epoch_steps")               # steps in the last epoch judged
+        self.last_epoch_step = state.get("last_epoch_step", 0)    # the step that ended it
         # per parameter, over the epoch: grad norms summed, and the steps in which it had a gradient;
         # update ratios summed over the logged steps, and their count
         self._norm_sum = per_parameter(state.get("norm_sum"), n, 0.0)
@@ -140,8 +143,10 @@ class TrainingMonitor:
             self._pending = (step, {GRAD_NORM: {f"layers/{layer}": v for layer, v in by_layer.items()}
                                     | {"layers/total": total}})
         # update ratios: on logging steps, and at least once in every epoch however short (the verdict's
-        # learning-rate rules read them); TensorBoard gets them on logging steps only
-        if logging or not any(self._ratio_steps):
+        # learning-rate rules read them): at its first step when epochs are shorter than the log interval
+        # (or the first epoch's length is not known yet); TensorBoard gets them on logging steps only
+        short_epochs = self.epoch_steps is None or self.epoch_steps < self.log_interval
+        if logging or (short_epochs and not any(self._ratio_steps)):
             self._before = (with_grad, [self.params[i].detach().clone() for i in with_grad], logging)
         if self._nonfinite is not None:  # the loop will stop before after_step: write the norms now
             self._write_pending()
@@ -209,7 +214,7 @@ class TrainingMonitor:
         if not self.enabled:
             return {}
         tags = [f"weights/{n}" for n in self.names]
-        tensors = [p.detach() for p in self.params]
+        tensors = list(self.params)  # histograms() detaches
         with_grad = [(n, p.grad) for n, p in zip(self.names, self.params) if p.grad is not None]
         tags += [f"grads/{n}" for n, _ in with_grad]
         tensors += [g for _, g in with_grad]
@@ -250,5 +255,6 @@ class TrainingMonitor:
             self._write(step, {DEAD_UNITS: dead} if dead else {})
             write_event(self.writer, step, histograms=hists,
                         texts={"diagnosis": f"{label or f'epoch {self.epochs}'}: {verdict}"})
-        self.load_state_dict({"epochs": self.epochs, "first_total_norm": self.first_total_norm})  # a new epoch
+        self.load_state_dict({"epochs": self.epochs, "first_total_norm": self.first_total_norm,  # a new epoch
+                              "epoch_steps": step - self.last_epoch_step, "last_epoch_step": step})
         return verdict
