@@ -19,6 +19,17 @@ def tiny_data(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp("data") / "tiny", per_class=12, seed=3)
 
 
+def write_images(folder: Path, n: int, start: int = 0) -> None:
+    """n random 60x40 JPEGs <folder>/<start>.jpg, ..., different for each start."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(start)
+    for i in range(start, start + n):
+        Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(folder / f"{i:03d}.jpg")
+
+
 def train(tmp_path: Path, data_dir: Path, *flags: str) -> dict:
     """train_rmb.main on `data_dir`, with run folders and the image cache in tmp_path; returns its metrics."""
     import train_rmb

@@ -2,11 +2,9 @@
 against an independent computation, and each resuming exactly."""
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from conftest import line, read_events, sigterm_mid_run, train
-from PIL import Image
+from conftest import line, read_events, sigterm_mid_run, train, write_images
 
 from model import LeNet
 from tools.errors import UserError
@@ -82,17 +80,10 @@ def test_the_loss_flags_reach_the_criterion(tiny_data, tmp_path):
     assert metrics["valid_loss"] == pytest.approx(expected.item(), rel=1e-5)
 
 
-def write_images(folder: Path, n: int, seed: int):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(folder / f"{i:03d}.jpg")
-
-
 def test_finetune_from_a_two_class_run_into_three_classes(tiny_data, tmp_path, capsys):
     source = train(tmp_path / "two", tiny_data, *FLAGS, "--epochs", "1", "--no-monitor")
     for index, name in enumerate(("a", "b", "c")):
-        write_images(tmp_path / "three" / name, 6, seed=index)
+        write_images(tmp_path / "three" / name, 6, start=10 * index)
     checkpoint = Path(source["run_dir"]) / "checkpoint_best.pt"
     model = LeNet(classes=3)
     loaded, left = load_matching(model, checkpoint)

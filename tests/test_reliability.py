@@ -9,11 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from conftest import ROOT, read_events, sigterm_mid_run, train
-from PIL import Image
+from conftest import ROOT, read_events, sigterm_mid_run, train, write_images
 
 import train_rmb
 from tools.checkpoint import save_checkpoint
@@ -39,13 +37,6 @@ def one_line_exit_2(capsys, call) -> str:
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and err.count("\n") == 0 and "Traceback" not in err, err
     return err
-
-
-def write_images(folder: Path, n: int, start: int = 0):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(start)
-    for i in range(start, start + n):
-        Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(folder / f"{i:03d}.jpg")
 
 
 @pytest.fixture(scope="module")

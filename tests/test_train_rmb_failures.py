@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, line, read_events, train
+from conftest import ROOT, line, read_events, train, write_images
 from PIL import Image
 
 import train_rmb
@@ -105,13 +105,6 @@ def test_a_signal_saves_mid_epoch_and_resume_is_bit_exact(tiny_data, tmp_path, u
 
 
 # --- bad data -----------------------------------------------------------------------------------------
-
-def write_images(folder: Path, n: int, start: int = 0):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(start)
-    for i in range(start, start + n):
-        Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(folder / f"{i:03d}.jpg")
-
 
 def test_missing_data_dir(tmp_path, capsys):
     expect_user_error(tmp_path, capsys, "--data-dir", str(tmp_path / "nowhere"), match="nowhere does not exist")

@@ -92,10 +92,6 @@ class DeviceBatches:
                 else (0, 1)
         self.rank, self.world = shard
 
-    @property
-    def nbytes(self) -> int:
-        return self.images.numel() * self.images.element_size()
-
     def set_epoch(self, epoch: int) -> None:
         """The epoch whose order the next iteration follows (a new shuffle every epoch, the same on every rank)."""
         self.epoch = epoch
