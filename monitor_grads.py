@@ -2,12 +2,14 @@
 
     python monitor_grads.py                         # the course's toy net on 40 random 224x224 images
     python monitor_grads.py --model lenet           # LeNet on the RMB photos (or the generated set)
-    python monitor_grads.py --scenario vanishing    # a 20-layer sigmoid MLP: the verdict says vanishing
-    python monitor_grads.py --scenario exploding    # a 20-layer ReLU MLP with too high a learning rate
+    python monitor_grads.py --scenario lr-too-low   # a broken run from the labelled suite, judged every epoch
+    python monitor_grads.py --scenario list         # the suite: every problem the verdict names, healthy runs
 
 One forward and backward per sample; gradients add up and, every --accumulate samples, are printed (per-parameter
 L2 norms in forward order, histograms as counts and bin edges) before optimizer.step() and zero_grad().
 Writes grad_histograms.png, gradient_flow.png and TensorBoard events into runs/<time>_<run-name>/.
+A --scenario trains for a few epochs as tools/scenarios.py says (on the RMB data) and prints the verdict's
+findings every epoch; its TensorBoard events go to the run folder too.
 """
 import json
 import sys
@@ -15,7 +17,7 @@ import sys
 import torch
 from torch import nn
 
-from model import LeNet, ToyModel, init_weights, mlp_classifier
+from model import LeNet, ToyModel
 from tools.activations import activation_stats
 from tools.cli import (
     REPO_ROOT,
@@ -31,10 +33,9 @@ from tools.cli import (
 )
 from tools.monitor import TrainingMonitor
 from tools.run_folder import new_run_dir
+from tools.scenarios import BY_NAME, SCENARIOS, run_scenario
 from tools.tensor_stats import grad_flow, grad_norms, histograms
 
-SCENARIO_WIDTH = 64   # features of the MLP scenarios' random inputs
-SCENARIO_DEPTH = 20   # Linear layers in the MLP scenarios
 MAX_SAMPLES = 1000    # the toy's inputs are 3x224x224: 1000 of them take 600 MB
 
 
@@ -42,32 +43,26 @@ def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("toy", "lenet"), default="toy",
                         help="toy: the course's ToyModel on random images; lenet: LeNet on RMB data")
-    parser.add_argument("--scenario", choices=("none", "vanishing", "exploding"), default="none",
-                        help="replace the model by an MLP that provokes a verdict")
+    parser.add_argument("--scenario", choices=("none", "list", *BY_NAME), default="none", metavar="NAME",
+                        help="a run from the labelled suite of broken and healthy runs (list: show them)")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="--scenario: epochs (default: its own)")
     parser.add_argument("--samples", type=int_between(1, MAX_SAMPLES), default=40,
                         help="samples in all, one forward and backward each")
     parser.add_argument("--accumulate", type=positive_int, default=10,
                         help="samples whose gradients add up before each print and optimizer step")
-    parser.add_argument("--lr", type=positive_float, default=None,
-                        help="SGD learning rate (default: 1e-3; 3.0 for --scenario exploding)")
+    parser.add_argument("--lr", type=positive_float, default=1e-3,
+                        help="SGD learning rate")
     parser.add_argument("--bins", type=int_between(1, 1000), default=10, help="bins of the printed histograms")
     return add_common_args(add_data_args(parser), name="grads", seed=0)
 
 
 def build_experiment(args, device: torch.device):
-    """(model, inputs, labels, classes, lr) for the chosen model or scenario; inputs (samples, ...)."""
+    """(model, inputs, labels, classes) for the chosen model; inputs (samples, ...)."""
     n = args.samples
-    if args.scenario != "none":
-        activation = "sigmoid" if args.scenario == "vanishing" else "relu"
-        model = init_weights(mlp_classifier(SCENARIO_DEPTH, SCENARIO_WIDTH, activation),
-                             "default" if args.scenario == "vanishing" else "kaiming")
-        inputs, labels = torch.randn(n, SCENARIO_WIDTH), torch.randint(0, 2, (n,))
-        lr = args.lr or (3.0 if args.scenario == "exploding" else 1e-3)
-        return model.to(device), inputs, labels, ["0", "1"], lr
     if args.model == "toy":  # the course's experiment: torch.manual_seed(0), random images and labels
         model = ToyModel(in_channels=3, out_channels=64, classes=2)
         inputs, labels = torch.randn(n, 3, 224, 224), torch.randint(0, 2, (n,))
-        return model.to(device), inputs, labels, ["0", "1"], args.lr or 1e-3
+        return model.to(device), inputs, labels, ["0", "1"]
     from tools.rmb_dataset import default_data_dir, load_splits
 
     data_dir = args.data_dir or default_data_dir(REPO_ROOT / "data")[0]
@@ -75,7 +70,7 @@ def build_experiment(args, device: torch.device):
     order = torch.randperm(len(train))[:n]
     inputs = torch.stack([train[i][0] for i in order.tolist()])
     labels = torch.tensor([train.targets[i] for i in order.tolist()])
-    return LeNet(len(train.classes)).initialize_weights().to(device), inputs, labels, train.classes, args.lr or 1e-3
+    return LeNet(len(train.classes)).initialize_weights().to(device), inputs, labels, train.classes
 
 
 def format_report(samples: int, total: int, loss: float, norms: dict, hists: dict) -> str:
@@ -93,18 +88,20 @@ def format_report(samples: int, total: int, loss: float, norms: dict, hists: dic
 
 
 def main(args) -> dict:
+    if args.scenario != "none":
+        return scenario(args)
     device = select_device(args.device)
     run_dir = new_run_dir(args.logdir, args.run_name)
     seed_everything(args.seed)
-    model, inputs, labels, classes, lr = build_experiment(args, device)
+    model, inputs, labels, classes = build_experiment(args, device)
     criterion = nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
 
     from tools.plots import plot_grad_flow, plot_histograms, png_to_array
     from tools.tb_logging import LOSS, PICTURES, RunWriter, log_args
 
     writer = RunWriter(run_dir)
-    log_args(writer, vars(args) | {"lr": lr, "device": device})
+    log_args(writer, vars(args) | {"device": device})
     # Each group of --accumulate samples is one optimizer step, and one print. One unit everywhere, in
     # the terminal, TensorBoard's x axis and the charts: the samples seen.
     monitor = TrainingMonitor(model, writer, log_interval=1, classes=len(classes))
@@ -129,10 +126,9 @@ def main(args) -> dict:
             flows.append((seen, grad_flow(model)))
             verdict = monitor.end_epoch(seen, mean_loss.item(), acts.result(), label=f"samples {seen}")
             verdicts.append(verdict)
-            reports.append({"samples": seen, "loss": mean_loss.item(), "norms": norms,
-                            "verdict": verdict.status, "findings": verdict.findings})
-            print(format_report(seen, args.samples, mean_loss.item(), norms, hists)
-                  + f"\n  verdict: {verdict}\n")
+            reports.append({"samples": seen, "loss": mean_loss.item(), "norms": norms} | verdict.as_dict())
+            print(format_report(seen, args.samples, mean_loss.item(), norms, hists) + f"\n  verdict: {verdict.status}\n"
+                  + "".join(f"    {line}\n" for line in verdict.lines()))
             if monitor.nonfinite:
                 print(f"stopped: {monitor.nonfinite[1]}", file=sys.stderr)
                 break
@@ -147,10 +143,34 @@ def main(args) -> dict:
     finally:
         writer.close()
     (run_dir / "grad_report.json").write_text(json.dumps(reports, indent=2) + "\n")
-    print(f"final verdict: {verdicts[-1]}")
+    print(f"final verdict: {verdicts[-1].status}")
     print(f"charts in {run_dir} (grad_histograms.png, gradient_flow.png)\n"
           f"see them with: tensorboard --logdir {run_dir}")
     return {"run_dir": str(run_dir), "reports": reports, "verdict": verdicts[-1].status}
+
+
+def scenario(args) -> dict:
+    """--scenario NAME: train as the suite says and print the verdict's findings every epoch (list: the suite)."""
+    if args.scenario == "list":
+        for s in SCENARIOS:
+            print(f"{s.name:<20} expected {s.expected:<22} {s.story}")
+        return {"scenarios": [s.name for s in SCENARIOS]}
+    from tools.rmb_dataset import default_data_dir, load_splits
+    from tools.tb_logging import RunWriter
+
+    chosen, device = BY_NAME[args.scenario], select_device(args.device)
+    data = load_splits(args.data_dir or default_data_dir(REPO_ROOT / "data")[0], args.norm, args.cache_dir or None,
+                       args.strict)
+    run_dir = new_run_dir(args.logdir, f"{args.run_name}_{chosen.name}")
+    print(f"scenario {chosen.name}: {chosen.story}; the verdict should name {chosen.expected} first")
+    with RunWriter(run_dir) as writer:
+        result = run_scenario(chosen, data, device, args.epochs, writer, say=print)
+    verdicts = result["verdicts"]
+    print(f"final verdict: {verdicts[-1].status}; " + (f"{chosen.expected} named first from epoch {result['detected']}"
+                                                        if result["detected"] else f"{chosen.expected} not named first")
+          + f"\nsee it with: tensorboard --logdir {run_dir}")
+    return {"run_dir": str(run_dir), "verdict": verdicts[-1].status, "detected": result["detected"],
+            "verdicts": [v.as_dict() for v in verdicts]}
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from model import INIT_SCHEMES, LeNet
-from tools.activations import activation_stats
+from tools.activations import DIAGNOSED, activation_stats
 from tools.checkpoint import Checkpointer
 from tools.cli import (
     ArgumentParser,
@@ -39,7 +39,7 @@ from tools.lr_schedules import SCHEDULERS, build_scheduler, step_scheduler
 from tools.monitor import TrainingMonitor
 from tools.optim import OPTIMIZERS, build_optimizer, freeze_for_epoch, load_matching, parameter_groups
 from tools.report import report
-from tools.rmb_dataset import class_weights, load_splits
+from tools.rmb_dataset import class_weights, load_splits, split_tensors
 from tools.run_folder import RunFolder
 from tools.swa import WeightAveraging
 from tools.train_state import TrainState
@@ -123,7 +123,7 @@ def main(args) -> dict:
         weight = class_weights(args.class_weights, data["train"].targets, data["classes"])
         criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=args.label_smoothing).to(device)
 
-        # 4. Optimizer and learning-rate schedule (and, with --swa-start, weight averaging)
+        # 4. Optimizer and learning-rate schedule (and, with --swa-start, weight averaging: its own valid figures)
         groups = parameter_groups(model, args.lr, args.head_lr_mult)  # --head-lr-mult: the last layer's own lr
         optimizer = build_optimizer(args.optimizer, groups, args.momentum, args.weight_decay, args.nesterov)
         scheduler = build_scheduler(args.scheduler, optimizer, args.epochs, args.step_size, args.gamma)
@@ -133,13 +133,13 @@ def main(args) -> dict:
         example = data["valid"][0][0][None].to(device)  # one image: the graph, first pictures, forward order
         run.start(model, example, data, device)         # the run folder and TensorBoard, where training starts
         monitor = TrainingMonitor(model, run.writer, args.log_interval, enabled=run.is_main and not args.no_monitor,
-                                  classes=num_classes)  # gradient norms, histograms, the verdict
-        monitor.start(example, log_initial=not run.checkpoint)  # forward order; the initial weights' histograms
+                                  classes=data["classes"], optimizer=optimizer, frozen=args.freeze or [])
+        monitor.start(example, not run.checkpoint, split_tensors(data))  # forward order, weights at step 0, data checks
         state = TrainState()                            # epochs and steps done, the best epoch, the history
         checkpointer = Checkpointer(run, train_batches.generator, data, model=model, optimizer=optimizer,
                                     scheduler=scheduler, swa=swa, monitor=monitor, state=state)
         checkpointer.restore(run.checkpoint)  # resuming: every state as saved, the random states last
-        with stop_on_signals() as stop:
+        with stop_on_signals() as stop, monitor:  # the monitor's hooks go when training ends
             for epoch in range(state.epoch + 1, args.epochs + 1):
                 freeze_for_epoch(model, args.freeze, args.freeze_epochs, epoch)  # the course's finetuning
                 train_model = wrap(model, device)  # under torchrun: DistributedDataParallel (of what trains now)
@@ -149,15 +149,15 @@ def main(args) -> dict:
                 if not train["complete"]:  # a signal, on this rank or another: save where we are, exactly
                     checkpointer.save()
                     run.stop_signalled(stop, state)
-                with activation_stats(model, monitor.enabled, (nn.ReLU,), moments=False) as acts:  # dead units
+                with activation_stats(model, monitor.enabled, DIAGNOSED, moments=False) as acts:  # dead, saturated
                     valid = evaluate(model, valid_batches, criterion, device, num_classes)
-                verdict = monitor.end_epoch(state.global_step, train["loss"], acts.result())
+                verdict = monitor.end_epoch(state.global_step, train["loss"], acts.result(), train_acc=train["acc"],
+                                            valid=valid)  # gradient norms, histograms, the verdict
                 if not math.isfinite(valid["loss"]):  # a finite train loss, but weights thrown too far
                     run.stop_diverged(state.global_step, f"non-finite valid loss after step {state.global_step}")
-                averaged = swa.update(model, valid_batches, criterion, device, num_classes) if swa.takes_over(epoch) \
-                    else None  # --swa-start: the averaged weights' valid figures
+                averaged = swa.update(model, valid_batches, criterion, device, num_classes) if swa.takes_over(epoch) else None
                 lrs = step_scheduler(swa.scheduler if averaged else scheduler, valid["loss"])
-                is_best = state.end_epoch(valid, averaged)
+                is_best = state.end_epoch(valid, averaged, verdict)
                 run.log_epoch(state, lrs, verdict)
                 checkpointer.save(best=is_best)
             return finish(run, model, checkpointer, swa, data, state, device, stop)

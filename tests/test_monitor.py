@@ -102,7 +102,7 @@ def test_nan_gradient_is_named_without_a_crash(tmp_path):
     hists = monitor.log_histograms(7)
     assert hists["grads/fc1.weight"].nan == 1 and hists["grads/conv2.weight"].inf == 1
     verdict = monitor.end_epoch(7, 0.5)
-    assert verdict.status == "exploding"
+    assert verdict.status == "non-finite" and verdict.findings[0].where == "conv2.weight"
     writer.close()
 
 
@@ -208,7 +208,7 @@ def test_converged_and_learning_rate_verdicts():
     assert diagnose(norms, 0.6, 2, update_ratios={"a.weight": 1e-7, "b.weight": 1e-7}).status == "lr-too-low"
     assert diagnose(norms, 0.6, 2, update_ratios={"a.weight": 0.5, "b.weight": 0.5}).status == "lr-too-high"
     assert diagnose({"a.weight": 1e-9, "b.weight": 1.0}, 0.01, 2).status == "converged"  # small: loss is low
-    assert diagnose(norms, float("nan"), 2).status == "exploding"
+    assert diagnose(norms, float("nan"), 2).status == "non-finite"
 
 
 def test_grad_flow_is_mean_and_max_abs():

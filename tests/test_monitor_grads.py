@@ -65,16 +65,19 @@ def test_first_printed_norms_are_the_course_experiment(tmp_path):
     assert model.tmp.weight.grad is None and "tmp.weight" not in result["reports"][0]["norms"]
 
 
-def test_vanishing_scenario_says_vanishing(tmp_path, capsys):
-    result = run(tmp_path, "--scenario", "vanishing")
-    assert result["verdict"] == "vanishing"
-    assert "verdict: vanishing" in capsys.readouterr().out
+@pytest.mark.parametrize("scenario", ["vanishing", "exploding", "saturated"])
+def test_gradient_scenarios_name_their_problem_from_the_first_epoch(scenario, tmp_path, tiny_data, capsys):
+    result = run(tmp_path, "--scenario", scenario, "--data-dir", str(tiny_data), "--cache-dir", str(tmp_path / "c"))
+    assert result["verdict"] == scenario and result["detected"] == 1
+    assert f"final verdict: {scenario}" in capsys.readouterr().out
 
 
-def test_exploding_scenario_says_exploding(tmp_path):
-    result = run(tmp_path, "--scenario", "exploding")
-    assert result["verdict"] == "exploding"
-    assert result["reports"][0]["verdict"] != "exploding"
+def test_scenario_list_names_every_scenario(tmp_path, capsys):
+    from tools.scenarios import SCENARIOS
+
+    result = run(tmp_path, "--scenario", "list")
+    out = capsys.readouterr().out
+    assert result["scenarios"] == [s.name for s in SCENARIOS] and all(s.name in out for s in SCENARIOS)
 
 
 def test_lenet_on_rmb_data(tmp_path, tiny_data):

@@ -12,7 +12,14 @@ A few lines in any training loop (the model may be wrapped in DistributedDataPar
             break
         optimizer.step()
         monitor.after_step(step, {LOSS: {"train": loss_value}})  # with the update ratios of logging steps
-    verdict = monitor.end_epoch(step, loss_value)  # histograms, and a verdict on the epoch
+    verdict = monitor.end_epoch(step, loss_value, valid=evaluate(...))  # histograms, and a verdict
+    print("\n".join(verdict.lines()))  # one line per finding, worst first
+
+The monitor also watches the loop itself for the course's mistakes (a missing zero_grad, validation in
+training mode or with autograd on, a softmax before the loss, unnormalised inputs: see
+`tools.loop_checks`) and, given the splits (`check_data`), the data (leaks, missing classes). Tell it
+which parameters are frozen on purpose (`frozen=['conv']`); then any other parameter that does not
+move is named. Leave a `with monitor:` block (or call `close()`) to remove its hooks.
 
 Everything is computed on the tensors' own device and copied to the host once per step (the loss
 and every gradient norm together), never with one `.item()` per parameter. The statistics live in
@@ -24,9 +31,10 @@ import torch
 from torch import nn
 
 from tools.hooks import forward_order
+from tools.loop_checks import LoopWatch
 from tools.tb_logging import DEAD_UNITS, GRAD_NORM, UPDATE_RATIO, write_event, write_lines
 from tools.tensor_stats import HIST_BINS, Histogram, histograms, tensor_norms, unwrap
-from tools.verdict import EpochFigures, Verdict, judge
+from tools.verdict import SPIKE_FACTOR, EpochFigures, Finding, Verdict, judge, median_ratio
 
 
 def per_parameter(saved: list | None, n: int, zero) -> list:
@@ -57,13 +65,21 @@ class TrainingMonitor:
     """
 
     def __init__(self, model: nn.Module, writer=None, log_interval: int = 10, enabled: bool = True,
-                 bins: int = HIST_BINS, classes: int = 2):
+                 bins: int = HIST_BINS, classes: int | list[str] = 2, optimizer: torch.optim.Optimizer | None = None,
+                 frozen: list[str] | None = None):
+        """`classes`: their number, or their names; `optimizer`: to tell why a parameter did not move (not
+        in it, or a zero learning rate); `frozen`:
+        the name prefixes of parameters frozen on purpose (None: any parameter with requires_grad False
+        is taken as frozen on purpose; a list: only those, and any other one is a finding)."""
         self.model = unwrap(model)
+        self.optimizer = optimizer
+        self.frozen_prefixes = frozen
         self.writer = writer
         self.log_interval = log_interval
         self.enabled = enabled
         self.bins = bins
-        self.classes = classes
+        self.class_names = [str(c) for c in classes] if isinstance(classes, (list, tuple)) else [str(c) for c in range(classes)]
+        self.classes = len(self.class_names)
         # every parameter: a frozen one may be unfrozen later; one without a gradient in a step (frozen,
         # unused by forward, a branch not taken) is left out of that step's figures, not of the epoch's
         self.names = [n for n, _ in self.model.named_parameters()]
@@ -72,26 +88,54 @@ class TrainingMonitor:
         self._nonfinite = None       # (step, what) of the first non-finite loss or gradient
         self._before = None          # weights before a logged optimizer step
         self._pending = None         # (step, lines) of a logging step, written by after_step
+        self.loop = LoopWatch(self.model, enabled)
+        self.data_findings: list[Finding] = []
         self.load_state_dict({})
+
+    def __enter__(self) -> "TrainingMonitor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove the monitor's hooks from the model."""
+        self.loop.close()
+
+    def check_data(self, splits: dict[str, tuple]) -> list[Finding]:
+        """Check the splits once (name -> (images tensor (N, ...), targets); 'train' is the reference):
+        a leak (the same image in train and another split) or a class missing is reported in every
+        verdict from the first epoch on. Returns the findings."""
+        from tools.data_checks import split_findings
+
+        self.data_findings = split_findings(splits, self.class_names) if self.enabled else []
+        return self.data_findings
 
     def set_forward_order(self, *example_inputs) -> None:
         """Learn the order in which forward uses the parameters (one hooked forward pass of an example
         batch), so that the first non-finite gradient is named correctly."""
-        self.order = forward_order(self.model, *example_inputs)
+        with self.loop.paused():
+            self.order = forward_order(self.model, *example_inputs)
 
-    def start(self, example: torch.Tensor, log_initial: bool = True) -> None:
-        """Before training: the forward order (from one hooked pass of `example`) and, for a new run,
-        the histograms of the initial weights at step 0: the first picture of training."""
+    def start(self, example: torch.Tensor, log_initial: bool = True, splits: dict | None = None) -> None:
+        """Before training: the forward order (from one hooked pass of `example`); for a new run, the
+        histograms of the initial weights at step 0, the first picture of training; with `splits`, the
+        data checks (`check_data`)."""
         self.set_forward_order(example)
         if log_initial:
             self.log_histograms(0)
+        if splits:
+            self.check_data(splits)
 
     def state_dict(self) -> dict:
         """What a resumed run needs to judge as an uninterrupted one would: plain numbers and lists."""
         return {"epochs": self.epochs, "first_total_norm": self.first_total_norm, "epoch_steps": self.epoch_steps,
                 "last_epoch_step": self.last_epoch_step,
                 "norm_sum": self._norm_sum, "norm_steps": self._norm_steps,
-                "ratio_sum": self._ratio_sum, "ratio_steps": self._ratio_steps}
+                "ratio_sum": self._ratio_sum, "ratio_steps": self._ratio_steps,
+                "step_losses": list(self._step_losses), "loop": self.loop.state_dict(),
+                "history": [dict(h) for h in self.history], "first_seen": dict(self.first_seen), "first_label": dict(self.first_label),
+                "last_verdict": self.last_verdict, "first_loss": self.first_loss}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore `state_dict()`; an empty dict is a fresh monitor."""
@@ -106,6 +150,13 @@ class TrainingMonitor:
         self._norm_steps = per_parameter(state.get("norm_steps"), n, 0)
         self._ratio_sum = per_parameter(state.get("ratio_sum"), n, 0.0)
         self._ratio_steps = per_parameter(state.get("ratio_steps"), n, 0)
+        self._step_losses = list(state.get("step_losses") or [])  # the epoch's step losses (spikes)
+        self.loop.load_state_dict(state.get("loop") or {})
+        self.history = [dict(h) for h in state.get("history") or []]  # per epoch judged: the rules' series
+        self.first_seen = dict(state.get("first_seen") or {})     # finding name -> the epoch it first appeared
+        self.first_label = dict(state.get("first_label") or {})   # ... as end_epoch's label named it
+        self.last_verdict = state.get("last_verdict")             # {'status', 'findings'} of the last epoch
+        self.first_loss = state.get("first_loss")                 # the run's first step loss, before any update
 
     @property
     def nonfinite(self) -> tuple[int, str] | None:
@@ -121,10 +172,18 @@ class TrainingMonitor:
         with_grad = [i for i, p in enumerate(self.params) if p.grad is not None] if self.enabled else []
         grads = [self.params[i].grad for i in with_grad]
         first = [loss.detach().float()] + ([also.detach().float()] if also is not None else [])
-        # one fused call for all parameters' norms, one sync per step for them, the loss and `also`
-        values = torch.stack([*first, *(torch._foreach_norm(grads) if grads else [])]).tolist()
-        value, extra, norms = values[0], values[1:len(first)], values[len(first):]
+        check = self.loop.gradient_check() if self.enabled else []  # is zero_grad missing?
+        if self.enabled:
+            self.loop.check_loss(loss)  # a softmax before the loss? (once per epoch, no host copy)
+        # one fused call for all parameters' norms, one sync per step for them, the loss, `also` and the check
+        values = torch.stack([*first, *check, *(torch._foreach_norm(grads) if grads else [])]).tolist()
+        value, extra = values[0], values[1:len(first)]
+        self.loop.record_gradient_check(values[len(first):len(first) + len(check)])
+        norms = values[len(first) + len(check):]
         result = (value, extra[0]) if also is not None else value
+        if self.enabled:
+            self._step_losses.append(value)
+            self.first_loss = value if self.first_loss is None else self.first_loss
         if not grads:
             if not math.isfinite(value):
                 self._record_nonfinite(step, "loss")
@@ -162,6 +221,7 @@ class TrainingMonitor:
         own figures, see `write_lines`) and, on a logging step, the update-to-weight ratio
         |W_new - W_old| / |W_old| of every layer, and the step's gradient norms: a line per layer."""
         lines = dict(lines or {})
+        self.loop.after_step()
         if self._before is not None:  # the parameters that had a gradient, before the step
             trained, before, logging = self._before
             deltas = torch._foreach_sub([self.params[i].detach() for i in trained], before)
@@ -227,13 +287,46 @@ class TrainingMonitor:
             write_event(self.writer, step, histograms=result)
         return result
 
+    def _unchanged_and_frozen(self) -> tuple[dict[str, str], list[str]]:
+        """({parameter: why it did not move}, [parameters frozen on purpose]) over the epoch."""
+        declared = self.frozen_prefixes
+        groups = {id(p): g for g in self.optimizer.param_groups for p in g["params"]} if self.optimizer else None
+        unchanged, frozen = {}, []
+        for i, (name, p) in enumerate(zip(self.names, self.params)):
+            if not p.requires_grad:
+                if declared is None or any(name.startswith(prefix) for prefix in declared):
+                    frozen.append(name)
+                else:
+                    unchanged[name] = "requires_grad is False"
+            elif self._step_losses and not self._norm_steps[i]:
+                unchanged[name] = "no gradient in any step (forward does not use it)"
+            elif groups is not None and id(p) not in groups:
+                unchanged[name] = "not in the optimizer"
+            elif groups is not None and groups[id(p)]["lr"] == 0:
+                unchanged[name] = "its parameter group's lr is 0"
+            elif self._ratio_steps[i] and self._ratio_sum[i] == 0:
+                unchanged[name] = "every measured update was 0"
+        return unchanged, frozen
+
+    def _step_figures(self) -> dict:
+        """The epoch's step losses: median, max, and the spikes (above SPIKE_FACTOR x both the chance
+        level and the median)."""
+        losses = sorted(v for v in self._step_losses if math.isfinite(v))
+        if not losses:
+            return {}
+        median, chance = losses[len(losses) // 2], math.log(max(self.classes, 2))
+        spikes = sum(v > SPIKE_FACTOR * max(median, chance) for v in losses)
+        return {"median": median, "max": losses[-1], "spikes": spikes}
+
     def end_epoch(self, step: int, train_loss: float, activations: dict | None = None,
-                  label: str | None = None) -> Verdict | None:
+                  label: str | None = None, train_acc: float | None = None, valid: dict | None = None) -> Verdict | None:
         """Histograms of the epoch, and the verdict on it (printed by the caller, logged as text here).
 
-        `step`: the global step that ends the epoch (TensorBoard's x axis). The monitor counts the epochs
-        itself, so the verdict text names the epoch ('epoch 3'), unless `label` names it otherwise. The histograms, the verdict (`diagnosis`) and the
-        dead-unit shares (`dead_relu/<layer>`) go to TensorBoard in one event."""
+        `step`: the global step that ends the epoch (TensorBoard's x axis); `train_acc` and `valid`
+        (`evaluate`'s {'loss', 'acc', 'confusion'}), when given, let the verdict see overfitting and
+        plateaus. The monitor counts the epochs itself, so the verdict text names the epoch ('epoch 3'),
+        unless `label` names it otherwise. The histograms, the verdict (`diagnosis`, one line per finding)
+        and the dead-unit shares go to TensorBoard in one event."""
         if not self.enabled:
             return None
         self._write_pending()
@@ -243,18 +336,36 @@ class TrainingMonitor:
         norms = {n: v / k for n, v, k in zip(self.names, self._norm_sum, self._norm_steps) if k}
         ratios = {n: v / k for n, v, k in zip(self.names, self._ratio_sum, self._ratio_steps) if k}
         norms = {n: norms[n] for n in self.order if n in norms}
-        frozen = [n for n, p in zip(self.names, self.params) if not p.requires_grad]
+        unchanged, frozen = self._unchanged_and_frozen()
         total = math.sqrt(sum(v * v for v in norms.values())) if norms else None
         if self.first_total_norm is None and total and math.isfinite(total):
             self.first_total_norm = total
         nonfinite = self._nonfinite[1] if self._nonfinite else (f"NaN/Inf in {', '.join(bad)}" if bad else None)
+        steps = self._step_figures()
+        valid = valid or {}
+        self.history.append({"train_loss": train_loss, "train_acc": train_acc, "valid_loss": valid.get("loss"),
+                             "valid_acc": valid.get("acc"), "median_ratio": median_ratio(ratios),
+                             "spikes": steps.get("spikes")})
+        confusion = valid.get("confusion")
+        predicted = torch.as_tensor(confusion).sum(0).tolist() if confusion is not None else None
         verdict = judge(EpochFigures(norms, train_loss, self.classes, self.first_total_norm, ratios,
-                                     activations or {}, nonfinite, frozen))
+                                     activations or {}, nonfinite, frozen, steps, self.history,
+                                     self.loop.figures(), unchanged, self.data_findings, predicted, self.first_loss))
+        previous = {f["name"] for f in (self.last_verdict or {}).get("findings", [])}
+        label = label or f"epoch {self.epochs}"
+        for finding in verdict.findings:
+            self.first_seen.setdefault(finding.name, self.epochs)
+            self.first_label.setdefault(finding.name, label)
+        verdict.since, verdict.previous, verdict.labels = dict(self.first_seen), previous, dict(self.first_label)
+        self.last_verdict = verdict.as_dict() | {"epoch": self.epochs}
         if self.writer is not None:
             dead = {f"layers/{name}": stats["dead"] for name, stats in (activations or {}).items() if "dead" in stats}
             self._write(step, {DEAD_UNITS: dead} if dead else {})
-            write_event(self.writer, step, histograms=hists,
-                        texts={"diagnosis": f"{label or f'epoch {self.epochs}'}: {verdict}"})
+            text = f"{label}: {verdict.status}\n\n" + "\n".join(f"- {line}" for line in verdict.lines())
+            write_event(self.writer, step, histograms=hists, texts={"diagnosis": text})
         self.load_state_dict({"epochs": self.epochs, "first_total_norm": self.first_total_norm,  # a new epoch
-                              "epoch_steps": step - self.last_epoch_step, "last_epoch_step": step})
+                              "epoch_steps": step - self.last_epoch_step, "last_epoch_step": step,
+                              "history": self.history, "first_seen": self.first_seen, "first_label": self.first_label,
+                              "last_verdict": self.last_verdict,
+                              "first_loss": self.first_loss})
         return verdict

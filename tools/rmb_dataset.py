@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from tools.data_checks import missing_classes
 from tools.errors import UserError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -405,14 +406,19 @@ def load_splits(data_dir: Path, norm: str = "imagenet", cache_dir: Path | None =
     if len(sets["train"]) == 0 or len(sets["valid"]) == 0:
         raise UserError(f"{data_dir}: no readable images left in the train or valid split")
     mean, std = (channel_stats(sets["train"].images) if norm == "data" else (list(IMAGENET_MEAN), list(IMAGENET_STD)))
-    missing = [f"{classes[c]} has no {name} image" for name in ("valid", "test") if name in sets
-               for c in sorted(set(range(len(classes))) - set(sets[name].targets))]
+    missing = [f"{c} has no {split} image" for c, split in missing_classes(
+        {name: sets[name].targets for name in ("train", "valid", "test") if name in sets}, classes)]
     for dataset in sets.values():  # an item as the model takes it; training augments whole batches instead
         dataset.transform = Normalized(mean, std)
     return {"classes": classes, "train": sets["train"], "valid": sets["valid"], "test": sets.get("test"),
             "mean": mean, "std": std, "skipped": skipped,
             "warnings": [f"class {m}: its accuracy there is not measured (add images; a class needs at "
                          "least 3 for one valid and one test image)" for m in missing]}
+
+
+def split_tensors(data: dict) -> dict[str, tuple[torch.Tensor, list[int]]]:
+    """`load_splits`' splits as (decoded uint8 images (N, 3, 32, 32), targets), for the data checks."""
+    return {name: (data[name].images, data[name].targets) for name in ("train", "valid", "test") if data.get(name)}
 
 
 def write_split(data_dir: Path, out_dir: Path, seed: int = SPLIT_SEED) -> dict[str, int]:

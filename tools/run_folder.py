@@ -337,7 +337,9 @@ class RunFolder:
         self.say(f"epoch {state.epoch:>3}/{self.args.epochs}  train loss {train['loss']:.4f} acc {train['acc']:6.2%}  "
                  f"valid loss {valid['loss']:.4f} acc {valid['acc']:6.2%}"
                  + (f" (averaged {averaged['acc']:6.2%})" if averaged else "")
-                 + f"  lr {next(iter(lrs.values())):.2g}  {now - self._epoch_started:.3f} s" + (f"\n    diagnosis: {verdict}" if verdict else ""))
+                 + f"  lr {next(iter(lrs.values())):.2g}  {now - self._epoch_started:.3f} s")
+        if verdict:  # one line per finding, worst first; one that persists is shortened
+            self.say("\n".join(f"    {'diagnosis:' if i == 0 else '':<11}{line}" for i, line in enumerate(verdict.lines())))
         self._epoch_started = now
 
     def stop_diverged(self, step: int, detail: str) -> None:
@@ -376,7 +378,7 @@ class RunFolder:
         metrics = {"train_loss": last["train"].get("loss"), "train_acc": last["train"].get("acc"),
                    "valid_loss": last["valid"].get("loss"), "valid_acc": last["valid"].get("acc"),
                    "best_valid_acc": state.best["acc"], "test_acc": test["acc"] if test else None,
-                   "best_epoch": state.best["epoch"], "epochs": self.args.epochs,
+                   "best_epoch": state.best["epoch"], "epochs": self.args.epochs, "verdict": last.get("verdict"),
                    "seconds": round(time.perf_counter() - self._started, 3),
                    "per_class": {"valid": precision_recall(torch.tensor(last["valid"]["confusion"]), self.classes)
                                  if "confusion" in last["valid"] else None,

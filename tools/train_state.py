@@ -22,7 +22,7 @@ class TrainState:
     epoch: epochs completed; global_step: optimizer steps done; best: {'acc', 'loss', 'epoch'} of the
     best valid accuracy so far (ties to the lower loss; epoch 0: none yet); history: {'train': [(step,
     loss)] per step, 'valid': [(step, loss)], 'train_acc', 'valid_acc': [(step, accuracy)] per epoch}; last: the last completed epoch's {'train': {'loss', 'acc'},
-    'valid': {'loss', 'acc', 'confusion'}}. An interrupted epoch: batches_in_epoch trained so far,
+    'valid': {'loss', 'acc', 'confusion'}, 'verdict': the monitor's, when on}. An interrupted epoch: batches_in_epoch trained so far,
     epoch_sums (the running loss sum and correct and seen counts) and epoch_rng (this process's random
     states where the epoch began). resume_rng is not saved by this object: the checkpointer sets it on
     resume to the random states at the interruption, for `train_one_epoch` to restore.
@@ -76,13 +76,16 @@ class TrainState:
         """Train accuracy of the current epoch so far (the running accuracy)."""
         return self.epoch_sums["correct"] / max(self.epoch_sums["seen"], 1)
 
-    def end_epoch(self, valid: dict, averaged: dict | None = None) -> bool:
-        """Close the current epoch with its valid figures ({'loss', 'acc', 'confusion'}) and, with SWA,
-        the averaged weights' ({'loss', 'acc'}); True when it is the best so far (a higher valid accuracy,
-        or the same with a lower loss)."""
+    def end_epoch(self, valid: dict, averaged: dict | None = None, verdict=None) -> bool:
+        """Close the current epoch with its valid figures ({'loss', 'acc', 'confusion'}), with SWA the
+        averaged weights' ({'loss', 'acc'}), and the monitor's verdict (a `tools.verdict.Verdict`, kept
+        as its dict); True when it is the best so far (a higher valid accuracy, or the same with a lower
+        loss)."""
         self.epoch += 1
         self.last = {"train": {"loss": self.epoch_loss, "acc": self.epoch_acc},
                      "valid": {"loss": valid["loss"], "acc": valid["acc"], "confusion": valid["confusion"].tolist()}}
+        if verdict is not None:
+            self.last["verdict"] = verdict.as_dict()
         if averaged is not None:
             self.last["valid_swa"] = {"loss": averaged["loss"], "acc": averaged["acc"]}
         self.history["valid"].append((self.global_step, valid["loss"]))

@@ -1,20 +1,60 @@
 """The verdict on an epoch of training: rules over the figures the monitor gathered.
 
-Each rule is one small function that reads an `EpochFigures` and returns a finding (a sentence with its
-numbers) or None. `RULES` lists them from the most severe down; the verdict's status is the first rule
-that finds something, and every finding is reported. A new rule is one function and one line in RULES.
-The thresholds are explained, with their reasoning, in the README.
+Each rule is one small function that reads an `EpochFigures` and returns a `Finding` (a short name, the
+evidence in numbers, the parameter or layer it concerns, and the fix to try) or None. `RULES` lists them
+root causes first: a mistake in the loop or the data, then the learning rate, then what they cause
+(non-finite values, exploding or vanishing gradients, saturated or dead units), then slow or unchanged
+weights, overfitting and plateaus. The verdict's status is the first finding's name; every finding is
+reported. A new rule is one function and one line in RULES. Each threshold below is explained, with its
+reasoning and the research tools' own, in the README's table of findings.
 """
 import math
 from dataclasses import dataclass, field
 
-VANISHING_RATIO = 1e-3       # first layer's grad norm / last layer's below this: the gradient is lost on the way back
-LOW_LOSS_FRACTION = 0.2      # loss below this fraction of chance level (ln classes) counts as low
-EXPLODING_GROWTH = 100.0     # total grad norm 100x what it was at the first verdict: exploding
-DIVERGED_LOSS_FACTOR = 10.0  # loss 10x the chance level: the weights were thrown far off (diverged)
-DEAD_RELU_FRACTION = 0.5     # over half of a ReLU layer's units never active over an evaluation pass
-UPDATE_RATIO_LOW = 1e-5      # |update| / |weight| per step; healthy is about 1e-3 (CS231n),
-UPDATE_RATIO_HIGH = 1e-1     # these bounds sit 10x beyond the healthy band [1e-4, 1e-2]
+# the loop and the data
+ACCUMULATION_EXCESS = 0.5     # a gradient that holds more than 1.5x the step's own: earlier steps' gradients kept
+INPUT_ABS_MAX = 20.0          # normalised inputs stay within a few units; 0-255 pixels do not
+# the learning rate: |update| / |weight| per step, healthy near 1e-3 (CS231n); the bounds sit 10x beyond [1e-4, 1e-2]
+UPDATE_RATIO_LOW = 1e-5
+UPDATE_RATIO_HIGH = 1e-1
+LARGE_UPDATE_RATIO = 3e-2     # updates this large before units died or the loss stuck at chance: the cause
+SPIKE_FACTOR = 3.0            # a step loss above 3x the chance level and 3x the epoch's median: a spike
+SPIKES_MIN = 3                # spikes in one epoch that make an oscillating loss (one outlier batch does not)
+CHANCE_BAND = 0.05            # a loss within 5% of ln(classes): the net guesses
+# gradients and activations
+EXPLODING_GROWTH = 100.0      # total grad norm 100x what it was at the first verdict
+EXPLODING_RATIO = 1e3         # first layer's grad norm / last layer's above this: the gradient grows on the way back
+VANISHING_RATIO = 1e-3        # ... below this: the gradient is lost on the way back
+DIVERGED_LOSS_FACTOR = 10.0   # loss 10x the chance level: the weights were thrown far off
+SATURATED_FRACTION = 0.5      # over half of a tanh/sigmoid layer's outputs within 1% of its limits
+DEAD_RELU_FRACTION = 0.5      # over half of a ReLU layer's units never active over an evaluation pass
+# the course of the loss and accuracy over epochs
+LOW_LOSS_FRACTION = 0.2       # a loss below this fraction of the chance level counts as low
+OVERFIT_EPOCHS = 3            # with a low train loss: the valid loss rising over 3 epochs (2 rises)
+PLATEAU_EPOCHS = 5            # accuracies flat over 5 epochs (their trend below PLATEAU_SLOPE per epoch) ...
+PLATEAU_SLOPE = 0.02
+PLATEAU_FAR = 0.5             # ... and below chance + half the way from chance to 100%
+ONE_CLASS_SHARE = 0.95        # 95% of the valid predictions one class: the net predicts the majority
+
+
+@dataclass
+class Finding:
+    """One finding: `name` (a short word, also the verdict's status when it comes first), `evidence` (in
+    numbers), `where` (the parameter, layer or split it concerns, or ''), `fix` (what to try)."""
+    name: str
+    evidence: str
+    where: str = ""
+    fix: str = ""
+
+    def line(self, since: str | None = None) -> str:
+        """The terminal's line; `since`: when it first appeared ('epoch 2'), when it persists (a short line then)."""
+        where = f" [{self.where}]" if self.where else ""
+        if since is not None:
+            return f"{self.name} (since {since}){where}: {self.evidence}"
+        return f"{self.name}{where}: {self.evidence}" + (f". Fix: {self.fix}" if self.fix else "")
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "evidence": self.evidence, "where": self.where, "fix": self.fix}
 
 
 @dataclass
@@ -24,7 +64,13 @@ class EpochFigures:
     norms: parameter name -> gradient L2 norm (the epoch's mean), in forward order; loss: the epoch's
     mean train loss; classes: for the chance-level loss ln(classes); first_total_norm: the total
     gradient norm at the first verdict; update_ratios: name -> |update| / |weight| per step;
-    activations: `ActivationStats.result()`; nonfinite: what was found non-finite, if anything.
+    activations: `ActivationStats.result()`; nonfinite: what was found non-finite, if anything;
+    frozen: parameters frozen on purpose. steps: the epoch's step losses ('median', 'max', 'spikes');
+    history: one dict per epoch so far, this one last ('train_loss', 'train_acc', 'valid_loss',
+    'valid_acc', 'median_ratio', 'spikes'; None where not measured); loop: what the monitor saw of the
+    loop ('accumulated', 'eval_train_mode', 'eval_autograd', 'evaluations', 'softmax', 'inputs');
+    unchanged: parameter -> why it did not move; data: findings on the data set (leaks, missing classes);
+    predicted: the valid split's predictions, per class (counts); first_loss: the run's first step loss.
     """
     norms: dict
     loss: float
@@ -33,7 +79,21 @@ class EpochFigures:
     update_ratios: dict = field(default_factory=dict)
     activations: dict = field(default_factory=dict)
     nonfinite: str | None = None
-    frozen: list = field(default_factory=list)  # parameters frozen on purpose: named, never judged
+    frozen: list = field(default_factory=list)
+    steps: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    loop: dict = field(default_factory=dict)
+    unchanged: dict = field(default_factory=dict)
+    data: list = field(default_factory=list)
+    predicted: list | None = None
+    first_loss: float | None = None
+
+    @property
+    def broken_at_start(self) -> bool:
+        """The loss of the very first step, before any update, already far above chance: the init or the
+        inputs, not the learning rate."""
+        first = self.first_loss
+        return first is not None and (first == math.inf or math.isfinite(first) and first > DIVERGED_LOSS_FACTOR * self.chance)
 
     @property
     def total_norm(self) -> float:
@@ -51,6 +111,11 @@ class EpochFigures:
         return math.isfinite(self.loss) and self.loss < LOW_LOSS_FRACTION * self.chance
 
     @property
+    def at_chance(self) -> bool:
+        """The train loss within CHANCE_BAND of ln(classes): the net guesses."""
+        return math.isfinite(self.loss) and abs(self.loss - self.chance) < CHANCE_BAND * self.chance
+
+    @property
     def weight_norms(self) -> dict:
         """The norms of weights only (first and last layer compared), or of everything if none is named so."""
         return {n: v for n, v in self.norms.items() if n.endswith("weight")} or self.norms
@@ -58,108 +123,315 @@ class EpochFigures:
     @property
     def median_update_ratio(self) -> float | None:
         """The median |update| / |weight| of the weights (of every parameter if none is named weight)."""
-        ratios = [v for n, v in self.update_ratios.items() if n.endswith("weight")] or list(self.update_ratios.values())
-        return sorted(ratios)[len(ratios) // 2] if ratios else None
+        return median_ratio(self.update_ratios)
+
+    def series(self, key: str) -> list:
+        """One figure over the epochs so far (this one last), None where it was not measured."""
+        return [epoch.get(key) for epoch in self.history]
 
 
-def exploding(e: EpochFigures) -> str | None:
-    """A non-finite loss or gradient, a loss far above chance, or a gradient norm that grew 100x."""
-    total = e.total_norm
-    if e.nonfinite or not math.isfinite(e.loss) or not math.isfinite(total):
-        return f"non-finite values: {e.nonfinite or 'loss or gradient'}"
-    if e.loss > DIVERGED_LOSS_FACTOR * e.chance:
-        return (f"loss {e.loss:.3g} is {e.loss / e.chance:.0f}x the chance level ln({e.classes}) = "
-                f"{e.chance:.2f}: training diverged")
-    if e.first_total_norm and total > EXPLODING_GROWTH * e.first_total_norm:
-        return (f"total gradient norm grew {total / e.first_total_norm:.0f}x since the first verdict "
-                f"({e.first_total_norm:.3g} -> {total:.3g})")
+def median_ratio(update_ratios: dict) -> float | None:
+    """The median of the weights' update ratios (of every parameter if none is named weight)."""
+    ratios = [v for n, v in update_ratios.items() if n.endswith("weight")] or list(update_ratios.values())
+    return sorted(ratios)[len(ratios) // 2] if ratios else None
+
+
+def layers(names) -> str:
+    """'conv1.weight', 'conv1.bias', 'conv2.weight' -> 'conv1, conv2' (layers, in order)."""
+    return ", ".join(dict.fromkeys(n.rsplit(".", 1)[0] for n in names))
+
+
+def few(names: str, most: int = 4) -> str:
+    """'a, b, c, d, e, f' -> 'a, b, c, d and 2 more'."""
+    parts = names.split(", ")
+    return names if len(parts) <= most else ", ".join(parts[:most]) + f" and {len(parts) - most} more"
+
+
+# ---- the loop and the data -------------------------------------------------------------------------
+
+def data_problems(e: EpochFigures) -> Finding | None:
+    """What `check_data` found in the splits: the same image in train and valid/test, a class missing."""
+    return e.data[0] if e.data else None
+
+
+def unnormalised_inputs(e: EpochFigures) -> Finding | None:
+    """Training inputs far outside the few units a normalised input spans (e.g. pixels 0-255)."""
+    inputs = e.loop.get("inputs")
+    if inputs is None or max(abs(inputs["min"]), abs(inputs["max"])) <= INPUT_ABS_MAX:
+        return None
+    return Finding("inputs-not-normalised",
+                   f"training inputs span [{inputs['min']:.3g}, {inputs['max']:.3g}], mean {inputs['mean']:.3g}, "
+                   f"std {inputs['std']:.3g} (normalised inputs have mean ~0, std ~1)", "inputs",
+                   "scale to [0, 1] (ToTensor) and Normalize(mean, std), in training and in evaluation alike")
+
+
+def softmax_before_loss(e: EpochFigures) -> Finding | None:
+    """CrossEntropyLoss given probabilities (a softmax before it) instead of logits."""
+    if not e.loop.get("softmax"):
+        return None
+    return Finding("softmax-before-loss", "the loss's log_softmax takes the output of a softmax: the loss sees "
+                   "probabilities, whose log_softmax varies by at most 1, so gradients are tiny", "output",
+                   "drop the softmax: CrossEntropyLoss takes logits (apply softmax only to show probabilities)")
+
+
+def gradients_accumulate(e: EpochFigures) -> Finding | None:
+    """A step's gradient holds earlier steps' gradients too: zero_grad is missing."""
+    accumulated = e.loop.get("accumulated")
+    if not accumulated or accumulated["steps"] < max(1, accumulated["checked"] // 2):
+        return None
+    return Finding("gradients-accumulate",
+                   f"in {accumulated['steps']} of {accumulated['checked']} steps the gradient held "
+                   f"{accumulated['excess']:.1f}x more than the step's own backward (median)", accumulated["where"],
+                   "call optimizer.zero_grad() before each backward (or after each optimizer.step())")
+
+
+def eval_in_train_mode(e: EpochFigures) -> Finding | None:
+    """Evaluation passes (no backward follows) with dropout or batch norm still in training mode."""
+    count, total = e.loop.get("eval_train_mode", 0), e.loop.get("evaluations", 0)
+    if not count:
+        return None
+    return Finding("eval-in-train-mode", f"{count} of {total} evaluation forward passes ran with "
+                   f"{e.loop.get('train_mode_layers', 'dropout/batch-norm layers')} in training mode: the valid "
+                   "figures are noisy (dropout) or move the batch-norm statistics", "model.training",
+                   "call model.eval() before validating and model.train() before training again")
+
+
+def eval_with_autograd(e: EpochFigures) -> Finding | None:
+    """Evaluation passes that build an autograd graph no backward ever uses."""
+    count, total = e.loop.get("eval_autograd", 0), e.loop.get("evaluations", 0)
+    if not count:
+        return None
+    return Finding("eval-with-autograd", f"{count} of {total} evaluation forward passes recorded an autograd graph "
+                   "that no backward used: memory and time spent for nothing", "torch.is_grad_enabled()",
+                   "wrap validation in `with torch.no_grad():` (or decorate it with @torch.no_grad())")
+
+
+# ---- the learning rate -----------------------------------------------------------------------------
+
+def lr_too_high(e: EpochFigures) -> Finding | None:
+    """Updates a large share of the weights, or a loss that spikes again and again; and when units died
+    or the loss stuck at chance after large updates, the learning rate is named as their cause."""
+    if e.broken_at_start:  # large updates then are a symptom
+        return None
+    median, spikes = e.median_update_ratio, e.steps.get("spikes", 0)
+    largest = max((r for r in e.series("median_ratio") if r is not None), default=None)
+    if median is not None and median > UPDATE_RATIO_HIGH:
+        evidence = f"each step changes the weights by {median:.1e} of their norm (median; healthy ~1e-3)"
+    elif spikes >= SPIKES_MIN:
+        evidence = (f"the loss spiked {spikes} times this epoch (up to {e.steps['max']:.3g}, median "
+                    f"{e.steps['median']:.3g}): it oscillates")
+    elif largest is not None and largest > LARGE_UPDATE_RATIO and (dead_relu(e) or e.at_chance):
+        after = "units died" if dead_relu(e) else f"the loss stuck at chance ({e.loss:.3f} ~ ln {e.classes})"
+        evidence = f"{after} after updates of {largest:.1e} of the weights per step (healthy ~1e-3)"
+    else:
+        return None
+    return Finding("lr-too-high", evidence, "", "divide the learning rate by 10 (and resume from the best checkpoint)")
+
+
+# ---- gradients and activations ---------------------------------------------------------------------
+
+def nonfinite_values(e: EpochFigures) -> Finding | None:
+    """A non-finite loss or gradient."""
+    if e.nonfinite or not math.isfinite(e.loss) or not math.isfinite(e.total_norm):
+        where = e.nonfinite.split("first parameter with a non-finite gradient: ")[-1] \
+            if e.nonfinite and "first parameter" in e.nonfinite else ""
+        return Finding("non-finite", f"{e.nonfinite or 'non-finite loss or gradient'}", where,
+                       "lower the learning rate; check the inputs for NaN and the loss for log(0)")
     return None
 
 
-def vanishing(e: EpochFigures) -> str | None:
+def exploding(e: EpochFigures) -> Finding | None:
+    """A loss far above chance, a gradient norm that grew 100x, or a first layer's gradient 1000x the last's."""
+    total, weights = e.total_norm, list(e.weight_norms)
+    fix = "lower the learning rate or clip gradients (clip_grad_norm_); check the init's scale"
+    if e.broken_at_start:
+        return Finding("exploding", f"the loss of the very first step, before any update, was {e.first_loss:.3g} "
+                       f"(chance ln({e.classes}) = {e.chance:.2f}): the outputs are huge from the start", "init",
+                       "initialise with the layers' fan-in in mind (kaiming for ReLU, xavier for tanh/sigmoid)")
+    if e.loss > DIVERGED_LOSS_FACTOR * e.chance:
+        return Finding("exploding", f"loss {e.loss:.3g} is {e.loss / e.chance:.0f}x the chance level ln({e.classes}) "
+                       f"= {e.chance:.2f}: training diverged", "", fix)
+    if e.first_total_norm and total > EXPLODING_GROWTH * e.first_total_norm:
+        return Finding("exploding", f"total gradient norm grew {total / e.first_total_norm:.0f}x since the first "
+                       f"verdict ({e.first_total_norm:.3g} -> {total:.3g})", "", fix)
+    if len(weights) >= 2 and e.norms[weights[-1]] > 0 and e.norms[weights[0]] / e.norms[weights[-1]] > EXPLODING_RATIO:
+        first, last = e.norms[weights[0]], e.norms[weights[-1]]
+        return Finding("exploding", f"{weights[0]}'s gradient {first:.2e} is {first / last:.0e}x {weights[-1]}'s "
+                       f"{last:.2e}: it grows layer by layer on the way back", weights[0],
+                       "initialise with the layers' fan-in in mind (kaiming for ReLU, xavier for tanh)")
+    return None
+
+
+def saturated(e: EpochFigures) -> Finding | None:
+    """Over half of a tanh or sigmoid layer's outputs pinned at its limits: their gradient is ~0."""
+    pinned = {n: s["saturated"] for n, s in e.activations.items() if s.get("saturated", 0.0) > SATURATED_FRACTION}
+    if not pinned:
+        return None
+    worst = max(pinned, key=pinned.get)
+    return Finding("saturated", f"{pinned[worst]:.0%} of {worst}'s outputs are within 1% of its limits "
+                   f"({len(pinned)} layer(s) over {SATURATED_FRACTION:.0%})", worst,
+                   "a smaller init (xavier for tanh/sigmoid), normalised inputs, or ReLU")
+
+
+def vanishing(e: EpochFigures) -> Finding | None:
     """The first layer's gradient far smaller than the last layer's, while the loss is not low."""
     weights = list(e.weight_norms)
     if len(weights) < 2 or not math.isfinite(e.total_norm) or e.loss_is_low:
         return None
     first, last = e.norms[weights[0]], e.norms[weights[-1]]
     if last > 0 and first / last < VANISHING_RATIO:
-        return (f"{weights[0]} gradient {first:.2e} is {last / max(first, 1e-45):.0e}x smaller than "
-                f"{weights[-1]}'s {last:.2e} while the loss {e.loss:.3f} is not low")
+        return Finding("vanishing", f"{weights[0]}'s gradient {first:.2e} is {last / max(first, 1e-45):.0e}x smaller "
+                       f"than {weights[-1]}'s {last:.2e} while the loss {e.loss:.3f} is not low", weights[0],
+                       "ReLU instead of sigmoid/tanh in deep nets, kaiming init, batch norm or residual connections")
     return None
 
 
-def dead_relu(e: EpochFigures) -> str | None:
+def dead_relu(e: EpochFigures) -> Finding | None:
     """Over half of a ReLU layer's units never fire over the evaluation pass."""
     dead = {name: stats["dead"] for name, stats in e.activations.items()
             if stats.get("dead", 0.0) > DEAD_RELU_FRACTION}
     if not dead:
         return None
     worst = max(dead, key=dead.get)
-    return (f"dead ReLUs: over {DEAD_RELU_FRACTION:.0%} of the units never fire in {len(dead)} layer(s), "
-            f"worst {worst} ({dead[worst]:.0%})")
+    return Finding("dead-relu", f"{dead[worst]:.0%} of {worst}'s units never fire over the valid pass "
+                   f"({len(dead)} layer(s) over {DEAD_RELU_FRACTION:.0%})", worst,
+                   "a lower learning rate; biases not negative at init; LeakyReLU")
 
 
-def lr_too_low(e: EpochFigures) -> str | None:
+# ---- slow or unchanged weights ---------------------------------------------------------------------
+
+def lr_too_low(e: EpochFigures) -> Finding | None:
     """The weights barely move: the median update/weight ratio far below the healthy 1e-3."""
     median = e.median_update_ratio
     if median is not None and median < UPDATE_RATIO_LOW:
-        return f"median update/weight ratio {median:.1e} < {UPDATE_RATIO_LOW:.0e}: learning rate too low"
+        return Finding("lr-too-low", f"each step changes the weights by {median:.1e} of their norm (median; "
+                       f"healthy ~1e-3); loss {e.loss:.3f}" + (" ~ chance" if e.at_chance else ""), "",
+                       "raise the learning rate (x10 at a time, or a learning-rate range test)")
     return None
 
 
-def lr_too_high(e: EpochFigures) -> str | None:
-    """Each step changes the weights by a large share of themselves."""
-    median = e.median_update_ratio
-    if median is not None and median > UPDATE_RATIO_HIGH:
-        return f"median update/weight ratio {median:.1e} > {UPDATE_RATIO_HIGH:.0e}: learning rate too high"
-    return None
+def unchanged_weights(e: EpochFigures) -> Finding | None:
+    """Parameters that should train but did not move over the epoch."""
+    if not e.unchanged:
+        return None
+    why = dict.fromkeys(e.unchanged.values())
+    return Finding("unchanged-weights", f"{len(e.unchanged)} parameter(s) did not move: "
+                   + "; ".join(f"{few(layers(n for n, w in e.unchanged.items() if w == reason))}: {reason}" for reason in why),
+                   few(layers(e.unchanged)), "give them to the optimizer with a learning rate > 0 and requires_grad "
+                   "True (or, if frozen on purpose, tell the monitor: frozen=[...])")
 
 
-RULES = (  # (status, rule), most severe first
-    ("exploding", exploding),
-    ("vanishing", vanishing),
-    ("dead-relu", dead_relu),
-    ("lr-too-low", lr_too_low),
-    ("lr-too-high", lr_too_high),
+# ---- the course of the loss and accuracy -----------------------------------------------------------
+
+def overfitting(e: EpochFigures) -> Finding | None:
+    """The training set learned (a low train loss) while the valid loss rises epoch after epoch. A noisy
+    valid loss that jumps once, or while the train loss is still high, is not it."""
+    train, valid = e.series("train_loss"), e.series("valid_loss")
+    if len(valid) < OVERFIT_EPOCHS or None in valid[-OVERFIT_EPOCHS:] or None in train[-OVERFIT_EPOCHS:]:
+        return None
+    recent = valid[-OVERFIT_EPOCHS:]
+    best = min(v for v in valid if v is not None)
+    rising = all(b > a for a, b in zip(recent, recent[1:])) and train[-1] < train[-OVERFIT_EPOCHS]
+    if not (e.loss_is_low and rising):
+        return None
+    return Finding("overfitting", f"valid loss {' -> '.join(f'{v:.3f}' for v in recent)} (best {best:.3f}) while "
+                   f"the train loss fell to {train[-1]:.3g}", "valid",
+                   "more data or augmentation, weight decay, dropout, or stop at the best epoch (checkpoint_best.pt)")
+
+
+def slope(values: list[float]) -> float:
+    """The least-squares slope of values over 0, 1, 2, ... (per epoch)."""
+    n = len(values)
+    mean_x, mean_y = (n - 1) / 2, sum(values) / n
+    return sum((x - mean_x) * (y - mean_y) for x, y in enumerate(values)) / sum((x - mean_x) ** 2 for x in range(n))
+
+
+def plateau(e: EpochFigures) -> Finding | None:
+    """Train and valid accuracy far from 100% and flat for several epochs (e.g. the majority class)."""
+    train, valid = e.series("train_acc")[-PLATEAU_EPOCHS:], e.series("valid_acc")[-PLATEAU_EPOCHS:]
+    if len(valid) < PLATEAU_EPOCHS or None in valid or None in train:
+        return None
+    far = 1 / e.classes + PLATEAU_FAR * (1 - 1 / e.classes)
+    if max(train + valid) >= far or slope(train) > PLATEAU_SLOPE or slope(valid) > PLATEAU_SLOPE:
+        return None
+    one = ""
+    if e.predicted and sum(e.predicted):
+        top = max(range(len(e.predicted)), key=e.predicted.__getitem__)
+        share = e.predicted[top] / sum(e.predicted)
+        one = f"; it predicts class {top} for {share:.0%} of the valid images" if share >= ONE_CLASS_SHARE else ""
+    return Finding("plateau", f"train accuracy {train[-1]:.1%}, valid {valid[-1]:.1%}: below {far:.0%} and flat "
+                   f"(trend under {PLATEAU_SLOPE:.0%} an epoch) for {PLATEAU_EPOCHS} epochs{one}", "",
+                   "check that the inputs carry the labels; then a higher learning rate, less weight decay, a bigger model")
+
+
+RULES = (  # root causes first: the loop and the data, the learning rate, then what they cause
+    data_problems, unnormalised_inputs, softmax_before_loss, gradients_accumulate, eval_in_train_mode,
+    lr_too_high, exploding, nonfinite_values, saturated, vanishing, dead_relu, lr_too_low,
+    unchanged_weights, overfitting, plateau, eval_with_autograd,
 )
 
 
 @dataclass
 class Verdict:
-    """The diagnosis of one epoch: a status word and the findings that led to it."""
-    status: str                      # healthy, converged, or the status of the first rule that found something
+    """The diagnosis of one epoch: a status word (the first finding's name, or healthy / converged) and
+    the findings, worst first (the last one may be 'frozen': layers frozen on purpose, never a problem).
+    since: finding name -> the epoch it first appeared; previous: the names found the epoch before;
+    labels: finding name -> when it first appeared, as the monitor names epochs ('epoch 2', 'samples 20')."""
+    status: str
     findings: list = field(default_factory=list)
+    since: dict = field(default_factory=dict)
+    previous: set = field(default_factory=set)
+    labels: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
-        return f"{self.status}: " + "; ".join(self.findings)
+        return f"{self.status}: " + "; ".join(f.evidence if f.name == self.status or f.name in ("healthy", "converged")
+                                               else f"{f.name}: {f.evidence}" for f in self.findings)
+
+    @property
+    def problems(self) -> list:
+        """The findings that are problems (not healthy, converged or frozen)."""
+        return [f for f in self.findings if f.name not in ("healthy", "converged", "frozen")]
+
+    def as_dict(self) -> dict:
+        """{'status', 'findings': [{'name', 'evidence', 'where', 'fix', 'first_epoch'}]}: for metrics.json."""
+        return {"status": self.status,
+                "findings": [f.as_dict() | {"first_epoch": self.since.get(f.name)} for f in self.findings]}
+
+    def lines(self) -> list[str]:
+        """One line per finding, worst first; a problem also found the epoch before is shortened (no fix),
+        with the epoch it first appeared."""
+        return [f.line(self.labels.get(f.name, f"epoch {self.since.get(f.name)}")
+                       if f.name in self.previous and f in self.problems else None) for f in self.findings]
 
 
 def judge(e: EpochFigures) -> Verdict:
-    """Every rule on one epoch's figures: the most severe finding's status, all findings; else converged
-    (a low loss: small gradients are success, not vanishing) or healthy. Parameters frozen on purpose
-    are named last, as frozen, never as a problem."""
-    verdict = judge_trained(e)
+    """Every rule on one epoch's figures: the first finding's name as the status, every finding; else
+    converged (train and valid loss low: small gradients are success, not vanishing) or healthy.
+    Parameters frozen on purpose are named last, as frozen, never as a problem."""
+    found = [finding for rule in RULES if (finding := rule(e))]
+    if found:
+        verdict = Verdict(found[0].name, found)
+    else:
+        verdict = healthy_or_converged(e)
     if e.frozen:
-        verdict.findings.append(f"frozen on purpose: {frozen_layers(e.frozen)}")
+        verdict.findings.append(Finding("frozen", f"frozen on purpose: {layers(e.frozen)}", layers(e.frozen)))
     return verdict
 
 
-def frozen_layers(names: list[str]) -> str:
-    """'conv1.weight', 'conv1.bias', 'conv2.weight' -> 'conv1, conv2' (layers, in order)."""
-    return ", ".join(dict.fromkeys(n.rsplit(".", 1)[0] for n in names))
-
-
-def judge_trained(e: EpochFigures) -> Verdict:
-    """`judge` of the parameters that trained."""
-    found = [(status, finding) for status, rule in RULES if (finding := rule(e))]
-    if found:
-        return Verdict(found[0][0], [finding for _, finding in found])
-    if e.loss_is_low:
-        return Verdict("converged", [f"loss {e.loss:.3f} is low and gradients small as expected "
-                                     f"(total norm {e.total_norm:.2e})"])
+def healthy_or_converged(e: EpochFigures) -> Verdict:
+    """No problem found: converged when the train loss (and the valid loss, when measured) is low and the
+    valid loss is not rising; healthy otherwise."""
+    valid = [v for v in e.series("valid_loss") if v is not None]
+    rising = len(valid) >= 2 and valid[-1] > valid[-2]
+    valid_low = not valid or valid[-1] < LOW_LOSS_FRACTION * e.chance
     median = e.median_update_ratio
-    return Verdict("healthy", [f"loss {e.loss:.3f}, total gradient norm {e.total_norm:.2e}"
-                               + (f", median update ratio {median:.1e}" if median is not None else "")])
+    if e.loss_is_low and valid_low and not rising:
+        return Verdict("converged", [Finding("converged", f"loss {e.loss:.3f}" + (f", valid {valid[-1]:.3f}" if valid else "")
+                                             + f" low and gradients small as expected (total norm {e.total_norm:.2e})")])
+    return Verdict("healthy", [Finding("healthy", f"loss {e.loss:.3f}" + (f", valid {valid[-1]:.3f}" if valid else "")
+                                       + (f" (rose from {valid[-2]:.3f})" if rising else "")
+                                       + f", total gradient norm {e.total_norm:.2e}"
+                                       + (f", median update ratio {median:.1e}" if median is not None else ""))])
 
 
 def diagnose(norms: dict[str, float], loss: float, classes: int, first_total_norm: float | None = None,

@@ -1,0 +1,54 @@
+"""Checks of the data splits before training: the same image in train and in valid or test (a leak, found
+by a content hash of the decoded images), and a class present in train but absent from another split.
+
+    findings = split_findings({"train": (images, targets), "valid": (images, targets)}, classes)
+
+Images: one tensor (N, ...) per split, as decoded (uint8 32x32 in this project): two files that decode
+to the same pixels are the same image, whatever their names.
+"""
+import hashlib
+
+import torch
+
+from tools.verdict import Finding
+
+
+def content_hashes(images: torch.Tensor) -> list[bytes]:
+    """One 16-byte BLAKE2b digest of each image's bytes: images (N, ...) -> N digests."""
+    flat = images.detach().cpu().contiguous().reshape(len(images), -1).numpy()
+    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat]
+
+
+def leaks(images: dict[str, torch.Tensor], train: str = "train") -> dict[str, list[int]]:
+    """split -> the indices of its images that are also in the train split (by content)."""
+    if train not in images:
+        return {}
+    seen = set(content_hashes(images[train]))
+    return {name: [i for i, h in enumerate(content_hashes(split)) if h in seen]
+            for name, split in images.items() if name != train and len(split)}
+
+
+def missing_classes(targets: dict[str, list[int]], classes: list[str], train: str = "train") -> list[tuple[str, str]]:
+    """(class, split) for every class of the train split that another split lacks."""
+    present = set(targets.get(train, []))
+    return [(classes[c], name) for name, labels in targets.items() if name != train and labels is not None
+            for c in sorted(present - set(labels))]
+
+
+def split_findings(splits: dict[str, tuple], classes: list[str]) -> list[Finding]:
+    """Findings on the splits: name -> (images (N, ...) tensor, targets list); 'train' is the reference."""
+    findings = []
+    for name, indices in leaks({n: images for n, (images, _) in splits.items()}).items():
+        if indices:
+            total = len(splits[name][0])
+            findings.append(Finding("data-leak", f"{len(indices)} of {total} {name} images are also in train "
+                                    f"(identical pixels after decoding): the {name} figures overstate the model",
+                                    f"train/{name}", "remove the duplicates, then split (a photo copied under two "
+                                    "names lands in both)"))
+    missing = missing_classes({n: list(t) for n, (_, t) in splits.items()}, classes)
+    for split in dict.fromkeys(s for _, s in missing):
+        names = [c for c, s in missing if s == split]
+        findings.append(Finding("class-missing", f"class {', '.join(names)} has no {split} image: its {split} "
+                                "accuracy is not measured", split,
+                                "add images of it (a class needs at least 3 for one valid and one test image)"))
+    return findings
