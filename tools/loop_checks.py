@@ -4,7 +4,7 @@
 on one small parameter between an optimizer step and the next backward, and the loss's autograd graph:
 
 - gradients accumulating (optimizer.zero_grad() missing): the watched parameter's .grad holds more than
-  the gradients that reached it since the last optimizer step;
+  the gradients that reached it since the last optimizer step (checked at GRADIENT_CHECKS steps an epoch);
 - evaluation in training mode (model.eval() missing): a forward pass that no backward follows (under
   torch.no_grad(), or whose output never gets a gradient) with dropout or batch-norm layers in training mode;
 - evaluation with autograd on (torch.no_grad() missing): a forward pass that records a graph no backward uses;
@@ -24,6 +24,7 @@ from tools.verdict import ACCUMULATION_EXCESS
 
 MODE_LAYERS = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)  # behave differently in train()
 GRAPH_NODES = 64  # how far back from the loss the softmax is looked for: the loss's own few nodes
+GRADIENT_CHECKS = 8  # steps checked for accumulating gradients in each epoch: a missing zero_grad shows in all
 
 
 def softmax_feeds_log_softmax(loss: torch.Tensor) -> bool:
@@ -112,7 +113,7 @@ class LoopWatch:
 
     def _before_forward(self, module, args) -> None:
         """The first training batch of the epoch: its range (one host copy per epoch)."""
-        if self._paused or self.inputs is not None or not (torch.is_grad_enabled() and module.training):
+        if not self.enabled or self._paused or self.inputs is not None or not (torch.is_grad_enabled() and module.training):
             return
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
         if x is None or not x.is_floating_point() or x.numel() == 0:
@@ -123,7 +124,7 @@ class LoopWatch:
 
     def _after_forward(self, module, args, output) -> None:
         """Count evaluation passes: under no_grad now; with autograd on, once we know no backward came."""
-        if self._paused:
+        if not self.enabled or self._paused:
             return
         if not torch.is_grad_enabled():
             self.counts["evaluations"] += 1
@@ -169,7 +170,8 @@ class LoopWatch:
     def after_step(self) -> None:
         """After optimizer.step(): watch what reaches the watched parameter until the next backward ends.
         Not under torchrun (DDP averages .grad over the processes: it is no longer this process's sum)."""
-        if not self.enabled or self.watched is None or not self.watched[1].requires_grad or distributed_world() > 1:
+        if len(self.accumulated) >= GRADIENT_CHECKS or not self.enabled or self.watched is None \
+                or not self.watched[1].requires_grad or distributed_world() > 1:
             return
         if self._fresh_handle is not None:
             self._fresh_handle.remove()

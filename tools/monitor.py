@@ -34,7 +34,7 @@ from tools.hooks import forward_order
 from tools.loop_checks import LoopWatch
 from tools.tb_logging import DEAD_UNITS, GRAD_NORM, UPDATE_RATIO, write_event, write_lines
 from tools.tensor_stats import HIST_BINS, Histogram, histograms, tensor_norms, unwrap
-from tools.verdict import SPIKE_FACTOR, EpochFigures, Finding, Verdict, judge, median_ratio
+from tools.verdict import DIVERGED_LOSS_FACTOR, SPIKE_FACTOR, EpochFigures, Finding, Verdict, judge, median_ratio
 
 
 def per_parameter(saved: list | None, n: int, zero) -> list:
@@ -76,7 +76,6 @@ class TrainingMonitor:
         self.frozen_prefixes = frozen
         self.writer = writer
         self.log_interval = log_interval
-        self.enabled = enabled
         self.bins = bins
         self.class_names = [str(c) for c in classes] if isinstance(classes, (list, tuple)) else [str(c) for c in range(classes)]
         self.classes = len(self.class_names)
@@ -89,8 +88,18 @@ class TrainingMonitor:
         self._before = None          # weights before a logged optimizer step
         self._pending = None         # (step, lines) of a logging step, written by after_step
         self.loop = LoopWatch(self.model, enabled)
+        self.enabled = enabled
         self.data_findings: list[Finding] = []
         self.load_state_dict({})
+
+    @property
+    def enabled(self) -> bool:
+        """Monitoring on (False: only the non-finite check and the step's own figures); the loop checks follow."""
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, on: bool) -> None:
+        self._enabled = self.loop.enabled = on
 
     def __enter__(self) -> "TrainingMonitor":
         return self
@@ -266,6 +275,10 @@ class TrainingMonitor:
         first = next((n for n in self.order if n in bad), None)
         detail = f"non-finite {what} at step {step}" + (f"; first parameter with a non-finite gradient: {first}"
                                                         if first else "")
+        if self.first_loss is not None and math.isfinite(self.first_loss) and \
+                self.first_loss > DIVERGED_LOSS_FACTOR * math.log(max(self.classes, 2)):
+            detail += (f" (the first step's loss, before any update, was already {self.first_loss:.3g}: the init or the "
+                       "inputs, not the learning rate)")
         self._nonfinite = (step, detail)
 
     def parameter_histograms(self) -> dict[str, Histogram]:
@@ -307,6 +320,16 @@ class TrainingMonitor:
             elif self._ratio_steps[i] and self._ratio_sum[i] == 0:
                 unchanged[name] = "every measured update was 0"
         return unchanged, frozen
+
+    def _decay(self) -> float | None:
+        """The largest share of the weights that weight decay alone removes per step, over the optimizer's
+        groups: lr x weight_decay, divided by (1 - momentum) for SGD (momentum repeats it); None without one."""
+        if self.optimizer is None:
+            return None
+        shares = [g.get("lr", 0.0) * g.get("weight_decay", 0.0) / max(1.0 - (g.get("momentum") or 0.0), 1e-3)
+                  if isinstance(self.optimizer, torch.optim.SGD) else g.get("lr", 0.0) * g.get("weight_decay", 0.0)
+                  for g in self.optimizer.param_groups]
+        return max(shares, default=None)
 
     def _step_figures(self) -> dict:
         """The epoch's step losses: median, max, and the spikes (above SPIKE_FACTOR x both the chance
@@ -350,7 +373,8 @@ class TrainingMonitor:
         predicted = torch.as_tensor(confusion).sum(0).tolist() if confusion is not None else None
         verdict = judge(EpochFigures(norms, train_loss, self.classes, self.first_total_norm, ratios,
                                      activations or {}, nonfinite, frozen, steps, self.history,
-                                     self.loop.figures(), unchanged, self.data_findings, predicted, self.first_loss))
+                                     self.loop.figures(), unchanged, self.data_findings, predicted, self.first_loss,
+                                     self._decay()))
         previous = {f["name"] for f in (self.last_verdict or {}).get("findings", [])}
         label = label or f"epoch {self.epochs}"
         for finding in verdict.findings:

@@ -44,6 +44,8 @@ SCENARIOS = [
              settings={"freeze": "conv1", "declare_frozen": True}),
     Scenario("lr-too-low", "lr-too-low", "SGD at lr 1e-7: nothing moves", 3, settings={"lr": 1e-7}),
     Scenario("lr-too-high", "lr-too-high", "SGD at lr 1.0 with momentum 0.9", 3, settings={"lr": 1.0}),
+    Scenario("weight-decay", "weight-decay-too-high", "SGD with weight_decay 1.0 (meant 1e-4)", 3,
+             settings={"weight_decay": 1.0}),
     Scenario("no-zero-grad", "gradients-accumulate", "optimizer.zero_grad() forgotten", 3,
              settings={"zero_grad": False}),
     Scenario("eval-missing", "eval-in-train-mode", "a dropout LeNet validated without model.eval()", 3,

@@ -70,7 +70,8 @@ class EpochFigures:
     'valid_acc', 'median_ratio', 'spikes'; None where not measured); loop: what the monitor saw of the
     loop ('accumulated', 'eval_train_mode', 'eval_autograd', 'evaluations', 'softmax', 'inputs');
     unchanged: parameter -> why it did not move; data: findings on the data set (leaks, missing classes);
-    predicted: the valid split's predictions, per class (counts); first_loss: the run's first step loss.
+    predicted: the valid split's predictions, per class (counts); first_loss: the run's first step loss;
+    decay: the largest share of the weights that weight decay alone removes per step (from the optimizer).
     """
     norms: dict
     loss: float
@@ -87,6 +88,7 @@ class EpochFigures:
     data: list = field(default_factory=list)
     predicted: list | None = None
     first_loss: float | None = None
+    decay: float | None = None
 
     @property
     def broken_at_start(self) -> bool:
@@ -228,6 +230,17 @@ def lr_too_high(e: EpochFigures) -> Finding | None:
     return Finding("lr-too-high", evidence, "", "divide the learning rate by 10 (and resume from the best checkpoint)")
 
 
+def weight_decay_too_high(e: EpochFigures) -> Finding | None:
+    """Weight decay alone shrinks the weights by a large share every step: they are held near zero."""
+    if e.decay is None or e.decay <= LARGE_UPDATE_RATIO:
+        return None
+    median = e.median_update_ratio
+    return Finding("weight-decay-too-high", f"weight decay alone shrinks the weights by {e.decay:.1e} of themselves "
+                   "per step (lr x weight_decay, / (1 - momentum) for SGD)"
+                   + (f"; the median update is {median:.1e} of the weights" if median is not None else ""), "",
+                   "lower weight_decay (1e-4 to 5e-4 is usual with SGD)")
+
+
 # ---- gradients and activations ---------------------------------------------------------------------
 
 def nonfinite_values(e: EpochFigures) -> Finding | None:
@@ -276,8 +289,8 @@ def saturated(e: EpochFigures) -> Finding | None:
 def vanishing(e: EpochFigures) -> Finding | None:
     """The first layer's gradient far smaller than the last layer's, while the loss is not low."""
     weights = list(e.weight_norms)
-    if len(weights) < 2 or not math.isfinite(e.total_norm) or e.loss_is_low:
-        return None
+    if len(weights) < 2 or not math.isfinite(e.total_norm) or e.loss_is_low or e.loss > DIVERGED_LOSS_FACTOR * e.chance:
+        return None  # a low loss: small gradients are success; a diverged one: the gradients were thrown off
     first, last = e.norms[weights[0]], e.norms[weights[-1]]
     if last > 0 and first / last < VANISHING_RATIO:
         return Finding("vanishing", f"{weights[0]}'s gradient {first:.2e} is {last / max(first, 1e-45):.0e}x smaller "
@@ -366,7 +379,7 @@ def plateau(e: EpochFigures) -> Finding | None:
 
 RULES = (  # root causes first: the loop and the data, the learning rate, then what they cause
     data_problems, unnormalised_inputs, softmax_before_loss, gradients_accumulate, eval_in_train_mode,
-    lr_too_high, exploding, nonfinite_values, saturated, vanishing, dead_relu, lr_too_low,
+    weight_decay_too_high, lr_too_high, exploding, nonfinite_values, saturated, dead_relu, vanishing, lr_too_low,
     unchanged_weights, overfitting, plateau, eval_with_autograd,
 )
 
