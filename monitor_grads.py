@@ -163,12 +163,17 @@ def scenario(args) -> dict:
                        args.strict)
     run_dir = new_run_dir(args.logdir, f"{args.run_name}_{chosen.name}")
     print(f"scenario {chosen.name}: {chosen.story}; the verdict should name {chosen.expected} first")
+    flows = []  # the gradient flow after each epoch's training
     with RunWriter(run_dir) as writer:
-        result = run_scenario(chosen, data, device, args.epochs, writer, say=print)
+        result = run_scenario(chosen, data, device, args.epochs, writer, say=print,
+                              after_training=lambda epoch, model: flows.append((epoch, grad_flow(model))))
+        from tools.plots import plot_grad_flow
+
+        plot_grad_flow(flows, run_dir / "gradient_flow.png", x_label="epoch")
     verdicts = result["verdicts"]
     print(f"final verdict: {verdicts[-1].status}; " + (f"{chosen.expected} named first from epoch {result['detected']}"
                                                         if result["detected"] else f"{chosen.expected} not named first")
-          + f"\nsee it with: tensorboard --logdir {run_dir}")
+          + f"\ngradient flow in {run_dir / 'gradient_flow.png'}; see the run with: tensorboard --logdir {run_dir}")
     return {"run_dir": str(run_dir), "verdict": verdicts[-1].status, "detected": result["detected"],
             "verdicts": [v.as_dict() for v in verdicts]}
 

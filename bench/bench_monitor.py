@@ -3,6 +3,7 @@
     python bench/bench_monitor.py                # about three minutes on a 2-core CPU
     python bench/bench_monitor.py --skip-train   # only the histogram and norm comparisons
     python bench/bench_monitor.py --device cuda  # the same on a GPU
+    python bench/bench_monitor.py --skip-histograms --data-dir data/bench_8000 --epochs 12  # longer epochs
 
 In one process, medians of --repeats timings:
   1. one epoch's weight and gradient histograms of every parameter, for LeNet and torchvision's
@@ -254,27 +255,33 @@ def main():
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "rmb_real" / "RMB_data")
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--skip-histograms", action="store_true", help="only the train_rmb.py step and epoch")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs of the train_rmb.py runs (default: 300 for the step, 100 for the epoch; "
+                             "fewer for a big --data-dir)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU")
     args = parser.parse_args()
-    import torchvision
-
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}")
-    writer = open_writer(Path(tempfile.mkdtemp(prefix="bench_monitor_tb_")))
-    compare_histograms("LeNet", with_gradients(LeNet().initialize_weights(), (16, 3, 32, 32), device), writer,
-                       args.repeats, target=5)
-    compare_histograms("resnet18", with_gradients(torchvision.models.resnet18(), (2, 3, 224, 224), device), writer,
-                       args.repeats, target=4)
-    writer.close()
-    compare_step(args.repeats, device)
+    if not args.skip_histograms:
+        import torchvision
+
+        writer = open_writer(Path(tempfile.mkdtemp(prefix="bench_monitor_tb_")))
+        compare_histograms("LeNet", with_gradients(LeNet().initialize_weights(), (16, 3, 32, 32), device), writer,
+                           args.repeats, target=5)
+        compare_histograms("resnet18", with_gradients(torchvision.models.resnet18(), (2, 3, 224, 224), device),
+                           writer, args.repeats, target=4)
+        writer.close()
+        compare_step(args.repeats, device)
     if not args.skip_train:
         data_dir = args.data_dir
         if not data_dir.is_dir():
             from tools.rmb_dataset import default_data_dir
             data_dir, _ = default_data_dir(ROOT / "data")
-        measure_step_in_train(data_dir, args.device)
-        measure_epoch_in_train(data_dir, args.device)
+        epochs = [args.epochs] if args.epochs else []
+        measure_step_in_train(data_dir, args.device, *epochs)
+        measure_epoch_in_train(data_dir, args.device, *epochs)
 
 
 if __name__ == "__main__":

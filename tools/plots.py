@@ -62,19 +62,21 @@ def plot_histograms(hists: dict, path: Path, title: str = "gradient histograms")
     return Path(path)
 
 
-def plot_grad_flow(flows: list, path: Path) -> Path:
+def plot_grad_flow(flows: list, path: Path, x_label: str = "samples") -> Path:
     """The gradient-flow chart: mean and max |grad| per layer (forward order), one line per logged step.
 
-    flows: [(samples seen, {layer: (mean |grad|, max |grad|)})]. Log scale, so vanishing gradients show as a
-    slope down towards the first layers. Returns path.
+    flows: [(when, {layer: (mean |grad|, max |grad|)})], `when` counted in `x_label` units ('samples'
+    seen, or 'epoch'). Log scale, so vanishing gradients show as a slope down towards the first layers.
+    Returns path.
     """
     plt = pyplot()
     fig, (ax_mean, ax_max) = plt.subplots(1, 2, figsize=(11, 4), dpi=90, sharex=True)
     colors = plt.cm.viridis([i / max(len(flows) - 1, 1) for i in range(len(flows))])
     for color, (step, flow) in zip(colors, flows):
         layers = list(flow)
-        ax_mean.plot(range(len(layers)), [flow[n][0] for n in layers], "o-", color=color, label=f"after {step} samples")
-        ax_max.plot(range(len(layers)), [flow[n][1] for n in layers], "o-", color=color, label=f"after {step} samples")
+        label = f"after {step} samples" if x_label == "samples" else f"after {x_label} {step}"
+        ax_mean.plot(range(len(layers)), [flow[n][0] for n in layers], "o-", color=color, label=label)
+        ax_max.plot(range(len(layers)), [flow[n][1] for n in layers], "o-", color=color, label=label)
     for ax, what in ((ax_mean, "mean |grad|"), (ax_max, "max |grad|")):
         ax.set_yscale("log")
         ax.set_ylabel(what)

@@ -67,7 +67,7 @@ def main(args) -> list[Path]:
         "confusion_test.png": run_dir / "confusion_test.png",
         "loss_curve.png": run_dir / "loss_curve.png",
         "kernels_conv1.png": run_dir / "kernels_conv1.png",
-        "gradient_flow_vanishing.png": newest(tmp / "grads", "*_grads") / "gradient_flow.png",
+        "gradient_flow_vanishing.png": newest(tmp / "grads", "*_grads_vanishing") / "gradient_flow.png",
         "activation_std.png": newest(tmp / "init", "*_init") / "activation_std.png",
         "lr_schedules.png": newest(tmp / "lr", "*_lr_schedules") / "lr_schedules.png",
     }

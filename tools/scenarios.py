@@ -9,6 +9,7 @@ verdict should name first ('healthy' for the healthy runs: healthy or converged,
     python bench/bench_diagnosis.py                       # all of them: detection, root cause, false alarms
 """
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -125,7 +126,8 @@ def build_model(settings: dict, classes: int) -> nn.Module:
     else:
         depth, activation = {"mlp-relu": (12, "relu"), "mlp-sigmoid": (20, "sigmoid"), "mlp-tanh": (5, "tanh")}[kind]
         width = 3 * 32 * 32
-        model = nn.Sequential(nn.Flatten(), nn.Linear(width, 64), mlp_classifier(depth, 64, activation, classes))
+        model = nn.Sequential(OrderedDict(flatten=nn.Flatten(), input=nn.Linear(width, 64),
+                                          mlp=mlp_classifier(depth, 64, activation, classes)))
         init_weights(model, settings.get("init", "default"))
     if settings.get("softmax"):
         model = nn.Sequential(model, nn.Softmax(dim=1))
@@ -164,9 +166,11 @@ def validate(model, batches, criterion, device, classes, settings) -> dict:
 
 
 def run_scenario(scenario: Scenario, data: dict, device: torch.device, epochs: int | None = None, writer=None,
-                 say=None) -> dict:
+                 say=None, after_training=None) -> dict:
     """Train as the scenario says, with the monitor; returns {'verdicts' (one per epoch), 'detected'
-    (the first epoch whose first finding is the expected one, or None), 'seconds'}. `data`: `load_splits`'."""
+    (the first epoch whose first finding is the expected one, or None), 'seconds'}. `data`: `load_splits`';
+    `say`: print each epoch's figures and findings; `after_training(epoch, model)`: called after each
+    epoch's training, the last step's gradients still in place (e.g. for the gradient flow)."""
     settings = scenario.settings
     seed = settings.get("seed", 0)
     torch.manual_seed(seed)
@@ -208,6 +212,8 @@ def run_scenario(scenario: Scenario, data: dict, device: torch.device, epochs: i
                 monitor.after_step(step)
                 loss_sum, correct, seen = loss_sum + loss_value * len(labels), correct + int(right), seen + len(labels)
             train_loss = loss_sum / seen if seen else float("nan")
+            if after_training:
+                after_training(epoch, model)
             with activation_stats(model, types=DIAGNOSED, moments=False) as acts:
                 figures = validate(model, valid, criterion, device, classes, settings)
             verdict = monitor.end_epoch(step, train_loss, acts.result(), train_acc=correct / max(seen, 1),

@@ -246,7 +246,7 @@ def weight_decay_too_high(e: EpochFigures) -> Finding | None:
 def nonfinite_values(e: EpochFigures) -> Finding | None:
     """A non-finite loss or gradient."""
     if e.nonfinite or not math.isfinite(e.loss) or not math.isfinite(e.total_norm):
-        where = e.nonfinite.split("first parameter with a non-finite gradient: ")[-1] \
+        where = e.nonfinite.split("first parameter with a non-finite gradient: ")[-1].split(" (")[0] \
             if e.nonfinite and "first parameter" in e.nonfinite else ""
         return Finding("non-finite", f"{e.nonfinite or 'non-finite loss or gradient'}", where,
                        "lower the learning rate; check the inputs for NaN and the loss for log(0)")
