@@ -117,6 +117,19 @@ def test_the_diagnosis_names_the_epoch_not_the_step(two_epochs, tiny_data, tmp_p
     assert [text.split(":")[0] for _, text in diagnosis_texts(first["run_dir"])] == ["epoch 1", "epoch 2", "epoch 3"]
 
 
+def test_a_resumed_run_judges_as_the_uninterrupted_one_and_metrics_keep_the_verdict(tiny_data, tmp_path):
+    flags = ["--batch-size", "4", "--lr", "1e-7"]  # a learning rate far too low: a finding that persists
+    straight = train(tmp_path / "a", tiny_data, "--epochs", "3", *flags)
+    first = train(tmp_path / "b", tiny_data, "--epochs", "1", *flags)
+    resumed = train(tmp_path / "b", tiny_data, "--epochs", "3", *flags, "--resume", first["run_dir"])
+    texts = [text for _, text in diagnosis_texts(straight["run_dir"])]
+    assert texts == [text for _, text in diagnosis_texts(resumed["run_dir"])]
+    assert texts[1].startswith("epoch 2: lr-too-low\n\n- lr-too-low (since epoch 1): ")  # shortened, as persisting
+    verdict = json.loads((Path(resumed["run_dir"]) / "metrics.json").read_text())["verdict"]
+    assert verdict == straight["verdict"] and verdict["status"] == "lr-too-low"
+    assert verdict["findings"][0]["first_epoch"] == 1 and "raise the learning rate" in verdict["findings"][0]["fix"]
+
+
 def test_empty_cache_dir_means_no_disk_cache(tiny_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # Path('') is the current folder: nothing may land there
     train(tmp_path / "elsewhere", tiny_data, "--epochs", "1", "--batch-size", "4", "--cache-dir", "")

@@ -1,4 +1,5 @@
 """Charts saved as PNG files with matplotlib's Agg backend (no window is ever opened)."""
+import math
 from pathlib import Path
 
 
@@ -72,13 +73,22 @@ def plot_grad_flow(flows: list, path: Path, x_label: str = "samples") -> Path:
     plt = pyplot()
     fig, (ax_mean, ax_max) = plt.subplots(1, 2, figsize=(11, 4), dpi=90, sharex=True)
     colors = plt.cm.viridis([i / max(len(flows) - 1, 1) for i in range(len(flows))])
+    def shown(v: float) -> float:  # a log axis shows positive finite values; NaN/Inf and zeros are gaps
+        return v if math.isfinite(v) and v > 0 else math.nan
+
+    drawn = False
     for color, (step, flow) in zip(colors, flows):
         layers = list(flow)
         label = f"after {step} samples" if x_label == "samples" else f"after {x_label} {step}"
-        ax_mean.plot(range(len(layers)), [flow[n][0] for n in layers], "o-", color=color, label=label)
-        ax_max.plot(range(len(layers)), [flow[n][1] for n in layers], "o-", color=color, label=label)
+        means, maxes = [shown(flow[n][0]) for n in layers], [shown(flow[n][1]) for n in layers]
+        drawn = drawn or any(math.isfinite(v) for v in means + maxes)
+        ax_mean.plot(range(len(layers)), means, "o-", color=color, label=label)
+        ax_max.plot(range(len(layers)), maxes, "o-", color=color, label=label)
     for ax, what in ((ax_mean, "mean |grad|"), (ax_max, "max |grad|")):
-        ax.set_yscale("log")
+        if drawn:
+            ax.set_yscale("log")
+        else:
+            ax.text(0.5, 0.5, "no finite, non-zero gradient", transform=ax.transAxes, ha="center")
         ax.set_ylabel(what)
         ax.set_xlabel("layer (input -> output)")
         ax.grid(alpha=0.3, which="both")
