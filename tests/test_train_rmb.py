@@ -124,7 +124,7 @@ def test_a_resumed_run_judges_as_the_uninterrupted_one_and_metrics_keep_the_verd
     resumed = train(tmp_path / "b", tiny_data, "--epochs", "3", *flags, "--resume", first["run_dir"])
     texts = [text for _, text in diagnosis_texts(straight["run_dir"])]
     assert texts == [text for _, text in diagnosis_texts(resumed["run_dir"])]
-    assert texts[1].startswith("epoch 2: lr-too-low\n\n- lr-too-low (since epoch 1): ")  # shortened, as persisting
+    assert texts[1].startswith("epoch 2: lr-too-low\n\nlr-too-low (since epoch 1): ")  # shortened, as persisting
     verdict = json.loads((Path(resumed["run_dir"]) / "metrics.json").read_text())["verdict"]
     assert verdict == straight["verdict"] and verdict["status"] == "lr-too-low"
     assert verdict["findings"][0]["first_epoch"] == 1 and "raise the learning rate" in verdict["findings"][0]["fix"]

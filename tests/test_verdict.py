@@ -269,6 +269,6 @@ def test_monitor_grads_scenario_prints_one_line_per_finding_and_writes_the_diagn
     assert result["verdict"] == "inputs-not-normalised" and result["detected"] == 1
     assert "inputs-not-normalised (since epoch 1) [inputs]" in out and out.count("Fix: scale to [0, 1]") == 1
     texts = [e.tensor_proto.string_val[0].decode() for e in read_events(result["run_dir"]).Tensors("diagnosis/text_summary")]
-    assert texts[0].startswith("epoch 1: inputs-not-normalised\n\n- inputs-not-normalised [inputs]")
+    assert texts[0].startswith("epoch 1: inputs-not-normalised\n\ninputs-not-normalised [inputs]")
     json.dumps(result)
     assert math.isfinite(result["verdicts"][0]["findings"][0]["first_epoch"])

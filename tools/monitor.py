@@ -68,16 +68,16 @@ class TrainingMonitor:
                  bins: int = HIST_BINS, classes: int | list[str] = 2, optimizer: torch.optim.Optimizer | None = None,
                  frozen: list[str] | None = None):
         """`classes`: their number, or their names; `optimizer`: to tell why a parameter did not move (not
-        in it, or a zero learning rate); `frozen`:
-        the name prefixes of parameters frozen on purpose (None: any parameter with requires_grad False
-        is taken as frozen on purpose; a list: only those, and any other one is a finding)."""
+        in it, or a zero learning rate); `frozen`: the name prefixes of parameters frozen on purpose
+        (None: any parameter with requires_grad False is taken as frozen on purpose; a list: only those,
+        and any other one is a finding)."""
         self.model = unwrap(model)
         self.optimizer = optimizer
         self.frozen_prefixes = frozen
         self.writer = writer
         self.log_interval = log_interval
         self.bins = bins
-        self.class_names = [str(c) for c in classes] if isinstance(classes, (list, tuple)) else [str(c) for c in range(classes)]
+        self.class_names = [str(c) for c in (classes if isinstance(classes, (list, tuple)) else range(classes))]
         self.classes = len(self.class_names)
         # every parameter: a frozen one may be unfrozen later; one without a gradient in a step (frozen,
         # unused by forward, a branch not taken) is left out of that step's figures, not of the epoch's
@@ -143,8 +143,8 @@ class TrainingMonitor:
                 "norm_sum": self._norm_sum, "norm_steps": self._norm_steps,
                 "ratio_sum": self._ratio_sum, "ratio_steps": self._ratio_steps,
                 "step_losses": list(self._step_losses), "loop": self.loop.state_dict(),
-                "history": [dict(h) for h in self.history], "first_seen": dict(self.first_seen), "first_label": dict(self.first_label),
-                "last_verdict": self.last_verdict, "first_loss": self.first_loss}
+                "history": [dict(h) for h in self.history], "first_seen": dict(self.first_seen),
+                "first_label": dict(self.first_label), "last_verdict": self.last_verdict, "first_loss": self.first_loss}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore `state_dict()`; an empty dict is a fresh monitor."""
@@ -385,7 +385,7 @@ class TrainingMonitor:
         if self.writer is not None:
             dead = {f"layers/{name}": stats["dead"] for name, stats in (activations or {}).items() if "dead" in stats}
             self._write(step, {DEAD_UNITS: dead} if dead else {})
-            text = f"{label}: {verdict.status}\n\n" + "\n".join(f"- {line}" for line in verdict.lines())
+            text = f"{label}: {verdict.status}\n\n" + "\n\n".join(verdict.lines())  # a paragraph per finding
             write_event(self.writer, step, histograms=hists, texts={"diagnosis": text})
         self.load_state_dict({"epochs": self.epochs, "first_total_norm": self.first_total_norm,  # a new epoch
                               "epoch_steps": step - self.last_epoch_step, "last_epoch_step": step,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tools.errors import UserError
 
-TABS = {"timeseries": "#timeseries", "images": "#images", "histograms": "#histograms"}
+TABS = {"timeseries": "#timeseries", "images": "#images", "histograms": "#histograms", "text": "#text"}
 WINDOW = (1400, 1000)   # pixels: a laptop's browser window
 START_TIMEOUT = 60      # seconds for TensorBoard to serve the run
 RENDER_BUDGET = 30_000  # ms of virtual time Chromium gives the page before the screenshot
