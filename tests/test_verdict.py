@@ -135,6 +135,11 @@ def test_evaluation_in_train_mode_and_with_autograd_are_counted():
     x = torch.randn(4, 3, 2, 2)
     with LoopWatch(model) as watch:
         nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 0, 1])).backward()  # training: not counted
+        watch.backward_done()              # what the monitor's after_backward reports
+        model(x)                           # validation in training mode with autograd on: counted at the end
+        seen = watch.figures()
+        assert seen["evaluations"] == seen["eval_autograd"] == seen["eval_train_mode"] == 1
+        watch.new_epoch()
         with torch.no_grad():
             model(x)                       # validation, model.eval() forgotten
         model.eval()

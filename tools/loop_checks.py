@@ -1,13 +1,16 @@
 """The training-loop mistakes the course warns about, caught at run time in any loop that uses the monitor.
 
-`LoopWatch` sees the loop through two hooks on the model (before and after its forward), one tensor hook
-on one small parameter between an optimizer step and the next backward, and the loss's autograd graph:
+`LoopWatch` sees the loop through a hook after the model's forward, one tensor hook on one small
+parameter between an optimizer step and the next backward, and the loss's autograd graph:
 
 - gradients accumulating (optimizer.zero_grad() missing): the watched parameter's .grad holds more than
   the gradients that reached it since the last optimizer step (checked at GRADIENT_CHECKS steps an epoch);
 - evaluation in training mode (model.eval() missing): a forward pass that no backward follows (under
-  torch.no_grad(), or whose output never gets a gradient) with dropout or batch-norm layers in training mode;
-- evaluation with autograd on (torch.no_grad() missing): a forward pass that records a graph no backward uses;
+  torch.no_grad(), or with autograd on but no backward before the monitor's next after_backward or the
+  epoch's end) with dropout or batch-norm layers in training mode;
+- evaluation with autograd on (torch.no_grad() missing): a forward pass that records a graph no backward
+  uses (in training mode: counted as above, at no cost to a training step; in eval mode, where training
+  is rare, a hook on its output tells whether a backward came);
 - a softmax before CrossEntropyLoss: its log_softmax fed by a softmax, in the loss's graph;
 - inputs not normalised: the range of the epoch's first training batch.
 
@@ -61,12 +64,11 @@ class LoopWatch:
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         # the last parameter that trains (the head's bias, usually): small, so checking it costs nothing
         self.watched = trainable[-1] if trainable else None
-        self._handles = [model.register_forward_pre_hook(self._before_forward),
-                         model.register_forward_hook(self._after_forward)] if enabled else []
+        self._handles = [model.register_forward_hook(self._after_forward)] if enabled else []
         self._fresh = None         # the gradients that reached the watched parameter since the last step
         self._fresh_handle = None
         self._paused = False
-        self._marks = []           # per forward with autograd on: [got a backward, layers in training mode]
+        self._marks = []           # per eval-mode forward with autograd on: [got a backward, layers in training mode]
         self.load_state_dict({})
 
     def close(self) -> None:
@@ -105,41 +107,56 @@ class LoopWatch:
         self.accumulated = list(state.get("accumulated") or [])  # per checked step: the gradient's excess
         self._marks = []
         self._carried = state.get("unbacked", (0, 0))  # forwards of before a resume that had no backward
+        # training-mode forwards with autograd on since the monitor's last after_backward (and of them,
+        # with dropout/batch norm in training mode): a training step's, until its backward is reported
+        self.since_backward = [0, 0]
 
-    new_epoch = load_state_dict
+    def new_epoch(self) -> None:
+        """Start the next epoch's counts."""
+        self.load_state_dict({})
 
-    def _training_mode_layers(self) -> list[str]:
-        return sorted({type(m).__name__ for m in self.mode_layers if m.training})
+    def _in_training_mode(self) -> bool:
+        return any(m.training for m in self.mode_layers)
 
-    def _before_forward(self, module, args) -> None:
+    def _measure_inputs(self, args) -> None:
         """The first training batch of the epoch: its range (one host copy per epoch)."""
-        if not self.enabled or self._paused or self.inputs is not None or not (torch.is_grad_enabled() and module.training):
-            return
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
         if x is None or not x.is_floating_point() or x.numel() == 0:
             return
         x = x.detach().float()
-        low, high, mean, std = torch.stack([x.min(), x.max(), x.mean(), x.std() if x.numel() > 1 else x.new_zeros(())]).tolist()
+        spread = x.std() if x.numel() > 1 else x.new_zeros(())
+        low, high, mean, std = torch.stack([x.min(), x.max(), x.mean(), spread]).tolist()
         self.inputs = {"min": low, "max": high, "mean": mean, "std": std}
 
     def _after_forward(self, module, args, output) -> None:
-        """Count evaluation passes: under no_grad now; with autograd on, once we know no backward came."""
+        """Count the forward pass: under no_grad, an evaluation; in training mode with autograd on, a
+        training step's until the monitor hears of no backward; in eval mode with autograd on, marked."""
         if not self.enabled or self._paused:
             return
         if not torch.is_grad_enabled():
             self.counts["evaluations"] += 1
-            self.counts["eval_train_mode"] += bool(self._training_mode_layers())
-            return
-        if isinstance(output, torch.Tensor) and output.requires_grad:
-            mark = [False, bool(self._training_mode_layers())]
+            self.counts["eval_train_mode"] += self._in_training_mode()
+        elif module.training:
+            if self.inputs is None:
+                self._measure_inputs(args)
+            self.since_backward[0] += 1
+            self.since_backward[1] += self._in_training_mode()
+        elif isinstance(output, torch.Tensor) and output.requires_grad:
+            mark = [False, False]
             output.register_hook(lambda grad: mark.__setitem__(0, True))
             self._marks.append(mark)
 
+    def backward_done(self) -> None:
+        """The monitor heard of a backward (after_backward): the training forwards before it were trained on."""
+        self.since_backward = [0, 0]
+
     def _unbacked(self) -> tuple[int, int]:
-        """(forwards with autograd on that got no backward, of which in training mode), so far this epoch."""
+        """(forwards with autograd on that got no backward, of which in training mode), so far this epoch:
+        eval-mode ones whose output got no gradient, and the training-mode ones since the last backward."""
         carried = tuple(self._carried)
         none = [m for m in self._marks if not m[0]]
-        return carried[0] + len(none), carried[1] + sum(m[1] for m in none)
+        return (carried[0] + len(none) + self.since_backward[0],
+                carried[1] + sum(m[1] for m in none) + self.since_backward[1])
 
     def check_loss(self, loss: torch.Tensor) -> None:
         """Once per epoch: is the loss fed probabilities? (a walk over a few graph nodes, no host copy)"""

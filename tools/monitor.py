@@ -181,6 +181,7 @@ class TrainingMonitor:
         with_grad = [i for i, p in enumerate(self.params) if p.grad is not None] if self.enabled else []
         grads = [self.params[i].grad for i in with_grad]
         first = [loss.detach().float()] + ([also.detach().float()] if also is not None else [])
+        self.loop.backward_done()
         check = self.loop.gradient_check() if self.enabled else []  # is zero_grad missing?
         if self.enabled:
             self.loop.check_loss(loss)  # a softmax before the loss? (once per epoch, no host copy)
