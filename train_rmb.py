@@ -131,7 +131,7 @@ def main(args) -> dict:
 
         # 5. Train: each epoch trains, evaluates, judges, steps the schedule, logs and saves a checkpoint
         example = data["valid"][0][0][None].to(device)  # one image: the graph, first pictures, forward order
-        run.start(model, example, data, device)         # the run folder and TensorBoard, where training starts
+        run.start(model, example, data, device, train_batches.held())  # the run folder, TensorBoard, the start
         monitor = TrainingMonitor(model, run.writer, args.log_interval, enabled=run.is_main and not args.no_monitor,
                                   classes=data["classes"], optimizer=optimizer, frozen=args.freeze or [])
         monitor.start(example, not run.checkpoint, split_tensors(data))  # forward order, weights at step 0, data checks

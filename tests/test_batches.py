@@ -79,6 +79,26 @@ def test_training_batches_cover_the_split_once_per_epoch_and_resume_from_the_gen
     assert not torch.equal(torch.cat([y for _, y in batches]), labels)  # another epoch, another order
 
 
+def test_a_split_too_big_for_the_device_stays_on_the_host_and_gives_the_same_batches(monkeypatch):
+    from tools import batches as B
+
+    class Split:
+        images = images(40)
+        targets = list(range(40))
+
+    def every_batch():
+        loader = DeviceBatches(Split, 16, IMAGENET_MEAN, IMAGENET_STD, torch.device("cpu"), seed=2, augment=True)
+        loader.set_epoch(3)
+        return loader, [(x, y) for x, y in loader]
+
+    on_device, expected = every_batch()
+    monkeypatch.setattr(B, "fits_on", lambda device, nbytes: False)
+    on_host, got = every_batch()
+    assert on_device.on_device and not on_host.on_device and "the host" in on_host.held()
+    assert on_device.held() == "0.2 MB of uint8 images on cpu"  # 40 x 3 x 40 x 40 bytes, padded for the crop
+    assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(expected, got))
+
+
 def write_photos(folder, n):
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)

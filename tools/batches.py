@@ -25,6 +25,16 @@ CROP_PADDING = 4            # RandomCrop(32, padding=4)
 EVAL_BATCH_SIZE = 256       # images per evaluation batch: no gradients, so as large as memory likes
 GRAYSCALE_P = 0.8           # RandomGrayscale(p=0.8)
 LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+DEVICE_SHARE = 0.5          # a split goes to a GPU when it takes at most half of its free memory
+
+
+def fits_on(device: torch.device, nbytes: int) -> bool:
+    """Whether `nbytes` of images may live on `device`: always on a CPU; on a GPU, within DEVICE_SHARE of
+    its free memory (the rest is the model's and the activations')."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= DEVICE_SHARE * free
 
 
 def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
@@ -72,14 +82,18 @@ class DeviceBatches:
     each epoch); without them, the images in order, as they are (valid, test). Under torchrun each
     rank gets its own part: training, the shards of DistributedSampler (padded to equal length); else
     every rank-th image, each image on exactly one rank, so that sums over the ranks count it once.
-    `generator` (on the device): the augmentation's random numbers, saved in checkpoints.
+    `generator` (on the device): the augmentation's random numbers, saved in checkpoints. A split too big
+    for the GPU (`fits_on`) stays in the host's pinned memory and each batch is copied over, the same
+    batches in the same order.
     """
 
     def __init__(self, dataset, batch_size: int, mean, std, device: torch.device, seed: int = 0,
                  augment: bool = False, shard: tuple[int, int] | None = None):
         # training: padded once for RandomCrop, so that a step only gathers its windows
-        self.images = torch.nn.functional.pad(dataset.images, (CROP_PADDING,) * 4).to(device) if augment \
-            else dataset.images.to(device)
+        images = torch.nn.functional.pad(dataset.images, (CROP_PADDING,) * 4) if augment else dataset.images
+        self.device, self.nbytes = device, images.numel() * images.element_size()
+        self.on_device = fits_on(device, self.nbytes)
+        self.images = images.to(device) if self.on_device else images.pin_memory() if device.type == "cuda" else images
         self.targets = torch.as_tensor(dataset.targets, dtype=torch.int64).to(device)
         self.batch_size, self.augment, self.seed = batch_size, augment, seed
         # on the device once: a step copies nothing from the host
@@ -114,14 +128,19 @@ class DeviceBatches:
         return math.ceil(per_rank / self.batch_size)
 
     def __iter__(self):
-        order = self.order().to(self.images.device)
+        order = self.order()
         # the epoch's images in its order, gathered once: each batch is then a slice, not a gather
-        images, targets = self.images[order], self.targets[order]
+        images, targets = self.images[order.to(self.images.device)], self.targets[order.to(self.targets.device)]
         for start in range(0, len(order), self.batch_size):
-            batch = images[start:start + self.batch_size]
+            batch = images[start:start + self.batch_size].to(self.device, non_blocking=True)  # a no-op on the device
             if self.augment:
                 batch = random_grayscale(crop_padded(batch, CROP_PADDING, self.generator), GRAYSCALE_P, self.generator)
             yield normalize(batch, self.mean, self.std), targets[start:start + self.batch_size]
+
+
+    def held(self) -> str:
+        """Where the images are and their size, for the run's first lines: '2.1 MB of images on cuda:0'."""
+        return f"{self.nbytes / 2**20:.1f} MB of uint8 images on {self.device if self.on_device else 'the host (pinned)'}"
 
 
 def training_batches(data: dict, batch_size: int, device: torch.device, seed: int) -> DeviceBatches:

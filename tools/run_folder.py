@@ -269,10 +269,12 @@ class RunFolder:
         self.say(f"--finetune {self.args.finetune}: loaded {len(loaded)} tensors"
                  + (f"; left at their init (no weight of that name and shape): {', '.join(left)}" if left else ""))
 
-    def start(self, model: torch.nn.Module, example: torch.Tensor, data: dict, device: torch.device) -> None:
+    def start(self, model: torch.nn.Module, example: torch.Tensor, data: dict, device: torch.device,
+              held: str | None = None) -> None:
         """The run begins: its folder (new, or the resumed one) and writer; for a new run, TensorBoard's
         picture of where training starts (arguments, graph, the initial kernels and feature maps); and
-        the lines that say what the run trains on. `example`: one input batch; `data`: `load_splits`."""
+        the lines that say what the run trains on. `example`: one input batch; `data`: `load_splits`;
+        `held`: where the training images are held, and their size (`DeviceBatches.held()`)."""
         from tools.tb_logging import NullWriter, RunWriter, log_args
         from tools.visualize import log_pictures, snapshot
 
@@ -293,10 +295,10 @@ class RunFolder:
             if self.args.norm == "data":
                 self.writer.add_text("normalize", f"train split mean {data['mean']}, std {data['std']}", 0)
             log_pictures(self.writer, snapshot(model, example[0], data["mean"], data["std"]), 0)
-        self._say_start(data, device)
+        self._say_start(data, device, held)
         self._started = self._epoch_started = time.perf_counter()
 
-    def _say_start(self, data: dict, device: torch.device) -> None:
+    def _say_start(self, data: dict, device: torch.device, held: str | None = None) -> None:
         for warning in data["warnings"]:
             self.say(f"warning: {warning}", file=sys.stderr)
         if data["skipped"]:
@@ -309,7 +311,7 @@ class RunFolder:
         test = len(data["test"]) if data["test"] else 0
         self.say(f"{len(data['train'])} train, {len(data['valid'])} valid, {test} test images of {self.classes}; "
                  f"device {device}" + (f" x {self.world_size} processes" if self.dist.enabled else "")
-                 + f"; run {self.dir}")
+                 + (f"; {held}" if held else "") + f"; run {self.dir}")
         if self.checkpoint:
             self.say(f"resuming {self.dir} at epoch {self.checkpoint['epoch'] + 1}, "
                      f"step {self.checkpoint['global_step']}")
