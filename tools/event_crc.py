@@ -20,6 +20,15 @@ def masked_crc32c(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + MASK_DELTA) & 0xFFFFFFFF
 
 
+def record_checksum():
+    """The record checksum to use: `masked_crc32c`, or TensorBoard's own where google-crc32c is missing."""
+    if google_crc32c is not None:
+        return masked_crc32c
+    from tensorboard.summary.writer import record_writer
+
+    return record_writer.masked_crc32c
+
+
 def speed_up_event_writing() -> bool:
     """Make TensorBoard's record writer use `masked_crc32c` (same checksums, computed in C); False
     when google-crc32c is not installed (TensorBoard's own then stays)."""
