@@ -3,14 +3,15 @@
     python bench/bench_monitor.py                # about three minutes on a 2-core CPU
     python bench/bench_monitor.py --skip-train   # only the histogram and norm comparisons
     python bench/bench_monitor.py --device cuda  # the same on a GPU
-    python bench/bench_monitor.py --skip-histograms --data-dir data/bench_8000 --epochs 12  # longer epochs
+    python bench/bench_monitor.py --skip-histograms --data-dir data/bench_8000 --epochs 30  # long epochs
 
 In one process, medians of --repeats timings:
   1. one epoch's weight and gradient histograms of every parameter, for LeNet and torchvision's
      resnet18: (a) the plain SummaryWriter.add_histogram loop, (c) this monitor (on-device histc,
      add_histogram_raw); and per-parameter gradient norms: (b) a `.norm().item()` loop, (c) the fused
      `torch._foreach_norm` with one host copy;
-  2. per-step gradient norms (the monitor's after_backward) against a bare LeNet step on a fixed batch
+  2. a training step that writes its event, with TensorBoard's writer thread and with this project's
+     buffered writer; and per-step gradient norms (the monitor's after_backward) against a bare LeNet step on a fixed batch
      of 16 (forward, backward, SGD), and against train_rmb.py's own step (which also loads the batch
      and logs), epochs with and without them alternating in one run;
   3. train_rmb.py's epoch with monitoring on and off (as with --no-monitor), alternating epoch by epoch
@@ -34,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from model import LeNet  # noqa: E402
 from tools.monitor import TrainingMonitor  # noqa: E402
 from tools.tensor_stats import grad_norms  # noqa: E402
-from tools.tb_logging import open_writer  # noqa: E402
+from tools.tb_logging import open_writer, write_event  # noqa: E402
 
 # The targets of the monitor's issue, for a 2-core CPU: histograms 5x (LeNet) and 4x (resnet18) faster than
 # the add_histogram loop; gradient norms every step at most 3% of train_rmb.py's step; all of the monitor at
@@ -112,6 +113,40 @@ def compare_histograms(name: str, model: nn.Module, writer, repeats: int, target
     print(f"{name:9s} {len(params) * 2:4d} tensors  histograms: add_histogram loop {a * 1e3:8.2f} ms, "
           f"monitor {c * 1e3:7.2f} ms, {a / c:5.1f}x faster | norms: .item() loop {b * 1e3:6.3f} ms, "
           f"fused {c_norms * 1e3:6.3f} ms, {b / c_norms:4.1f}x  (histogram target: {target:g}x)")
+
+
+def compare_event_writing(repeats: int, device: torch.device) -> None:
+    """A training step that writes one event (two scalars, as train_rmb.py's every step does), with a
+    SummaryWriter as TensorBoard makes it (a writer thread per file, which opens and appends the file for
+    every event) and with this project's (`open_writer`: buffered in memory, appended in one write every
+    10 s and at each flush, in the logging thread): the time of 20-step blocks, alternating."""
+    model = LeNet().initialize_weights().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(16, 3, 32, 32, device=device), torch.randint(0, 2, (16,), device=device)
+    writers = {"TensorBoard's": SummaryWriter(tempfile.mkdtemp(prefix="bench_events_"), max_queue=1000, flush_secs=10),
+               "this project's": open_writer(Path(tempfile.mkdtemp(prefix="bench_events_")))}
+    step = [0]
+
+    def block(writer, n=20):
+        for _ in range(n):
+            step[0] += 1
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            write_event(writer, step[0], scalars={"loss": loss.item(), "accuracy": 0.7})
+
+    times = {name: [] for name in writers}
+    for _ in range(repeats * 10):
+        for name, writer in writers.items():
+            started = time.perf_counter()
+            block(writer)
+            times[name].append(time.perf_counter() - started)
+    theirs, mine = (statistics.median(t) / 20 for t in times.values())
+    print(f"a bare LeNet step that writes one event: {theirs * 1e3:.3f} ms with TensorBoard's writer thread, "
+          f"{mine * 1e3:.3f} ms with this project's ({(theirs - mine) / theirs:.1%} of the step saved)")
+    for writer in writers.values():
+        writer.close()
 
 
 def compare_step(repeats: int, device: torch.device) -> None:
@@ -273,6 +308,7 @@ def main():
         compare_histograms("resnet18", with_gradients(torchvision.models.resnet18(), (2, 3, 224, 224), device),
                            writer, args.repeats, target=4)
         writer.close()
+        compare_event_writing(args.repeats, device)
         compare_step(args.repeats, device)
     if not args.skip_train:
         data_dir = args.data_dir
