@@ -176,38 +176,59 @@ def _cache_key(path: str) -> str:
     return f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
-def decode_or_error(path: str, size: int = IMAGE_SIZE):
-    """decode_resized as a uint8 numpy array (H, W, 3), or the error's text: what a decoding process
-    sends back (it does no torch work: torch's threads do not survive a fork)."""
+def decode_into(images: np.ndarray, index: int, path: str, size: int = IMAGE_SIZE) -> str | None:
+    """Decode `path` into images[index], a uint8 (size, size, 3) slot; None, or the error's text. What a
+    decoding process runs: numpy and PIL only (torch's threads do not survive a fork)."""
     try:
-        return decode_array(path, size)
+        images[index] = decode_array(path, size)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         return str(err) or type(err).__name__
+    return None
 
 
-def decode_many(paths: list[str], size: int = IMAGE_SIZE, workers: int = 0) -> list:
-    """decode_or_error of every path, on `workers` processes (0: one per core), in order; a progress
-    bar when it takes more than a second."""
+_decoder = {}  # in a decoding process only: the shared array it writes into, set by its pool's initializer
+
+
+def _start_decoder(images: np.ndarray) -> None:
+    _decoder["images"] = images
+
+
+def _decode_job(job: tuple[int, str], size: int) -> str | None:
+    return decode_into(_decoder["images"], *job, size=size)
+
+
+def decode_many(paths: list[str], size: int = IMAGE_SIZE, workers: int = 0) -> tuple[torch.Tensor, dict[int, str]]:
+    """Every path decoded into one uint8 tensor (len(paths), 3, size, size), on `workers` processes (0: one
+    per core) that write straight into it (shared memory: no image travels back through a pipe); returns
+    it and {index: error text} of the unreadable ones (their slots are left undefined). A progress bar
+    when it takes more than a second."""
     from functools import partial
 
     from tqdm import tqdm
 
     workers = workers or os.cpu_count() or 1
-    work = partial(decode_or_error, size=size)
-    results = []
+    pooled = workers > 1 and len(paths) >= 4 * workers  # else a pool would cost more than it saves
+    images = torch.empty((len(paths), size, size, 3), dtype=torch.uint8)
+    if pooled:
+        images.share_memory_()  # before the fork: the processes inherit the mapping and write into it
+    target = images.numpy()
+    errors = {}
     with tqdm(total=len(paths), desc="decoding photos", unit="img", delay=1, leave=False) as bar, \
             contextlib.ExitStack() as stack:
-        if workers == 1 or len(paths) < 4 * workers:  # a pool would cost more than it saves
-            decoded = map(work, paths)
-        else:
+        if pooled:
             import multiprocessing
 
-            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(workers))
-            decoded = pool.imap(work, paths, chunksize=max(1, len(paths) // (8 * workers)))  # balanced ends
-        for result in decoded:
-            results.append(result)
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(
+                workers, initializer=_start_decoder, initargs=(target,)))
+            results = pool.imap(partial(_decode_job, size=size), enumerate(paths),
+                                chunksize=max(1, len(paths) // (8 * workers)))  # balanced ends
+        else:
+            results = (decode_into(target, i, path, size) for i, path in enumerate(paths))
+        for index, error in enumerate(results):
+            if error is not None:
+                errors[index] = error
             bar.update(1)
-    return results
+    return images.permute(0, 3, 1, 2).contiguous(), errors
 
 
 def decode_all(paths: list[str], size: int = IMAGE_SIZE, cache_dir: Path | None = None,
@@ -223,15 +244,16 @@ def decode_all(paths: list[str], size: int = IMAGE_SIZE, cache_dir: Path | None 
     cache = read_cache(cache_file)
     keys = [_cache_key(path) for path in paths]
     missing = [path for path, key in zip(paths, keys) if key not in cache]
+    decoded, errors = decode_many(missing, size, workers)
     bad = []
-    for path, result in zip(missing, decode_many(missing, size, workers)):
-        if isinstance(result, str):
+    for index, path in enumerate(missing):
+        if index in errors:
             if strict:
-                raise UserError(f"cannot read image {path} ({result}); fix or remove it, "
+                raise UserError(f"cannot read image {path} ({errors[index]}); fix or remove it, "
                                 "or drop --strict to skip unreadable images")
             bad.append(path)
         else:
-            cache[_cache_key(path)] = torch.from_numpy(result).permute(2, 0, 1).contiguous()
+            cache[_cache_key(path)] = decoded[index]
     if cache_file and len(missing) > len(bad):
         write_cache(cache, cache_file)
     return [cache.get(key) for key in keys], bad
