@@ -68,7 +68,7 @@ class LoopWatch:
         self._fresh = None         # the gradients that reached the watched parameter since the last step
         self._fresh_handle = None
         self._paused = False
-        self._marks = []           # per eval-mode forward with autograd on: [got a backward, layers in training mode]
+        self._marks = []           # per eval-mode forward with autograd on: [whether a backward reached it]
         self.load_state_dict({})
 
     def close(self) -> None:
@@ -142,7 +142,7 @@ class LoopWatch:
             self.since_backward[0] += 1
             self.since_backward[1] += self._in_training_mode()
         elif isinstance(output, torch.Tensor) and output.requires_grad:
-            mark = [False, False]
+            mark = [False]
             output.register_hook(lambda grad: mark.__setitem__(0, True))
             self._marks.append(mark)
 
@@ -153,10 +153,8 @@ class LoopWatch:
     def _unbacked(self) -> tuple[int, int]:
         """(forwards with autograd on that got no backward, of which in training mode), so far this epoch:
         eval-mode ones whose output got no gradient, and the training-mode ones since the last backward."""
-        carried = tuple(self._carried)
-        none = [m for m in self._marks if not m[0]]
-        return (carried[0] + len(none) + self.since_backward[0],
-                carried[1] + sum(m[1] for m in none) + self.since_backward[1])
+        carried, unbacked_eval_mode = tuple(self._carried), sum(not m[0] for m in self._marks)
+        return carried[0] + unbacked_eval_mode + self.since_backward[0], carried[1] + self.since_backward[1]
 
     def check_loss(self, loss: torch.Tensor) -> None:
         """Once per epoch: is the loss fed probabilities? (a walk over a few graph nodes, no host copy)"""

@@ -25,11 +25,10 @@ def open_writer(run_dir: Path, purge_step: int | None = None) -> SummaryWriter:
     would show twice."""
     wait_for_a_later_second(Path(run_dir))
     speed_up_event_writing()
-    # A long queue: adding an event never waits for the writer thread to catch up with the disk.
     writer = SummaryWriter(str(run_dir), purge_step=purge_step or 0, max_queue=1000, flush_secs=FLUSH_SECS)
     events = getattr(writer.file_writer, "event_writer", None)
-    if hasattr(events, "_async_writer") and hasattr(events, "_file_name"):  # else: TensorBoard's thread stays
-        events._async_writer.close()  # its queue (the file's first events) written, its thread ended
+    if hasattr(events, "_async_writer") and hasattr(events, "_file_name"):  # else TensorBoard's own writer stays
+        events._async_writer.close()  # the file's first events written, its thread ended
         events._async_writer = BufferedRecords(events._file_name)
     return writer
 
@@ -38,13 +37,12 @@ class BufferedRecords:
     """An event file's records (TensorBoard's format: length, its checksum, the event, its checksum),
     kept in memory and appended to the file in one write every FLUSH_SECS and at flush() and close(), in
     the thread that logs. It replaces TensorBoard's writer thread, one per SummaryWriter (a run and its
-    sub-runs: 15 for LeNet), which opens and appends the file for every record: handing each event to
-    it cost train_rmb.py's loop about 80 us a step in lock and GIL hand-overs, 5% of a step on a CPU.
-    A run's epoch ends with a flush, before its checkpoint: what a killed run loses, the resumed one
-    writes again."""
+    sub-runs: 15 for LeNet), which opens and appends the file for every record, its work competing with
+    the training loop's (bench/bench_monitor.py: 7% of a bare LeNet step that writes one event). A run's
+    epoch ends with a flush, before its checkpoint: what a killed run loses, the resumed one writes again."""
 
     def __init__(self, path: str):
-        self.path, self.parts, self.closed = path, [], False
+        self.path, self.parts = path, []
         self.flushed = time.monotonic()
         self.checksum = record_checksum()
         self.lock = threading.Lock()
@@ -67,7 +65,6 @@ class BufferedRecords:
 
     def close(self) -> None:
         self.flush()
-        self.closed = True
 
 
 def wait_for_a_later_second(run_dir: Path) -> None:
