@@ -1,6 +1,8 @@
 import os
 import random
 
+import pytest
+
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_masked_crc32c
 
 from tools.event_crc import masked_crc32c, speed_up_event_writing
@@ -28,3 +30,27 @@ def test_event_files_written_with_it_read_back(tmp_path):
         writer.add_scalar("short", 1.0, 1)
     records = list(RawEventFileLoader(str(next(tmp_path.glob("events.out.tfevents.*")))).Load())
     assert len(records) == 3  # file version, text, scalar: every checksum matched
+
+
+def test_buffered_events_reach_the_file_at_a_flush_and_when_python_exits_unclosed(tmp_path):
+    """The buffered writer (no writer thread): nothing on disk before a flush, all of it after; and a
+    script that never closes its writer still leaves every event, read back by TensorBoard's reader."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, line, read_events
+    from tools.tb_logging import LOSS, RunWriter, write_lines
+
+    writer = RunWriter(tmp_path / "flushed")
+    for step in range(3):
+        write_lines(writer, step, {LOSS: {"train": step / 10}})
+    assert LOSS not in read_events(tmp_path / "flushed" / "train").Tags()["scalars"]  # all in memory yet
+    writer.flush()
+    assert [e.value for e in line(tmp_path / "flushed", LOSS, "train")] == pytest.approx([0.0, 0.1, 0.2])
+    writer.close()
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+              "from tools.tb_logging import LOSS, RunWriter, write_lines\n"
+              f"writer = RunWriter({str(tmp_path / 'unclosed')!r})\n"
+              "for step in range(5):\n    write_lines(writer, step, {LOSS: {'train': 0.5}})\n")
+    subprocess.run([sys.executable, "-c", script], check=True)
+    assert [e.step for e in line(tmp_path / "unclosed", LOSS, "train")] == [0, 1, 2, 3, 4]

@@ -1,5 +1,6 @@
 """TensorBoard writing shared by the scripts: the writer, events of many values at once, the run's
 arguments, chart layout, hparams."""
+import atexit
 import struct
 import threading
 import time
@@ -39,13 +40,15 @@ class BufferedRecords:
     the thread that logs. It replaces TensorBoard's writer thread, one per SummaryWriter (a run and its
     sub-runs: 15 for LeNet), which opens and appends the file for every record, its work competing with
     the training loop's (bench/bench_monitor.py: 7% of a bare LeNet step that writes one event). A run's
-    epoch ends with a flush, before its checkpoint: what a killed run loses, the resumed one writes again."""
+    epoch ends with a flush, before its checkpoint: what a killed run loses, the resumed one writes again;
+    a loop that never closes its writer still gets its last events written when Python exits."""
 
     def __init__(self, path: str):
         self.path, self.parts = path, []
         self.flushed = time.monotonic()
         self.checksum = record_checksum()
         self.lock = threading.Lock()
+        atexit.register(self.flush)
 
     def write(self, data: bytes) -> None:
         header = struct.pack("<Q", len(data))
