@@ -46,6 +46,24 @@ def test_overfitting_needs_a_learned_train_set_and_a_valid_loss_rising_epoch_aft
     assert len(rising) == OVERFIT_EPOCHS
 
 
+def test_overfitting_is_not_a_valid_loss_still_low_or_near_the_train_loss():
+    tiny = [{"train_loss": t, "valid_loss": v} for t, v in [(0.004, 1e-6), (0.003, 2e-6), (0.002, 3e-6)]]
+    assert judge(figures(loss=0.002, history=tiny)).status == "converged"
+    near = [{"train_loss": t, "valid_loss": v} for t, v in [(0.11, 0.05), (0.1, 0.06), (0.09, 0.18)]]
+    assert judge(figures(loss=0.09, history=near)).status == "healthy"  # 2x the train loss: noise
+    near[-1]["valid_loss"] = 0.3  # 3.3x: the gap that overfitting opens
+    assert judge(figures(loss=0.09, history=near)).status == "overfitting"
+
+
+def test_lr_too_low_is_not_a_decayed_lr_at_convergence_but_is_a_slow_net_at_chance():
+    slow = {"a.weight": 5e-5, "b.weight": 5e-5}  # below the healthy band, above UPDATE_RATIO_LOW
+    assert judge(figures(loss=0.70, update_ratios=slow)).status == "lr-too-low"  # at chance: not learning
+    assert judge(figures(loss=0.40, update_ratios=slow)).status == "healthy"  # learning, slowly
+    tiny = {"a.weight": 1e-7, "b.weight": 1e-7}
+    assert judge(figures(loss=0.40, update_ratios=tiny)).status == "lr-too-low"
+    assert judge(figures(loss=0.01, update_ratios=tiny)).status == "converged"  # StepLR decayed, loss low
+
+
 def test_converged_is_never_said_while_the_valid_loss_rises():
     low = [{"train_loss": 0.05, "valid_loss": 0.01}, {"train_loss": 0.04, "valid_loss": 0.02}]
     verdict = judge(figures(loss=0.04, history=low))
@@ -255,7 +273,7 @@ def test_every_scenario_is_named_first_in_the_epoch_its_evidence_appears(name, g
 def test_healthy_runs_on_the_real_photos_raise_no_alarm(name):
     from tools.rmb_dataset import load_splits
 
-    result = run_scenario(BY_NAME[name], load_splits(REAL_DATA), torch.device("cpu"), epochs=12)
+    result = run_scenario(BY_NAME[name], load_splits(REAL_DATA), torch.device("cpu"), epochs=30)
     assert all(found(v, "healthy") for v in result["verdicts"]), [str(v) for v in result["verdicts"]]
 
 

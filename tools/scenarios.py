@@ -35,13 +35,13 @@ class Scenario:
 
 
 SCENARIOS = [
-    Scenario("healthy", "healthy", "LeNet, SGD lr 0.01 momentum 0.9 (train_rmb.py's defaults)", 8),
-    Scenario("healthy-seed1", "healthy", "the same, seed 1", 8, settings={"seed": 1}),
-    Scenario("healthy-seed2", "healthy", "the same, seed 2", 8, settings={"seed": 2}),
-    Scenario("healthy-adam", "healthy", "LeNet, Adam lr 1e-3", 8, settings={"optimizer": "adam", "lr": 1e-3}),
-    Scenario("healthy-dropout", "healthy", "LeNet with dropout 0.3, validated with eval() and no_grad()", 8,
+    Scenario("healthy", "healthy", "LeNet, SGD lr 0.01 momentum 0.9 (train_rmb.py's defaults)", 20),
+    Scenario("healthy-seed1", "healthy", "the same, seed 1", 20, settings={"seed": 1}),
+    Scenario("healthy-seed2", "healthy", "the same, seed 2", 20, settings={"seed": 2}),
+    Scenario("healthy-adam", "healthy", "LeNet, Adam lr 1e-3", 20, settings={"optimizer": "adam", "lr": 1e-3}),
+    Scenario("healthy-dropout", "healthy", "LeNet with dropout 0.3, validated with eval() and no_grad()", 20,
              settings={"dropout": 0.3}),
-    Scenario("healthy-frozen", "healthy", "conv1 frozen on purpose (finetuning), and said so", 8,
+    Scenario("healthy-frozen", "healthy", "conv1 frozen on purpose (finetuning), and said so", 20,
              settings={"freeze": "conv1", "declare_frozen": True}),
     Scenario("lr-too-low", "lr-too-low", "SGD at lr 1e-7: nothing moves", 3, settings={"lr": 1e-7}),
     Scenario("lr-too-high", "lr-too-high", "SGD at lr 1.0 with momentum 0.9", 3, settings={"lr": 1.0}),

@@ -17,6 +17,7 @@ INPUT_ABS_MAX = 20.0          # normalised inputs stay within a few units; 0-255
 # the learning rate: |update| / |weight| per step, healthy near 1e-3 (CS231n); the bounds sit 10x beyond [1e-4, 1e-2]
 UPDATE_RATIO_LOW = 1e-5
 UPDATE_RATIO_HIGH = 1e-1
+UPDATE_RATIO_SLOW = 1e-4      # below the healthy band: with the loss still at chance, the net is not learning
 LARGE_UPDATE_RATIO = 3e-2     # updates this large before units died or the loss stuck at chance: the cause
 SPIKE_FACTOR = 3.0            # a step loss above 3x the chance level and 3x the epoch's median: a spike
 SPIKES_MIN = 3                # spikes in one epoch that make an oscillating loss (one outlier batch does not)
@@ -30,7 +31,9 @@ SATURATED_FRACTION = 0.5      # over half of a tanh/sigmoid layer's outputs with
 DEAD_RELU_FRACTION = 0.5      # over half of a ReLU layer's units never active over an evaluation pass
 # the course of the loss and accuracy over epochs
 LOW_LOSS_FRACTION = 0.2       # a loss below this fraction of the chance level counts as low
-OVERFIT_EPOCHS = 3            # with a low train loss: the valid loss rising over 3 epochs (2 rises)
+RISE_FRACTION = 0.01          # a valid loss that rose by 1% of the chance level has risen (1e-6 -> 2e-6 has not)
+OVERFIT_EPOCHS = 3            # with a low train loss: the valid loss rising over 3 epochs (2 rises) ...
+OVERFIT_GAP = 3.0             # ... to at least 3x the train loss
 PLATEAU_EPOCHS = 5            # accuracies flat over 5 epochs (their trend below PLATEAU_SLOPE per epoch) ...
 PLATEAU_SLOPE = 0.02
 PLATEAU_FAR = 0.5             # ... and below chance + half the way from chance to 100%
@@ -314,13 +317,15 @@ def dead_relu(e: EpochFigures) -> Finding | None:
 # ---- slow or unchanged weights ---------------------------------------------------------------------
 
 def lr_too_low(e: EpochFigures) -> Finding | None:
-    """The weights barely move: the median update/weight ratio far below the healthy 1e-3."""
+    """The weights barely move while there is still something to learn: the median update/weight ratio
+    far below the healthy 1e-3, or below the healthy band with the loss still at chance. Once the loss
+    is low, small updates are what a decayed learning rate at convergence gives: not a finding."""
     median = e.median_update_ratio
-    if median is not None and median < UPDATE_RATIO_LOW:
-        return Finding("lr-too-low", f"each step changes the weights by {median:.1e} of their norm (median; "
-                       f"healthy ~1e-3); loss {e.loss:.3f}" + (" ~ chance" if e.at_chance else ""), "",
-                       "raise the learning rate (x10 at a time, or a learning-rate range test)")
-    return None
+    if median is None or e.loss_is_low or not (median < UPDATE_RATIO_LOW or e.at_chance and median < UPDATE_RATIO_SLOW):
+        return None
+    return Finding("lr-too-low", f"each step changes the weights by {median:.1e} of their norm (median; "
+                   f"healthy ~1e-3); loss {e.loss:.3f}" + (f" ~ chance ln({e.classes}): not learning" if e.at_chance else ""),
+                   "", "raise the learning rate (x10 at a time, or a learning-rate range test)")
 
 
 def unchanged_weights(e: EpochFigures) -> Finding | None:
@@ -337,16 +342,17 @@ def unchanged_weights(e: EpochFigures) -> Finding | None:
 # ---- the course of the loss and accuracy -----------------------------------------------------------
 
 def overfitting(e: EpochFigures) -> Finding | None:
-    """The training set learned (a low train loss) while the valid loss rises epoch after epoch. A noisy
-    valid loss that jumps once, or while the train loss is still high, is not it."""
+    """The training set learned (a low train loss) while the valid loss rises epoch after epoch, to well
+    above the train loss. A noisy valid loss that jumps once, or while the train loss is still high, or
+    that stays near it, is not it."""
     train, valid = e.series("train_loss"), e.series("valid_loss")
     if len(valid) < OVERFIT_EPOCHS or None in valid[-OVERFIT_EPOCHS:] or None in train[-OVERFIT_EPOCHS:]:
         return None
     recent = valid[-OVERFIT_EPOCHS:]
     best = min(v for v in valid if v is not None)
     rising = all(b > a for a, b in zip(recent, recent[1:])) and train[-1] < train[-OVERFIT_EPOCHS]
-    if not (e.loss_is_low and rising):
-        return None
+    if not (e.loss_is_low and rising and valid[-1] >= max(LOW_LOSS_FRACTION * e.chance, OVERFIT_GAP * train[-1])):
+        return None  # a valid loss still low (1e-6 -> 2e-6), or near the train loss, is noise on a small split
     return Finding("overfitting", f"valid loss {' -> '.join(f'{v:.3f}' for v in recent)} (best {best:.3f}) while "
                    f"the train loss fell to {train[-1]:.3g}", "valid",
                    "more data or augmentation, weight decay, dropout, or stop at the best epoch (checkpoint_best.pt)")
@@ -435,7 +441,7 @@ def healthy_or_converged(e: EpochFigures) -> Verdict:
     """No problem found: converged when the train loss (and the valid loss, when measured) is low and the
     valid loss is not rising; healthy otherwise."""
     valid = [v for v in e.series("valid_loss") if v is not None]
-    rising = len(valid) >= 2 and valid[-1] > valid[-2]
+    rising = len(valid) >= 2 and valid[-1] > valid[-2] + RISE_FRACTION * e.chance
     valid_low = not valid or valid[-1] < LOW_LOSS_FRACTION * e.chance
     median = e.median_update_ratio
     if e.loss_is_low and valid_low and not rising:
