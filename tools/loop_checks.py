@@ -58,7 +58,6 @@ class LoopWatch:
     """The loop checks of one model (see the module's docstring); a new epoch starts with `new_epoch()`."""
 
     def __init__(self, model: nn.Module, enabled: bool = True):
-        self.model = model
         self.enabled = enabled
         self.mode_layers = [m for m in model.modules() if isinstance(m, MODE_LAYERS)]
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

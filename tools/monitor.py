@@ -144,7 +144,7 @@ class TrainingMonitor:
                 "ratio_sum": self._ratio_sum, "ratio_steps": self._ratio_steps,
                 "step_losses": list(self._step_losses), "loop": self.loop.state_dict(),
                 "history": [dict(h) for h in self.history], "first_seen": dict(self.first_seen),
-                "first_label": dict(self.first_label), "last_verdict": self.last_verdict, "first_loss": self.first_loss}
+                "first_label": dict(self.first_label), "last_findings": list(self.last_findings), "first_loss": self.first_loss}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore `state_dict()`; an empty dict is a fresh monitor."""
@@ -164,7 +164,7 @@ class TrainingMonitor:
         self.history = [dict(h) for h in state.get("history") or []]  # per epoch judged: the rules' series
         self.first_seen = dict(state.get("first_seen") or {})     # finding name -> the epoch it first appeared
         self.first_label = dict(state.get("first_label") or {})   # ... as end_epoch's label named it
-        self.last_verdict = state.get("last_verdict")             # {'status', 'findings'} of the last epoch
+        self.last_findings = list(state.get("last_findings") or [])  # the names found the epoch before
         self.first_loss = state.get("first_loss")                 # the run's first step loss, before any update
 
     @property
@@ -376,13 +376,13 @@ class TrainingMonitor:
                                      activations or {}, nonfinite, frozen, steps, self.history,
                                      self.loop.figures(), unchanged, self.data_findings, predicted, self.first_loss,
                                      self._decay()))
-        previous = {f["name"] for f in (self.last_verdict or {}).get("findings", [])}
+        previous = set(self.last_findings)
         label = label or f"epoch {self.epochs}"
         for finding in verdict.findings:
             self.first_seen.setdefault(finding.name, self.epochs)
             self.first_label.setdefault(finding.name, label)
         verdict.since, verdict.previous, verdict.labels = dict(self.first_seen), previous, dict(self.first_label)
-        self.last_verdict = verdict.as_dict() | {"epoch": self.epochs}
+        self.last_findings = [f.name for f in verdict.findings]
         if self.writer is not None:
             dead = {f"layers/{name}": stats["dead"] for name, stats in (activations or {}).items() if "dead" in stats}
             self._write(step, {DEAD_UNITS: dead} if dead else {})
@@ -391,6 +391,6 @@ class TrainingMonitor:
         self.load_state_dict({"epochs": self.epochs, "first_total_norm": self.first_total_norm,  # a new epoch
                               "epoch_steps": step - self.last_epoch_step, "last_epoch_step": step,
                               "history": self.history, "first_seen": self.first_seen, "first_label": self.first_label,
-                              "last_verdict": self.last_verdict,
+                              "last_findings": self.last_findings,
                               "first_loss": self.first_loss})
         return verdict
