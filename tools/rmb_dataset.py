@@ -177,58 +177,72 @@ def _cache_key(path: str) -> str:
 
 
 def decode_into(images: np.ndarray, index: int, path: str, size: int = IMAGE_SIZE) -> str | None:
-    """Decode `path` into images[index], a uint8 (size, size, 3) slot; None, or the error's text. What a
-    decoding process runs: numpy and PIL only (torch's threads do not survive a fork)."""
+    """Decode `path` into images[index], a uint8 (3, size, size) slot; None, or the error's text. What every
+    decoder runs: numpy and PIL only (torch's threads do not survive a fork)."""
     try:
-        images[index] = decode_array(path, size)
+        images[index] = decode_array(path, size).transpose(2, 0, 1)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         return str(err) or type(err).__name__
     return None
 
 
-_decoder = {}  # in a decoding process only: the shared array it writes into, set by its pool's initializer
+_share = {}  # what every decoder reads: the paths, the shared images and counters (inherited by a fork)
 
 
-def _start_decoder(images: np.ndarray) -> None:
-    _decoder["images"] = images
-
-
-def _decode_job(job: tuple[int, str], size: int) -> str | None:
-    return decode_into(_decoder["images"], *job, size=size)
+def _decode_share(k: int, decoders: int, size: int, progress=None) -> dict[int, str]:
+    """Decoder k of `decoders`: every decoders-th photo from the k-th on (interleaved, so that large and
+    small photos fall evenly to all), each into its slot; counts its photos in done[k]; returns
+    {index: error text}. `progress`: called after each photo (in the main process: the bar)."""
+    images, paths, done = _share["images"], _share["paths"], _share["done"]
+    errors = {}
+    for index in range(k, len(paths), decoders):
+        error = decode_into(images, index, paths[index], size)
+        if error is not None:
+            errors[index] = error
+        done[k] += 1
+        if progress:
+            progress()
+    return errors
 
 
 def decode_many(paths: list[str], size: int = IMAGE_SIZE, workers: int = 0) -> tuple[torch.Tensor, dict[int, str]]:
-    """Every path decoded into one uint8 tensor (len(paths), 3, size, size), on `workers` processes (0: one
-    per core) that write straight into it (shared memory: no image travels back through a pipe); returns
-    it and {index: error text} of the unreadable ones (their slots are left undefined). A progress bar
-    when it takes more than a second."""
-    from functools import partial
-
+    """Every path decoded into one uint8 tensor (len(paths), 3, size, size) by `workers` decoders (0: one
+    per core): this process and workers - 1 forked ones, each taking every workers-th photo and writing
+    it straight into the tensor (shared memory: no image travels back through a pipe, and no decoder
+    waits for another's chunk at the end). Returns it and {index: error text} of the unreadable ones
+    (their slots are left undefined). A progress bar when it takes more than a second."""
     from tqdm import tqdm
 
     workers = workers or os.cpu_count() or 1
-    pooled = workers > 1 and len(paths) >= 4 * workers  # else a pool would cost more than it saves
-    images = torch.empty((len(paths), size, size, 3), dtype=torch.uint8)
-    if pooled:
-        images.share_memory_()  # before the fork: the processes inherit the mapping and write into it
-    target = images.numpy()
+    decoders = workers if workers > 1 and len(paths) >= 4 * workers else 1  # else forking costs more than it saves
+    images = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    done = torch.zeros(decoders, dtype=torch.int64)
+    if decoders > 1:  # before the fork: the processes inherit the mappings and write into them
+        images.share_memory_()
+        done.share_memory_()
+    _share.update(images=images.numpy(), paths=paths, done=done.numpy())
     errors = {}
     with tqdm(total=len(paths), desc="decoding photos", unit="img", delay=1, leave=False) as bar, \
             contextlib.ExitStack() as stack:
-        if pooled:
+        stack.callback(_share.clear)
+
+        def progress():
+            bar.update(int(done.sum()) - bar.n)
+
+        if decoders > 1:
             import multiprocessing
 
-            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(
-                workers, initializer=_start_decoder, initargs=(target,)))
-            results = pool.imap(partial(_decode_job, size=size), enumerate(paths),
-                                chunksize=max(1, len(paths) // (8 * workers)))  # balanced ends
-        else:
-            results = (decode_into(target, i, path, size) for i, path in enumerate(paths))
-        for index, error in enumerate(results):
-            if error is not None:
-                errors[index] = error
-            bar.update(1)
-    return images.permute(0, 3, 1, 2).contiguous(), errors
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(decoders - 1))
+            others = pool.starmap_async(_decode_share, [(k, decoders, size) for k in range(1, decoders)])
+        errors |= _decode_share(0, decoders, size, progress)  # this process decodes its share meanwhile
+        if decoders > 1:
+            while not others.ready():
+                others.wait(0.1)
+                progress()
+            for found in others.get():
+                errors |= found
+        progress()
+    return images, errors
 
 
 def decode_all(paths: list[str], size: int = IMAGE_SIZE, cache_dir: Path | None = None,
@@ -242,18 +256,18 @@ def decode_all(paths: list[str], size: int = IMAGE_SIZE, cache_dir: Path | None 
     """
     cache_file = cache_path(cache_dir, paths, size) if cache_dir and paths else None
     cache = read_cache(cache_file)
-    keys = [_cache_key(path) for path in paths]
-    missing = [path for path, key in zip(paths, keys) if key not in cache]
-    decoded, errors = decode_many(missing, size, workers)
+    keys = [_cache_key(path) for path in paths] if cache_file else paths  # a cache key costs a stat
+    missing = [index for index, key in enumerate(keys) if key not in cache]
+    decoded, errors = decode_many([paths[index] for index in missing], size, workers)
     bad = []
-    for index, path in enumerate(missing):
-        if index in errors:
+    for position, index in enumerate(missing):
+        if position in errors:
             if strict:
-                raise UserError(f"cannot read image {path} ({errors[index]}); fix or remove it, "
+                raise UserError(f"cannot read image {paths[index]} ({errors[position]}); fix or remove it, "
                                 "or drop --strict to skip unreadable images")
-            bad.append(path)
+            bad.append(paths[index])
         else:
-            cache[_cache_key(path)] = decoded[index]
+            cache[keys[index]] = decoded[position]
     if cache_file and len(missing) > len(bad):
         write_cache(cache, cache_file)
     return [cache.get(key) for key in keys], bad
