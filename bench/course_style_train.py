@@ -2,19 +2,24 @@
 
     python bench/course_style_train.py --data-dir ../shared/data/rmb_real/RMB_data --epochs 10
 
-What the course's train_lenet.py does, kept as it is: a Dataset that opens each JPEG with PIL in
-__getitem__, torchvision's Resize, RandomCrop, RandomGrayscale, ToTensor and Normalize, SGD with
-momentum, StepLR, and TensorBoard's add_histogram over every parameter's weights and gradients each
-epoch. bench/bench_train.py times it beside train_rmb.py. (Its own split: the same 80/10/10 sizes.)
+What the course's TensorBoard lesson (loss_acc_weights_grad.py, its train_lenet.py with monitoring)
+does, kept as it is: matplotlib's pyplot imported at the top, a Dataset that opens each JPEG with PIL
+in __getitem__, torchvision's Resize, RandomCrop, RandomGrayscale, ToTensor and Normalize, SGD with
+momentum, StepLR, the loss and accuracy every iteration and every parameter's weights and gradients
+each epoch in TensorBoard (add_scalars, add_histogram), a line printed every 10 iterations and after
+each validation, and at the end the train and valid loss curves drawn with pyplot. Two changes, so
+that it runs unattended: the curves are saved to a PNG in its temporary folder where the course calls
+plt.show() (a window), and the data is split in memory (the same 80/10/10 sizes) where the course
+reads a split written to disk. bench/bench_train.py times it beside train_rmb.py.
 """
 import argparse
 import os
 import random
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
 import torchvision.transforms as transforms
@@ -22,6 +27,9 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.tensorboard import SummaryWriter
+
+matplotlib.use("Agg")  # no window: the curves go to a PNG
+from matplotlib import pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model import LeNet  # noqa: E402
@@ -62,36 +70,58 @@ def main():
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=10, gamma=0.1)
-    writer = SummaryWriter(tempfile.mkdtemp(prefix="course_style_"))
-    iteration = 0
+    out = Path(tempfile.mkdtemp(prefix="course_style_"))
+    writer = SummaryWriter(str(out))
+    train_curve, valid_curve, iteration, log_interval = [], [], 0, 10
     for epoch in range(args.epochs):
-        started = time.perf_counter()
-        correct = total = 0
+        loss_mean = correct = total = 0.0
         net.train()
-        for inputs, labels in train_loader:
+        for i, (inputs, labels) in enumerate(train_loader):
             iteration += 1
             outputs = net(inputs)
             optimizer.zero_grad()
             loss = criterion(outputs, labels)
             loss.backward()
             optimizer.step()
-            correct += (outputs.argmax(1) == labels).sum().item()
+            _, predicted = torch.max(outputs.data, 1)
             total += labels.size(0)
+            correct += (predicted == labels).squeeze().sum().numpy()
+            loss_mean += loss.item()
+            train_curve.append(loss.item())
+            if (i + 1) % log_interval == 0:
+                print(f"Training:Epoch[{epoch:0>3}/{args.epochs:0>3}] Iteration[{i + 1:0>3}/{len(train_loader):0>3}] "
+                      f"Loss: {loss_mean / log_interval:.4f} Acc:{correct / total:.2%}")
+                loss_mean = 0.0
             writer.add_scalars("Loss", {"Train": loss.item()}, iteration)
             writer.add_scalars("Accuracy", {"Train": correct / total}, iteration)
         for name, param in net.named_parameters():
             writer.add_histogram(name + "_grad", param.grad, epoch)
             writer.add_histogram(name + "_data", param, epoch)
         scheduler.step()
+        correct_val = total_val = loss_val = 0.0
         net.eval()
-        valid_correct = valid_total = 0
         with torch.no_grad():
-            for inputs, labels in valid_loader:
+            for j, (inputs, labels) in enumerate(valid_loader):
                 outputs = net(inputs)
-                valid_correct += (outputs.argmax(1) == labels).sum().item()
-                valid_total += labels.size(0)
-        print(f"epoch {epoch + 1} valid acc {valid_correct / valid_total:.2%} {time.perf_counter() - started:.3f} s")
+                loss = criterion(outputs, labels)
+                _, predicted = torch.max(outputs.data, 1)
+                total_val += labels.size(0)
+                correct_val += (predicted == labels).squeeze().sum().numpy()
+                loss_val += loss.item()
+            valid_curve.append(loss.item())
+            print(f"Valid:\t Epoch[{epoch:0>3}/{args.epochs:0>3}] Iteration[{j + 1:0>3}/{len(valid_loader):0>3}] "
+                  f"Loss: {loss_val:.4f} Acc:{correct_val / total_val:.2%}")
+            writer.add_scalars("Loss", {"Valid": np.mean(valid_curve)}, iteration)
+            writer.add_scalars("Accuracy", {"Valid": correct_val / total_val}, iteration)
     writer.close()
+
+    valid_x = np.arange(1, len(valid_curve) + 1) * len(train_loader)  # valid's points at the epochs' ends
+    plt.plot(range(len(train_curve)), train_curve, label="Train")
+    plt.plot(valid_x, valid_curve, label="Valid")
+    plt.legend(loc="upper right")
+    plt.ylabel("loss value")
+    plt.xlabel("Iteration")
+    plt.savefig(out / "loss_curve.png")  # the course: plt.show()
 
 
 if __name__ == "__main__":
