@@ -9,7 +9,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from tools import rmb_dataset
-from tools.batches import CROP_PADDING, GRAYSCALE_P, DeviceBatches, grayscale, normalize, random_crop, random_grayscale
+from tools.batches import CROP_PADDING, GRAYSCALE_P, DeviceBatches, grayscale, grayscale_coins, normalize, random_crop
 from tools.rmb_dataset import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
 
@@ -41,17 +41,51 @@ def test_random_crop_is_torchvisions_crop_at_every_offset_uniformly():
     assert chi2 < 130  # 80 degrees of freedom: the 99.9% quantile is about 125; a skewed draw is far above
 
 
-def test_random_grayscale_is_torchvisions_grayscale_four_times_in_five():
-    batch = images(4000, seed=2)
-    out = random_grayscale(batch, GRAYSCALE_P, torch.Generator().manual_seed(3))
-    gray = torch.tensor([torch.equal(o[0], o[1]) and torch.equal(o[1], o[2]) for o in out])
-    changed = (out != batch).flatten(1).any(1)
-    share = gray[changed | ~gray].float().mean().item()  # random RGB images are never gray by chance
-    assert abs(share - GRAYSCALE_P) < 4 * math.sqrt(GRAYSCALE_P * (1 - GRAYSCALE_P) / 4000)
-    for original, result, is_gray in zip(batch[:100], out[:100], gray[:100]):
-        expected = F.rgb_to_grayscale(original, num_output_channels=3) if is_gray else original
-        assert torch.equal(result, expected)  # pixel-exact, both ways
-    assert torch.equal(grayscale(batch[:10]), F.rgb_to_grayscale(batch[:10], num_output_channels=3))
+def test_grayscale_is_torchvisions_and_the_coin_falls_four_times_in_five():
+    batch = images(10, seed=2)
+    assert torch.equal(grayscale(batch), F.rgb_to_grayscale(batch, num_output_channels=3))  # pixel-exact
+    coins = grayscale_coins(20000, GRAYSCALE_P, torch.Generator().manual_seed(3)).float()
+    assert abs(coins.mean().item() - GRAYSCALE_P) < 4 * math.sqrt(GRAYSCALE_P * (1 - GRAYSCALE_P) / 20000)
+
+
+def torchvisions(original: torch.Tensor, top: int, left: int, gray: bool) -> torch.Tensor:
+    """The course's train transforms by torchvision's functional ops, for fixed choices: RandomCrop(32,
+    padding=4) at (top, left), then RandomGrayscale's grayscale or not, ToTensor, Normalize."""
+    image = F.crop(F.pad(original, [CROP_PADDING] * 4), top, left, 32, 32)
+    image = F.rgb_to_grayscale(image, num_output_channels=3) if gray else image
+    return F.normalize(F.to_dtype(image, torch.float32, scale=True), list(IMAGENET_MEAN), list(IMAGENET_STD))
+
+
+def test_every_training_image_is_torchvisions_transform_with_the_generators_choices_in_their_order():
+    """Batch by batch, the generator gives the crop offsets (top, then left), then the grayscale coins:
+    the order a per-batch crop then grayscale drew them in before the grayscale twins, so that runs and
+    checkpoints of before go on alike. Each image is torchvision's transform with those choices."""
+    class Split:
+        images = images(50, seed=5)
+        targets = list(range(50))
+
+    batches = DeviceBatches(Split, 16, IMAGENET_MEAN, IMAGENET_STD, torch.device("cpu"), seed=6, augment=True)
+    draws = torch.Generator().manual_seed(6)
+    seen, grays = [], 0
+    for x, y in batches:
+        top, left = torch.randint(0, 2 * CROP_PADDING + 1, (2, len(y)), generator=draws)
+        gray = torch.rand(len(y), generator=draws) < GRAYSCALE_P
+        for image, label, t, l, g in zip(x, y.tolist(), top.tolist(), left.tolist(), gray.tolist()):
+            assert torch.allclose(image, torchvisions(Split.images[label], t, l, g), atol=1e-6), (label, t, l, g)
+            seen.append(label)
+            grays += g
+    assert sorted(seen) == list(range(50)) and 0 < grays < 50  # every image once; both kinds seen
+
+
+def test_a_training_epoch_makes_about_four_in_five_images_grayscale():
+    class Split:
+        images = images(2000, seed=7)
+        targets = list(range(2000))
+
+    batches = DeviceBatches(Split, 500, (0, 0, 0), (1, 1, 1), torch.device("cpu"), seed=8, augment=True)
+    x = torch.cat([x for x, _ in batches])  # mean 0, std 1: the pixels / 255
+    gray = (x[:, 0] == x[:, 1]).flatten(1).all(1) & (x[:, 1] == x[:, 2]).flatten(1).all(1)
+    assert abs(gray.float().mean().item() - GRAYSCALE_P) < 4 * math.sqrt(GRAYSCALE_P * (1 - GRAYSCALE_P) / 2000)
 
 
 def test_normalize_is_totensor_then_normalize():
@@ -95,7 +129,7 @@ def test_a_split_too_big_for_the_device_stays_on_the_host_and_gives_the_same_bat
     monkeypatch.setattr(B, "fits_on", lambda device, nbytes: False)
     on_host, got = every_batch()
     assert on_device.on_device and not on_host.on_device and "the host" in on_host.held()
-    assert on_device.held() == "0.2 MB of uint8 images on cpu"  # 40 x 3 x 40 x 40 bytes, padded for the crop
+    assert on_device.held() == "0.4 MB of uint8 images (with their grayscale twins) on cpu"  # 2 x 40 x 3 x 40 x 40 bytes
     assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(expected, got))
 
 

@@ -2,18 +2,24 @@
 
 The shape airbench uses for small images: the data set is one uint8 tensor (N, 3, 32, 32), on the
 device when it fits; each step takes a batch by index and applies the course's random transforms to
-all of it at once, so that no per-image Python, no collation and no host-to-device copy stand
-between two steps:
+all of it at once, so that no per-image Python, no collation and no host-to-device copy stand between
+two steps:
 
-    RandomCrop(32, padding=4)  per-image offsets into the zero-padded images, one gather (`random_crop`)
-    RandomGrayscale(p=0.8)     a per-image coin, the luminance blended in where it fell (`random_grayscale`)
-    ToTensor, Normalize        one fused affine map (`normalize`)
+    RandomCrop(32, padding=4)  per-image offsets into the zero-padded images, one gather (`crop_windows`)
+    RandomGrayscale(p=0.8)     a per-image coin picking the image's grayscale twin, made once
+    ToTensor, Normalize        one affine map (`normalize`)
 
-Each has the distribution of torchvision's per-image transform (tests/test_batches.py checks the
-offsets' and the coins' frequencies, and the pixels against torchvision's functional ops). The random
-numbers come from the batches' own generator, whose state every checkpoint keeps. The shuffle of an
-epoch is drawn from seed + epoch (as DistributedSampler does) and, under torchrun, each rank takes
-its own shard of it.
+The twins: grayscale is a per-pixel map that leaves black black, so the grayscale of a crop is the
+crop of the grayscale of the padded image; the training split is held with each image's grayscale
+beside it (twice the memory), and the coin only chooses which of the two the batch's gather takes.
+
+Each transform has the distribution of torchvision's per-image one, pixel for pixel where the random
+choices are fixed (tests/test_batches.py checks the offsets' and the coins' frequencies and every
+batch image against torchvision's functional ops). The random numbers come from the batches' own
+generator, whose state every checkpoint keeps, drawn batch by batch in the order a crop then a
+grayscale of the batch would draw them (the offsets, then the coins): runs and checkpoints made
+before the twins go on bit for bit. The shuffle of an epoch is drawn from seed + epoch (as
+DistributedSampler does) and, under torchrun, each rank takes its own shard of it.
 """
 import math
 
@@ -37,21 +43,35 @@ def fits_on(device: torch.device, nbytes: int) -> bool:
     return nbytes <= DEVICE_SHARE * free
 
 
+def random_offsets(n: int, padding: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """RandomCrop's (top, left) for n images, each uniform over 0..2 * padding, as torchvision draws
+    them; on the generator's device."""
+    top, left = torch.randint(0, 2 * padding + 1, (2, n), generator=generator, device=generator.device)
+    return top, left
+
+
+def window_of(height: int, width: int, padded_width: int, device=None) -> torch.Tensor:
+    """The flat indices of a height x width window at the top left of an image padded_width wide:
+    (1, 1, height * width), the fixed pattern every crop adds its first pixel's index to."""
+    rows = torch.arange(height, device=device)[:, None] * padded_width
+    return (rows + torch.arange(width, device=device)).view(1, 1, -1)
+
+
+def crop_windows(padded: torch.Tensor, starts: torch.Tensor, window: torch.Tensor, size: int) -> torch.Tensor:
+    """Each image of a padded batch (B, C, H', W') cut at its own window: starts (B,) the flat index of
+    each window's first pixel (top * W' + left), window `window_of`'s pattern. One gather."""
+    b, c = padded.shape[:2]
+    index = (window + starts.view(b, 1, 1)).expand(b, c, -1)
+    return padded.reshape(b, c, -1).gather(2, index).view(b, c, size, size)
+
+
 def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """RandomCrop(size, padding) of every image of a uint8 batch (B, C, H, W): each image zero-padded,
-    then cut at its own offset (top, left), each uniform over 0..2 * padding, as torchvision draws it."""
-    return crop_padded(torch.nn.functional.pad(images, (padding,) * 4), padding, generator)
-
-
-def crop_padded(padded: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """`random_crop` of a batch already zero-padded by `padding` (B, C, H + 2p, W + 2p): one gather of
-    each image's window, its flat indices the window's first pixel plus a fixed pattern."""
-    b, c, padded_h, padded_w = padded.shape
-    h, w = padded_h - 2 * padding, padded_w - 2 * padding
-    top, left = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device=generator.device).to(padded.device)
-    window = (torch.arange(h, device=padded.device)[:, None] * padded_w + torch.arange(w, device=padded.device)).view(1, 1, -1)
-    index = (window + (top * padded_w + left).view(b, 1, 1)).expand(b, c, -1)
-    return padded.reshape(b, c, -1).gather(2, index).view(b, c, h, w)
+    then cut at its own offset."""
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    top, left = (t.to(images.device) for t in random_offsets(len(images), padding, generator))
+    window = window_of(images.shape[2], images.shape[3], padded.shape[3], images.device)
+    return crop_windows(padded, top * padded.shape[3] + left, window, images.shape[2])
 
 
 def grayscale(images: torch.Tensor) -> torch.Tensor:
@@ -62,10 +82,9 @@ def grayscale(images: torch.Tensor) -> torch.Tensor:
     return luma[:, None].expand_as(images)
 
 
-def random_grayscale(images: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
-    """RandomGrayscale(p) of every image of a uint8 batch: each image grayscale with probability p."""
-    coin = torch.rand(images.shape[0], generator=generator, device=generator.device).to(images.device) < p
-    return torch.where(coin[:, None, None, None], grayscale(images), images)
+def grayscale_coins(n: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    """RandomGrayscale(p)'s choice for n images: True (grayscale) with probability p each."""
+    return torch.rand(n, generator=generator, device=generator.device) < p
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -84,18 +103,22 @@ class DeviceBatches:
     every rank-th image, each image on exactly one rank, so that sums over the ranks count it once.
     `generator` (on the device): the augmentation's random numbers, saved in checkpoints. A split too big
     for the GPU (`fits_on`) stays in the host's pinned memory and each batch is copied over, the same
-    batches in the same order.
+    batches in the same order (there a step also waits for its coins to reach the host, which picks
+    the images: the price of a split that does not fit).
     """
 
     def __init__(self, dataset, batch_size: int, mean, std, device: torch.device, seed: int = 0,
                  augment: bool = False, shard: tuple[int, int] | None = None):
-        # training: padded once for RandomCrop, so that a step only gathers its windows
-        images = torch.nn.functional.pad(dataset.images, (CROP_PADDING,) * 4) if augment else dataset.images
+        images = dataset.images
+        if augment:  # padded once for RandomCrop (a step only gathers its windows), grayscale twins after them
+            padded = torch.nn.functional.pad(images, (CROP_PADDING,) * 4)
+            images = torch.cat([padded, grayscale(padded)])
+            self.window = window_of(*dataset.images.shape[2:], padded.shape[3], device)
         self.device, self.nbytes = device, images.numel() * images.element_size()
         self.on_device = fits_on(device, self.nbytes)
         self.images = images.to(device) if self.on_device else images.pin_memory() if device.type == "cuda" else images
         self.targets = torch.as_tensor(dataset.targets, dtype=torch.int64).to(device)
-        self.batch_size, self.augment, self.seed = batch_size, augment, seed
+        self.batch_size, self.augment, self.seed, self.size = batch_size, augment, seed, dataset.images.shape[2]
         # on the device once: a step copies nothing from the host
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -128,19 +151,27 @@ class DeviceBatches:
         return math.ceil(per_rank / self.batch_size)
 
     def __iter__(self):
-        order = self.order()
-        # the epoch's images in its order, gathered once: each batch is then a slice, not a gather
-        images, targets = self.images[order.to(self.images.device)], self.targets[order.to(self.targets.device)]
+        order = self.order().to(self.images.device)
+        targets = self.targets[order.to(self.targets.device)]
+        images = self.images if self.augment else self.images[order]  # valid, test: in order, gathered once
         for start in range(0, len(order), self.batch_size):
-            batch = images[start:start + self.batch_size].to(self.device, non_blocking=True)  # a no-op on the device
-            if self.augment:
-                batch = random_grayscale(crop_padded(batch, CROP_PADDING, self.generator), GRAYSCALE_P, self.generator)
-            yield normalize(batch, self.mean, self.std), targets[start:start + self.batch_size]
-
+            end = start + self.batch_size
+            if self.augment:  # each image's random crop offset and grayscale coin, then the batch in one gather
+                index = order[start:end]
+                top, left = random_offsets(len(index), CROP_PADDING, self.generator)
+                gray = grayscale_coins(len(index), GRAYSCALE_P, self.generator)
+                batch = images[index + len(self.targets) * gray.to(index.device)]  # the image or its twin
+                batch = crop_windows(batch.to(self.device, non_blocking=True), top * images.shape[3] + left,
+                                     self.window, self.size)
+            else:
+                batch = images[start:end].to(self.device, non_blocking=True)  # a no-op on the device
+            yield normalize(batch, self.mean, self.std), targets[start:end]
 
     def held(self) -> str:
-        """Where the images are and their size, for the run's first lines: '2.1 MB of images on cuda:0'."""
-        return f"{self.nbytes / 2**20:.1f} MB of uint8 images on {self.device if self.on_device else 'the host (pinned)'}"
+        """Where the images are and their size, for the run's first lines: '1.4 MB of uint8 images (with
+        their grayscale twins) on cpu'."""
+        what = "uint8 images (with their grayscale twins)" if self.augment else "uint8 images"
+        return f"{self.nbytes / 2**20:.1f} MB of {what} on {self.device if self.on_device else 'the host (pinned)'}"
 
 
 def training_batches(data: dict, batch_size: int, device: torch.device, seed: int) -> DeviceBatches:
