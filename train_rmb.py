@@ -145,7 +145,7 @@ def main(args) -> dict:
                 train_model = wrap(model, device)  # under torchrun: DistributedDataParallel (of what trains now)
                 train = train_one_epoch(train_model, train_batches, criterion, optimizer, device, state, monitor, stop)
                 if train["diverged"]:
-                    run.stop_diverged(*monitor.nonfinite)
+                    run.stop_diverged(*monitor.nonfinite, state.best)
                 if not train["complete"]:  # a signal, on this rank or another: save where we are, exactly
                     checkpointer.save()
                     run.stop_signalled(stop, state)
@@ -154,7 +154,7 @@ def main(args) -> dict:
                 verdict = monitor.end_epoch(state.global_step, train["loss"], acts.result(), train_acc=train["acc"],
                                             valid=valid)  # gradient norms, histograms, the verdict
                 if not math.isfinite(valid["loss"]):  # a finite train loss, but weights thrown too far
-                    run.stop_diverged(state.global_step, f"non-finite valid loss after step {state.global_step}")
+                    run.stop_diverged(state.global_step, f"non-finite valid loss after step {state.global_step}", state.best)
                 averaged = swa.update(model, valid_batches, criterion, device, num_classes) if swa.takes_over(epoch) else None
                 lrs = step_scheduler(swa.scheduler if averaged else scheduler, valid["loss"])
                 is_best = state.end_epoch(valid, averaged, verdict)

@@ -256,7 +256,7 @@ def test_after_a_divergence_the_advice_can_be_followed(tiny_data, tmp_path, caps
         cli(tmp_path, "--data-dir", str(tiny_data), *FLAGS, "--lr", "0.5", "--epochs", "10", "--seed", "7")
     code, err, lr, metrics = exit_info.value.code, capsys.readouterr().err, 0.5, None
     for _ in range(3):  # each try: the printed command, as pasted into a shell (a tenth of the lr each time)
-        assert code == 3 and "resume from the best epoch with a lower --lr" in err
+        assert code == 3 and "with a lower --lr" in err
         advice = shlex.split(err.strip().splitlines()[-1])
         assert advice[:2] == ["python", "train_rmb.py"] and float(advice[advice.index("--lr") + 1]) == lr / 10
         try:
@@ -264,9 +264,9 @@ def test_after_a_divergence_the_advice_can_be_followed(tiny_data, tmp_path, caps
         except SystemExit as again:
             code = again.code
         out, err = capsys.readouterr()
-        # the best checkpoint's --lr: the first run's, or a try's after it had a better epoch
-        assert re.search(rf"resuming with --lr {lr / 10} as given \(the run had [0-9.e-]+; the optimizer's "
-                         r"momentum starts afresh\)", out) and "bit for bit" in out
+        if "--resume" in advice:  # the best checkpoint's --lr: the first run's, or a try's after a better epoch
+            assert re.search(rf"resuming with --lr {lr / 10} as given \(the run had [0-9.e-]+; the optimizer's "
+                             r"momentum starts afresh\)", out) and "bit for bit" in out
         lr /= 10
         if metrics:
             break
@@ -276,6 +276,30 @@ def test_after_a_divergence_the_advice_can_be_followed(tiny_data, tmp_path, caps
     err = one_line_exit_2(capsys, lambda: cli(tmp_path, "--data-dir", str(tiny_data), *FLAGS, "--epochs", "12",
                                               "--resume", "auto", "--step-size", "3"))
     assert "--step-size 3" in err and "keeps its --step-size 10" in err
+
+
+@pytest.mark.parametrize("best_loss,advice", [(0.3, "resume from the best epoch"), (50.0, "start again"),
+                                               (float("nan"), "start again"), (None, "start again")])
+def test_after_a_divergence_the_advice_resumes_only_from_weights_worth_resuming(tmp_path, capsys, best_loss,
+                                                                                   advice):
+    """From the best checkpoint when its valid loss was below 10x chance (ln 2 x 10 = 6.9); afresh when its
+    weights were thrown far off too, or when there is no best checkpoint (None)."""
+    from types import SimpleNamespace
+
+    from tools.run_folder import RunFolder
+
+    args = train_rmb.get_args_parser().parse_args(["--lr", "0.5", "--epochs", "3"])
+    if best_loss is not None:
+        (tmp_path / "checkpoint_best.pt").write_bytes(b"")
+    run = SimpleNamespace(dir=tmp_path, args=args, classes=["1", "100"], say=lambda *a, **k: print(*a, **k),
+                          writer=SimpleNamespace(add_text=lambda *a: None))
+    with pytest.raises(SystemExit):
+        RunFolder.stop_diverged(run, 9, "non-finite gradient at step 9", {"loss": best_loss or 0.0, "epoch": 1})
+    err = capsys.readouterr().err
+    command = shlex.split(err.strip().splitlines()[-1])
+    assert advice in err and command[:2] == ["python", "train_rmb.py"] and "--lr" in command
+    assert float(command[command.index("--lr") + 1]) == 0.05
+    assert ("--resume" in command) == (advice == "resume from the best epoch")
 
 
 # --- 10: a resume command that can be pasted ---------------------------------------------------------------

@@ -7,6 +7,7 @@ metrics.json, loss_curve.png and where to look at them.
 """
 import fcntl
 import json
+import math
 import os
 import re
 import shlex
@@ -87,10 +88,10 @@ def command_line(args, script: str = "train_rmb.py", **changes) -> list[str]:
     return [script, *words]
 
 
-def resume_command(args, checkpoint: Path, **changes) -> str:
+def resume_command(args, checkpoint: Path | None, **changes) -> str:
     """The command that continues a run from `checkpoint` (a run folder: its last checkpoint), quoted
-    for a POSIX shell: the flags given, `changes` (dest -> value), and --resume; under torchrun, a
-    torchrun command with as many processes."""
+    for a POSIX shell: the flags given, `changes` (dest -> value), and --resume (none when checkpoint is
+    None: a fresh start); under torchrun, a torchrun command with as many processes."""
     if distributed.launched_by_torchrun():
         nodes = int(os.environ["WORLD_SIZE"]) // int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
         launcher = ["torchrun", "--standalone"] if nodes == 1 else ["torchrun", f"--nnodes={nodes}"]
@@ -98,7 +99,8 @@ def resume_command(args, checkpoint: Path, **changes) -> str:
         where = "" if nodes == 1 else "  (on every node, with your --node_rank and --rdzv flags)"
     else:
         launcher, where = ["python"], ""
-    return shlex.join([*launcher, *command_line(args, **changes), "--resume", str(checkpoint)]) + where
+    resume = ["--resume", str(checkpoint)] if checkpoint is not None else []
+    return shlex.join([*launcher, *command_line(args, **changes), *resume]) + where
 
 
 class RunLock:
@@ -344,14 +346,25 @@ class RunFolder:
             self.say("\n".join(f"    {'diagnosis:' if i == 0 else '':<11}{line}" for i, line in enumerate(verdict.lines())))
         self._epoch_started = now
 
-    def stop_diverged(self, step: int, detail: str) -> None:
+    def stop_diverged(self, step: int, detail: str, best: dict) -> None:
         """Say where training diverged, what is kept, and the command that tries again with a tenth of the
-        learning rate from the best checkpoint (the last one's weights may already be too far off to
-        recover); exit with EXIT_DIVERGED."""
-        last, best = self.dir / "checkpoint_last.pt", self.dir / "checkpoint_best.pt"
+        learning rate: from the best checkpoint (the last one's weights may already be too far off to
+        recover), or afresh when there is none or when even the best epoch's valid loss (`best`:
+        TrainState.best) was DIVERGED_LOSS_FACTOR times the chance level (its weights were thrown far
+        off too, and no lower rate brings them back); exit with EXIT_DIVERGED."""
+        from tools.verdict import DIVERGED_LOSS_FACTOR
+
+        last, best_file = self.dir / "checkpoint_last.pt", self.dir / "checkpoint_best.pt"
         kept = f"the last checkpoint before it, {last}, is kept" if last.exists() else "no checkpoint was saved yet"
-        again = (f"resume from the best epoch with a lower --lr:\n  {resume_command(self.args, best, lr=self.args.lr / 10)}"
-                 if best.exists() else "start again with a lower --lr")
+        lower = self.args.lr / 10
+        if not best_file.exists():
+            again = f"start again with a lower --lr:\n  {resume_command(self.args, None, lr=lower)}"
+        elif best["loss"] < DIVERGED_LOSS_FACTOR * math.log(len(self.classes)):
+            again = f"resume from the best epoch with a lower --lr:\n  {resume_command(self.args, best_file, lr=lower)}"
+        else:
+            again = (f"start again with a lower --lr (the best epoch, {best['epoch']}, already had a valid loss of "
+                     f"{best['loss']:.3g}: its weights were thrown too far to resume from):\n  "
+                     f"{resume_command(self.args, None, lr=lower)}")
         self.say(f"stopped: {detail}. Nothing from this point on is saved; {kept}. To try again, {again}",
                  file=sys.stderr)
         self.writer.add_text("diagnosis", f"diverged: {detail}", step)
