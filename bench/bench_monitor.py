@@ -181,23 +181,24 @@ def compare_step(repeats: int, device: torch.device) -> None:
 
 
 def run_train_rmb(data_dir: Path, device: str, epochs: int, wrap_epoch) -> None:
-    """train_rmb.py's main in this process, quietly, with its train_one_epoch replaced by
+    """train_rmb.py in this process as its command runs it (run_script, which also keeps the garbage
+    collector off the imports' objects), quietly, with its train_one_epoch replaced by
     wrap_epoch(original, *args): a way to switch the monitor and time each epoch."""
     import contextlib
     import io
 
     import train_rmb
+    from tools.cli import run_script
 
-    original = train_rmb.train_one_epoch
+    original, argv = train_rmb.train_one_epoch, sys.argv
     train_rmb.train_one_epoch = lambda *args, **kwargs: wrap_epoch(original, *args, **kwargs)
+    sys.argv = ["train_rmb.py", "--data-dir", str(data_dir), "--epochs", str(epochs), "--device", device,
+                "--logdir", tempfile.mkdtemp(prefix="bench_monitor_"), "--cache-dir", str(ROOT / "data" / "cache")]
     try:
-        args = train_rmb.get_args_parser().parse_args(
-            ["--data-dir", str(data_dir), "--epochs", str(epochs), "--device", device, "--logdir",
-             tempfile.mkdtemp(prefix="bench_monitor_"), "--cache-dir", str(ROOT / "data" / "cache")])
         with contextlib.redirect_stdout(io.StringIO()):
-            train_rmb.main(args)
+            run_script(train_rmb.main, train_rmb.get_args_parser())
     finally:
-        train_rmb.train_one_epoch = original
+        train_rmb.train_one_epoch, sys.argv = original, argv
 
 
 def paired_cost(times: list[float]) -> float:
