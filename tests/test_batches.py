@@ -1,6 +1,7 @@
 """Batched augmentation has the distribution of torchvision's per-image transforms, pixel for pixel where
 the random choices are fixed; the first decode gives the same images on any number of processes."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -158,3 +159,28 @@ def test_the_first_decode_gives_the_same_images_on_one_process_or_several(tmp_pa
     assert torch.equal(one[39], rmb_dataset.decode_resized(paths[39]))
     cached, _ = rmb_dataset.decode_all(paths, workers=workers, cache_dir=tmp_path / "cache")  # from the cache now
     assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(one, cached))
+
+
+def test_a_decoding_process_that_dies_is_one_line_not_a_hang(tmp_path, monkeypatch):
+    paths = write_photos(tmp_path / "photos", 20)
+    monkeypatch.setattr(rmb_dataset, "_decoding_process", lambda *args: os._exit(9))  # as if killed mid-way
+    with pytest.raises(rmb_dataset.UserError, match=r"ended without its photos \(exit code 9.*--workers 1"):
+        rmb_dataset.decode_many(paths, workers=2)
+
+
+def test_ctrl_c_while_the_photos_decode_leaves_no_decoding_process(tmp_path, monkeypatch):
+    import multiprocessing
+    import time
+
+    paths, parent, decode = write_photos(tmp_path / "photos", 40), os.getpid(), rmb_dataset.decode_into
+
+    def interrupted_here(images, index, path, size):
+        if os.getpid() == parent and index >= 4:
+            raise KeyboardInterrupt  # Ctrl-C reaches this process while the other still decodes
+        time.sleep(0.05)
+        return decode(images, index, path, size)
+
+    monkeypatch.setattr(rmb_dataset, "decode_into", interrupted_here)
+    with pytest.raises(KeyboardInterrupt):
+        rmb_dataset.decode_many(paths, workers=2)
+    assert multiprocessing.active_children() == []

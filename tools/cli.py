@@ -183,7 +183,8 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 def run_script(main, parser: argparse.ArgumentParser, argv=None):
     """Parse the command line and call main(args); a UserError becomes one line and exit code 2, a
-    second Ctrl-C (the first one stops training cleanly) one line and exit code 130.
+    Ctrl-C before training starts, or a second one (the first one stops training cleanly), one line
+    and exit code 130.
 
     As a command (argv None, not a call from Python such as a test's), the objects alive after the
     imports, and after main, are frozen out of the garbage collector's sight (`gc.freeze`): they live
@@ -204,8 +205,8 @@ def run_script(main, parser: argparse.ArgumentParser, argv=None):
             print(f"{parser.prog}: error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print(f"\n{parser.prog}: interrupted at once (Ctrl-C twice); checkpoints are written atomically, so the "
-              "last one saved is complete", file=sys.stderr)
+        print(f"\n{parser.prog}: interrupted at once; checkpoints are written atomically, so the last one saved "
+              "(if any) is complete", file=sys.stderr)
         sys.exit(130)
     if command:
         gc.freeze()  # the process ends now: no last walk over what dies with it

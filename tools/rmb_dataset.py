@@ -205,12 +205,19 @@ def _decode_share(k: int, decoders: int, size: int, progress=None) -> dict[int, 
     return errors
 
 
+def _decoding_process(k: int, decoders: int, size: int, send) -> None:
+    """What a forked decoder runs: its share, then its errors back through the pipe."""
+    send.send(_decode_share(k, decoders, size))
+
+
 def decode_many(paths: list[str], size: int = IMAGE_SIZE, workers: int = 0) -> tuple[torch.Tensor, dict[int, str]]:
     """Every path decoded into one uint8 tensor (len(paths), 3, size, size) by `workers` decoders (0: one
     per core): this process and workers - 1 forked ones, each taking every workers-th photo and writing
     it straight into the tensor (shared memory: no image travels back through a pipe, and no decoder
     waits for another's chunk at the end). Returns it and {index: error text} of the unreadable ones
     (their slots are left undefined). A progress bar when it takes more than a second."""
+    import multiprocessing
+
     from tqdm import tqdm
 
     workers = workers or os.cpu_count() or 1
@@ -221,27 +228,34 @@ def decode_many(paths: list[str], size: int = IMAGE_SIZE, workers: int = 0) -> t
         images.share_memory_()
         done.share_memory_()
     _share.update(images=images.numpy(), paths=paths, done=done.numpy())
-    errors = {}
-    with tqdm(total=len(paths), desc="decoding photos", unit="img", delay=1, leave=False) as bar, \
-            contextlib.ExitStack() as stack:
-        stack.callback(_share.clear)
-
+    fork = multiprocessing.get_context("fork")
+    errors, children = {}, []
+    with tqdm(total=len(paths), desc="decoding photos", unit="img", delay=1, leave=False) as bar:
         def progress():
             bar.update(int(done.sum()) - bar.n)
 
-        if decoders > 1:
-            import multiprocessing
-
-            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(decoders - 1))
-            others = pool.starmap_async(_decode_share, [(k, decoders, size) for k in range(1, decoders)])
-        errors |= _decode_share(0, decoders, size, progress)  # this process decodes its share meanwhile
-        if decoders > 1:
-            while not others.ready():
-                others.wait(0.1)
-                progress()
-            for found in others.get():
-                errors |= found
-        progress()
+        try:
+            for k in range(1, decoders):
+                receive, send = fork.Pipe(duplex=False)
+                children.append((fork.Process(target=_decoding_process, args=(k, decoders, size, send), daemon=True),
+                                 receive))
+                children[-1][0].start()
+            errors |= _decode_share(0, decoders, size, progress)  # this process decodes its share meanwhile
+            for child, receive in children:
+                while not receive.poll(0.1):
+                    progress()
+                    if not child.is_alive() and not receive.poll():
+                        raise UserError(f"a decoding process ended without its photos (exit code {child.exitcode}: "
+                                        "out of memory?); --workers 1 decodes in this process only")
+                errors |= receive.recv()
+                child.join()
+            progress()
+        finally:
+            for child, _ in children:
+                if child.is_alive():  # an error or Ctrl-C here: no decoder outlives the decode
+                    child.terminate()
+                    child.join()
+            _share.clear()
     return images, errors
 
 
