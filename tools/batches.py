@@ -50,19 +50,25 @@ def random_offsets(n: int, padding: int, generator: torch.Generator) -> tuple[to
     return top, left
 
 
-def window_of(height: int, width: int, padded_width: int, device=None) -> torch.Tensor:
-    """The flat indices of a height x width window at the top left of an image padded_width wide:
-    (1, 1, height * width), the fixed pattern every crop adds its first pixel's index to."""
-    rows = torch.arange(height, device=device)[:, None] * padded_width
-    return (rows + torch.arange(width, device=device)).view(1, 1, -1)
+def window_of(padded: torch.Tensor, size: int) -> torch.Tensor:
+    """The flat indices, within one image of `padded` (N, C, H', W'), of a size x size window at its top
+    left, every channel: (1, C, size * size), the fixed pattern every crop adds its first pixel's index to."""
+    _, channels, height, width = padded.shape
+    rows = torch.arange(size, device=padded.device)[:, None] * width + torch.arange(size, device=padded.device)
+    return (torch.arange(channels, device=padded.device)[:, None] * height * width + rows.view(1, -1))[None]
+
+
+def crop_starts(padded: torch.Tensor, which: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+    """Where each crop begins in `padded` (N, C, H', W') flattened: in image `which`, at (top, left)."""
+    _, channels, height, width = padded.shape
+    return which * (channels * height * width) + top * width + left
 
 
 def crop_windows(padded: torch.Tensor, starts: torch.Tensor, window: torch.Tensor, size: int) -> torch.Tensor:
-    """Each image of a padded batch (B, C, H', W') cut at its own window: starts (B,) the flat index of
-    each window's first pixel (top * W' + left), window `window_of`'s pattern. One gather."""
-    b, c = padded.shape[:2]
-    index = (window + starts.view(b, 1, 1)).expand(b, c, -1)
-    return padded.reshape(b, c, -1).gather(2, index).view(b, c, size, size)
+    """The windows of `padded` (N, C, H', W') that begin at `starts` (B,): flat indices into padded (see
+    `crop_starts`), `window` the pattern of `window_of`. One gather (take) from the whole tensor:
+    (B, C, size, size)."""
+    return padded.view(-1).take(window + starts.view(-1, 1, 1)).view(-1, padded.shape[1], size, size)
 
 
 def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
@@ -70,8 +76,8 @@ def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) 
     then cut at its own offset."""
     padded = torch.nn.functional.pad(images, (padding,) * 4)
     top, left = (t.to(images.device) for t in random_offsets(len(images), padding, generator))
-    window = window_of(images.shape[2], images.shape[3], padded.shape[3], images.device)
-    return crop_windows(padded, top * padded.shape[3] + left, window, images.shape[2])
+    starts = crop_starts(padded, torch.arange(len(images), device=images.device), top, left)
+    return crop_windows(padded, starts, window_of(padded, images.shape[2]), images.shape[2])
 
 
 def grayscale(images: torch.Tensor) -> torch.Tensor:
@@ -90,7 +96,7 @@ def grayscale_coins(n: int, p: float, generator: torch.Generator) -> torch.Tenso
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """ToTensor then Normalize(mean, std) of a uint8 batch: (x / 255 - mean) / std, as float32.
     mean, std: (1, C, 1, 1) float tensors on the batch's device."""
-    return (images.float() / 255 - mean) / std
+    return images.float().div_(255).sub_(mean).div_(std)  # in place after the first: no more allocations
 
 
 class DeviceBatches:
@@ -103,8 +109,7 @@ class DeviceBatches:
     every rank-th image, each image on exactly one rank, so that sums over the ranks count it once.
     `generator` (on the device): the augmentation's random numbers, saved in checkpoints. A split too big
     for the GPU (`fits_on`) stays in the host's pinned memory and each batch is copied over, the same
-    batches in the same order (there a step also waits for its coins to reach the host, which picks
-    the images: the price of a split that does not fit).
+    batches in the same order (there each epoch waits once for its random choices to reach the host).
     """
 
     def __init__(self, dataset, batch_size: int, mean, std, device: torch.device, seed: int = 0,
@@ -113,12 +118,12 @@ class DeviceBatches:
         if augment:  # padded once for RandomCrop (a step only gathers its windows), grayscale twins after them
             padded = torch.nn.functional.pad(images, (CROP_PADDING,) * 4)
             images = torch.cat([padded, grayscale(padded)])
-            self.window = window_of(*dataset.images.shape[2:], padded.shape[3], device)
         self.device, self.nbytes = device, images.numel() * images.element_size()
         self.on_device = fits_on(device, self.nbytes)
         self.images = images.to(device) if self.on_device else images.pin_memory() if device.type == "cuda" else images
         self.targets = torch.as_tensor(dataset.targets, dtype=torch.int64).to(device)
         self.batch_size, self.augment, self.seed, self.size = batch_size, augment, seed, dataset.images.shape[2]
+        self.window = window_of(self.images, self.size) if augment else None  # a crop's pixels, from its first
         # on the device once: a step copies nothing from the host
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -151,21 +156,22 @@ class DeviceBatches:
         return math.ceil(per_rank / self.batch_size)
 
     def __iter__(self):
-        order = self.order().to(self.images.device)
+        order, size = self.order().to(self.images.device), self.batch_size
         targets = self.targets[order.to(self.targets.device)]
-        images = self.images if self.augment else self.images[order]  # valid, test: in order, gathered once
-        for start in range(0, len(order), self.batch_size):
-            end = start + self.batch_size
-            if self.augment:  # each image's random crop offset and grayscale coin, then the batch in one gather
-                index = order[start:end]
-                top, left = random_offsets(len(index), CROP_PADDING, self.generator)
-                gray = grayscale_coins(len(index), GRAYSCALE_P, self.generator)
-                batch = images[index + len(self.targets) * gray.to(index.device)]  # the image or its twin
-                batch = crop_windows(batch.to(self.device, non_blocking=True), top * images.shape[3] + left,
-                                     self.window, self.size)
-            else:
-                batch = images[start:end].to(self.device, non_blocking=True)  # a no-op on the device
-            yield normalize(batch, self.mean, self.std), targets[start:end]
+        if not self.augment:  # valid, test: in order, gathered once
+            images = self.images[order]
+            for start in range(0, len(order), size):
+                yield normalize(images[start:start + size].to(self.device), self.mean, self.std), targets[start:start + size]
+            return
+        # the epoch's random choices, drawn batch by batch as a crop then a grayscale of each batch draws them
+        # (its offsets, then its coins); then where each image's crop begins, in the image or its grayscale twin
+        draws = [(*random_offsets(len(batch), CROP_PADDING, self.generator),
+                  grayscale_coins(len(batch), GRAYSCALE_P, self.generator)) for batch in order.split(size)]
+        top, left, gray = (torch.cat(column).to(self.images.device) for column in zip(*draws))
+        starts = crop_starts(self.images, order + len(self.targets) * gray, top, left)
+        for start in range(0, len(order), size):  # a step: one gather of its crops, the affine map
+            batch = crop_windows(self.images, starts[start:start + size], self.window, self.size)
+            yield normalize(batch.to(self.device, non_blocking=True), self.mean, self.std), targets[start:start + size]
 
     def held(self) -> str:
         """Where the images are and their size, for the run's first lines: '1.4 MB of uint8 images (with
