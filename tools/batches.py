@@ -1,11 +1,11 @@
 """Batches of decoded images kept as one tensor on the training device, augmented a whole batch at once.
 
 The shape airbench uses for small images: the data set is one uint8 tensor (N, 3, 32, 32), on the
-device when it fits; each step takes a batch by index and applies the course's random transforms to
-all of it at once, so that no per-image Python, no collation and no host-to-device copy stand between
-two steps:
+device when it fits; each epoch draws its random choices up front, and each step takes its batch's
+crops in one gather from that tensor and maps them to floats, so that no per-image Python, no
+collation and no host-to-device copy stand between two steps:
 
-    RandomCrop(32, padding=4)  per-image offsets into the zero-padded images, one gather (`crop_windows`)
+    RandomCrop(32, padding=4)  per-image offsets into the zero-padded images (`crop_starts`, `crop_windows`)
     RandomGrayscale(p=0.8)     a per-image coin picking the image's grayscale twin, made once
     ToTensor, Normalize        one affine map (`normalize`)
 
@@ -17,8 +17,9 @@ Each transform has the distribution of torchvision's per-image one, pixel for pi
 choices are fixed (tests/test_batches.py checks the offsets' and the coins' frequencies and every
 batch image against torchvision's functional ops). The random numbers come from the batches' own
 generator, whose state every checkpoint keeps, drawn batch by batch in the order a crop then a
-grayscale of the batch would draw them (the offsets, then the coins): runs and checkpoints made
-before the twins go on bit for bit. The shuffle of an epoch is drawn from seed + epoch (as
+grayscale of the batch would draw them (the offsets, then the coins): the batches are those of the
+per-batch transforms of before, and runs (and checkpoints saved at an epoch's end) made before go on
+bit for bit. The shuffle of an epoch is drawn from seed + epoch (as
 DistributedSampler does) and, under torchrun, each rank takes its own shard of it.
 """
 import math
