@@ -15,7 +15,7 @@ data/bench_8000 once):
   - images per second of both, and of the pipeline a user would otherwise write: torchvision's
     ImageFolder with the course's transforms and a DataLoader with 2 workers, training the same LeNet;
   - the first decode of every photo (what a run without a disk cache does first) on 1 process and on
-    one per core.
+    one per core, medians of 3 in turns.
 Then, unless --skip-end-to-end, the whole command end to end, 10 epochs on the real photos, beside the
 course's pipeline (bench/course_style_train.py), medians of --repeats runs of each.
 """
@@ -122,18 +122,21 @@ def imagefolder_epoch(data_dir: Path, device: torch.device, workers: int = 2) ->
     return time.perf_counter() - started, len(dataset)
 
 
-def first_decode(data_dir: Path) -> dict[int, float]:
-    """Seconds to decode every photo of `data_dir` (no cache) on 1 process and on one per core."""
+def first_decode(data_dir: Path, repeats: int = 3) -> dict[int, float]:
+    """Seconds to decode every photo of `data_dir` (no cache) on 1 process and on one per core: the
+    median of `repeats` timings of each, taken in turns (1, N, 1, N, ...) so that both see the machine
+    alike."""
     from tools.rmb_dataset import decode_all, find_splits
 
     _, splits, _ = find_splits(data_dir)
     paths = [path for samples in splits.values() for path, _ in samples]
     seconds = {}
-    for workers in sorted({1, os.cpu_count() or 1}):
-        started = time.perf_counter()
-        decode_all(paths, workers=workers)
-        seconds[workers] = time.perf_counter() - started
-    return seconds
+    for _ in range(repeats):
+        for workers in sorted({1, os.cpu_count() or 1}):
+            started = time.perf_counter()
+            decode_all(paths, workers=workers)
+            seconds.setdefault(workers, []).append(time.perf_counter() - started)
+    return {workers: statistics.median(times) for workers, times in seconds.items()}
 
 
 def measure(name: str, data_dir: Path, device: str) -> None:
@@ -151,8 +154,8 @@ def measure(name: str, data_dir: Path, device: str) -> None:
           f"{folder_images / folder_seconds:8.0f} images/s; train_rmb.py "
           f"{(images / epoch) / (folder_images / folder_seconds):.1f}x as many  (target: at least 3x)")
     many = max(decode)
-    print(f"  first decode, 1 process                        {decode[1]:8.3f} s" + (
-        f"\n  first decode, {many} processes                      {decode[many]:8.3f} s   "
+    print(f"  first decode, 1 process (median of 3)          {decode[1]:8.3f} s" + (
+        f"\n  first decode, {many} processes (median of 3)        {decode[many]:8.3f} s   "
         f"{decode[1] / decode[many]:.2f}x faster  (target: at least 1.7x on 2 cores)" if many > 1 else ""))
 
 
