@@ -175,7 +175,7 @@ class DeviceBatches:
             yield normalize(batch.to(self.device, non_blocking=True), self.mean, self.std), targets[start:start + size]
 
     def held(self) -> str:
-        """Where the images are and their size, for the run's first lines: '1.4 MB of uint8 images (with
+        """Where the images are and their size, for the run's first lines: '1.5 MB of uint8 images (with
         their grayscale twins) on cpu'."""
         what = "uint8 images (with their grayscale twins)" if self.augment else "uint8 images"
         return f"{self.nbytes / 2**20:.1f} MB of {what} on {self.device if self.on_device else 'the host (pinned)'}"
