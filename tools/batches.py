@@ -19,8 +19,8 @@ batch image against torchvision's functional ops). The random numbers come from 
 generator, whose state every checkpoint keeps, drawn batch by batch in the order a crop then a
 grayscale of the batch would draw them (the offsets, then the coins): the batches are those of the
 per-batch transforms of before, and runs (and checkpoints saved at an epoch's end) made before go on
-bit for bit. The shuffle of an epoch is drawn from seed + epoch (as
-DistributedSampler does) and, under torchrun, each rank takes its own shard of it.
+bit for bit. The shuffle of an epoch is drawn from seed + epoch (as DistributedSampler does) and,
+under torchrun, each rank takes its own shard of it.
 """
 import math
 

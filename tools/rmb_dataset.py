@@ -4,7 +4,6 @@ Write a raw folder's 80/10/10 split to disk, as the course does:
 
     python -m tools.rmb_dataset data/RMB_data --out data/rmb_split
 """
-import contextlib
 import os
 import random
 import tempfile
@@ -237,17 +236,20 @@ def decode_many(paths: list[str], size: int = IMAGE_SIZE, workers: int = 0) -> t
         try:
             for k in range(1, decoders):
                 receive, send = fork.Pipe(duplex=False)
-                children.append((fork.Process(target=_decoding_process, args=(k, decoders, size, send), daemon=True),
-                                 receive))
-                children[-1][0].start()
+                child = fork.Process(target=_decoding_process, args=(k, decoders, size, send), daemon=True)
+                child.start()
+                send.close()  # the child's end: when the child ends, this process reads the end of the pipe
+                children.append((child, receive))
             errors |= _decode_share(0, decoders, size, progress)  # this process decodes its share meanwhile
             for child, receive in children:
                 while not receive.poll(0.1):
                     progress()
-                    if not child.is_alive() and not receive.poll():
-                        raise UserError(f"a decoding process ended without its photos (exit code {child.exitcode}: "
-                                        "out of memory?); --workers 1 decodes in this process only")
-                errors |= receive.recv()
+                try:
+                    errors |= receive.recv()
+                except EOFError:  # it ended without sending its errors: killed, or out of memory
+                    child.join()
+                    raise UserError(f"a decoding process ended without its photos (exit code {child.exitcode}); "
+                                    "--workers 1 decodes in this process only") from None
                 child.join()
             progress()
         finally:
