@@ -13,9 +13,17 @@ import torch
 from tools.verdict import Finding
 
 
-def content_hashes(images: torch.Tensor) -> list[bytes]:
+def as_labels(targets) -> list[int]:
+    """Class indices as plain ints, from a list of ints, of 0-d tensors or numpy ints, or a tensor or array
+    (a 0-d tensor hashes by identity: two tensor(1)s are two keys of a set)."""
+    if isinstance(targets, torch.Tensor):
+        return [int(t) for t in targets.reshape(-1).tolist()]
+    return [int(t) for t in targets]
+
+
+def content_hashes(images) -> list[bytes]:
     """One 16-byte BLAKE2b digest of each image's bytes: images (N, ...) -> N digests."""
-    flat = images.detach().cpu().contiguous().reshape(len(images), -1).numpy()
+    flat = torch.as_tensor(images).detach().cpu().contiguous().reshape(len(images), -1).numpy()
     return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat]
 
 
@@ -31,8 +39,8 @@ def leaks(images: dict[str, torch.Tensor], train: str = "train") -> dict[str, li
 def missing_classes(targets: dict[str, list[int]], classes: list[str], train: str = "train") -> list[tuple[str, str]]:
     """(class, split) for every class of the train split that another split lacks."""
     present = set(targets.get(train, []))
-    return [(classes[c], name) for name, labels in targets.items() if name != train and labels is not None
-            for c in sorted(present - set(labels))]
+    return [(classes[c] if 0 <= c < len(classes) else str(c), name) for name, labels in targets.items()
+            if name != train and labels is not None for c in sorted(present - set(labels))]
 
 
 def split_findings(splits: dict[str, tuple], classes: list[str]) -> list[Finding]:
@@ -45,7 +53,7 @@ def split_findings(splits: dict[str, tuple], classes: list[str]) -> list[Finding
                                     f"(identical pixels after decoding): the {name} figures overstate the model",
                                     f"train/{name}", "remove the duplicates, then split (a photo copied under two "
                                     "names lands in both)"))
-    missing = missing_classes({n: list(t) for n, (_, t) in splits.items()}, classes)
+    missing = missing_classes({n: as_labels(t) for n, (_, t) in splits.items()}, classes)
     for split in dict.fromkeys(s for _, s in missing):
         names = [c for c, s in missing if s == split]
         findings.append(Finding("class-missing", f"class {', '.join(names)} has no {split} image: its {split} "

@@ -34,7 +34,18 @@ from tools.hooks import forward_order
 from tools.loop_checks import LoopWatch
 from tools.tb_logging import DEAD_UNITS, GRAD_NORM, UPDATE_RATIO, write_event, write_lines
 from tools.tensor_stats import HIST_BINS, Histogram, histograms, tensor_norms, unwrap
-from tools.verdict import DIVERGED_LOSS_FACTOR, SPIKE_FACTOR, EpochFigures, Finding, Verdict, judge, median_ratio
+from tools.verdict import (
+    DIVERGED_LOSS_FACTOR,
+    LR_COLLAPSED,
+    ROUNDED_TO_ZERO,
+    SPIKE_FACTOR,
+    EpochFigures,
+    Finding,
+    Verdict,
+    judge,
+    median_ratio,
+    recalls,
+)
 
 
 def per_parameter(saved: list | None, n: int, zero) -> list:
@@ -71,6 +82,7 @@ class TrainingMonitor:
         in it, or a zero learning rate); `frozen`: the name prefixes of parameters frozen on purpose
         (None: any parameter with requires_grad False is taken as frozen on purpose; a list: only those,
         and any other one is a finding)."""
+        check_arguments(model, writer, log_interval, classes, optimizer, frozen)
         self.model = unwrap(model)
         self.optimizer = optimizer
         self.frozen_prefixes = frozen
@@ -87,9 +99,15 @@ class TrainingMonitor:
         self._nonfinite = None       # (step, what) of the first non-finite loss or gradient
         self._before = None          # weights before a logged optimizer step
         self._pending = None         # (step, lines) of a logging step, written by after_step
-        self.loop = LoopWatch(self.model, enabled)
+        self._all = list(range(len(self.params)))
+        self._announced = None       # the step number after_backward gave, until the optimizer's step
+        self.loop = LoopWatch(self.model, enabled, optimizer, self.classes)
         self.enabled = enabled
         self.data_findings: list[Finding] = []
+        self.steps = 0               # optimizer steps taken (watched through its hooks)
+        self._lr = {"max": 0.0, "now": None, "low": 0}
+        self._step_hooks = [optimizer.register_step_pre_hook(self._before_step),
+                            optimizer.register_step_post_hook(self._after_step_hook)] if optimizer is not None else []
         self.load_state_dict({})
 
     @property
@@ -108,8 +126,11 @@ class TrainingMonitor:
         self.close()
 
     def close(self) -> None:
-        """Remove the monitor's hooks from the model."""
+        """Remove the monitor's hooks from the model and the optimizer."""
         self.loop.close()
+        for handle in self._step_hooks:
+            handle.remove()
+        self._step_hooks = []
 
     def check_data(self, splits: dict[str, tuple]) -> list[Finding]:
         """Check the splits once (name -> (images tensor (N, ...), targets); 'train' is the reference):
@@ -139,8 +160,9 @@ class TrainingMonitor:
     def state_dict(self) -> dict:
         """What a resumed run needs to judge as an uninterrupted one would: plain numbers and lists."""
         return {"epochs": self.epochs, "first_total_norm": self.first_total_norm, "epoch_steps": self.epoch_steps,
-                "last_epoch_step": self.last_epoch_step,
-                "norm_sum": self._norm_sum, "norm_steps": self._norm_steps,
+                "last_epoch_step": self.last_epoch_step, "steps": self.steps, "lr": dict(self._lr),
+                "epoch_taken": self._epoch_taken,
+                "norm_sum": self._norm_sums(), "norm_steps": self._norm_counts(),
                 "ratio_sum": self._ratio_sum, "ratio_steps": self._ratio_steps,
                 "step_losses": list(self._step_losses), "loop": self.loop.state_dict(),
                 "history": [dict(h) for h in self.history], "first_seen": dict(self.first_seen),
@@ -155,8 +177,13 @@ class TrainingMonitor:
         self.last_epoch_step = state.get("last_epoch_step", 0)    # the step that ended it
         # per parameter, over the epoch: grad norms summed, and the steps in which it had a gradient;
         # update ratios summed over the logged steps, and their count
-        self._norm_sum = per_parameter(state.get("norm_sum"), n, 0.0)
-        self._norm_steps = per_parameter(state.get("norm_steps"), n, 0)
+        self._norm_sum = None      # a device tensor once a gradient is read (created on the gradients' device)
+        self._carried_sum = per_parameter(state.get("norm_sum"), n, 0.0)  # of before a resume
+        self._full_steps = 0       # steps in which every parameter had a gradient ...
+        self._partial_steps = per_parameter(state.get("norm_steps"), n, 0)  # ... and the others, per parameter
+        self.steps = state.get("steps", getattr(self, "steps", 0))
+        self._lr = dict(state.get("lr") or getattr(self, "_lr", {"max": 0.0, "now": None, "low": 0}))
+        self._epoch_taken = state.get("epoch_taken", 0)  # optimizer steps taken this epoch
         self._ratio_sum = per_parameter(state.get("ratio_sum"), n, 0.0)
         self._ratio_steps = per_parameter(state.get("ratio_steps"), n, 0)
         self._step_losses = list(state.get("step_losses") or [])  # the epoch's step losses (spikes)
@@ -172,54 +199,132 @@ class TrainingMonitor:
         """(step, what) of the first non-finite loss or gradient seen, or None."""
         return self._nonfinite
 
-    def after_backward(self, step: int, loss: torch.Tensor, also: torch.Tensor | None = None):
-        """Check the loss and gradients for NaN/Inf and log gradient norms; returns the loss as a float,
-        or with `also` (a scalar tensor, e.g. the batch's correct count) (loss, also) as floats.
+    @property
+    def hooked(self) -> bool:
+        """The optimizer's steps are watched: gradients are read when it is about to use them."""
+        return bool(self._step_hooks)
 
-        One host copy per step: the loss, `also`, and when monitoring, every parameter's gradient norm.
+    def after_backward(self, step: int, loss: torch.Tensor, also: torch.Tensor | None = None):
+        """After a backward: the loss (and the loss-graph checks), and, when the monitor does not watch an
+        optimizer, the gradients (norms and NaN/Inf); returns the loss as a float, or with `also` (a scalar
+        tensor, e.g. the batch's correct count) (loss, also) as floats.
+
+        With an optimizer the gradients are read in its step instead (see `_before_step`): unscaled behind
+        a GradScaler, after clipping, summed over micro-batches, and never for a step the scaler skips.
+        One host copy: the loss, `also`, and without an optimizer every gradient norm with them.
         """
-        with_grad = [i for i, p in enumerate(self.params) if p.grad is not None] if self.enabled else []
-        grads = [self.params[i].grad for i in with_grad]
-        first = [loss.detach().float()] + ([also.detach().float()] if also is not None else [])
+        self._announced = step
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise TypeError(f"after_backward(step, loss): loss must be the scalar loss tensor that backward() was "
+                            f"called on, not {type(loss).__name__}" + (f" of shape {tuple(loss.shape)}"
+                                                                        if isinstance(loss, torch.Tensor) else ""))
+        first = [loss.detach().float().reshape(())] + ([also.detach().float().reshape(())] if also is not None else [])
         self.loop.backward_done()
-        check = self.loop.gradient_check() if self.enabled else []  # is zero_grad missing?
         if self.enabled:
-            self.loop.check_loss(loss)  # a softmax before the loss? (once per epoch, no host copy)
-        # one fused call for all parameters' norms, one sync per step for them, the loss, `also` and the check
-        values = torch.stack([*first, *check, *(torch._foreach_norm(grads) if grads else [])]).tolist()
-        value, extra = values[0], values[1:len(first)]
-        self.loop.record_gradient_check(values[len(first):len(first) + len(check)])
-        norms = values[len(first) + len(check):]
-        result = (value, extra[0]) if also is not None else value
+            self.loop.check_loss(loss)  # a softmax before the loss, a wrong loss? (once per epoch, no host copy)
+        if self.hooked or not self.enabled:
+            values = torch.stack(first).tolist()
+        else:
+            values = self._read_gradients(step, first)
+        value = values[0]
         if self.enabled:
             self._step_losses.append(value)
             self.first_loss = value if self.first_loss is None else self.first_loss
-        if not grads:
-            if not math.isfinite(value):
-                self._record_nonfinite(step, "loss")
-            return result
-        total = math.sqrt(sum(n * n for n in norms))
-        if not math.isfinite(value) or not math.isfinite(total):
-            self._record_nonfinite(step, "loss" if not math.isfinite(value) else "gradient", norms)
-        for i, norm in zip(with_grad, norms):  # the verdict uses each parameter's mean over the epoch
-            self._norm_sum[i] += norm
-            self._norm_steps[i] += 1
+        if not math.isfinite(value):
+            self._record_nonfinite(step, "loss")
+        return (value, values[1]) if also is not None else value
+
+    def _read_gradients(self, step: int, first: list[torch.Tensor]) -> list[float]:
+        """Every parameter's gradient norm, the loop's gradient check and `first` (scalar tensors), in one
+        host copy (values of `first` returned); the norms summed for the epoch, on the device; on logging
+        steps the norms kept for TensorBoard and the weights before the step for the update ratios."""
+        grads = [p.grad for p in self.params]
+        complete = all(g is not None for g in grads)
+        with_grad = self._all if complete else [i for i, g in enumerate(grads) if g is not None]
+        grads = grads if complete else [grads[i] for i in with_grad]
+        check = self.loop.gradient_check()  # is zero_grad missing? (a few steps an epoch)
         logging = step % self.log_interval == 0
+        if not grads:
+            values = torch.stack(first).tolist() if first else []
+            self.loop.record_gradient_check([])
+            return values
+        dense = [g._values() if g.is_sparse else g for g in grads]
+        norms = torch.stack(torch._foreach_norm(dense)).float()
+        total = torch.linalg.vector_norm(norms)
+        # one sync for the loss, the check and the total norm; all the norms only on logging steps
+        values = torch.stack([*first, *check, total, *(norms.unbind() if logging else [])]).tolist()
+        n_first, n_check = len(first), len(check)
+        self.loop.record_gradient_check(values[n_first:n_first + n_check])
+        total_value = values[n_first + n_check]
+        if self._norm_sum is None or self._norm_sum.device != norms.device:
+            self._norm_sum = torch.zeros(len(self.params), device=norms.device)
+        if complete:
+            self._norm_sum.add_(norms)
+            self._full_steps += 1
+        else:
+            self._norm_sum.index_add_(0, torch.tensor(with_grad, device=norms.device), norms)
+            for i in with_grad:
+                self._partial_steps[i] += 1
+        if not math.isfinite(total_value) or (first and not math.isfinite(values[0])):
+            self._record_nonfinite(step, "loss" if first and not math.isfinite(values[0]) else "gradient")
         if logging:
             self._write_pending()
-            # written by after_step together with the update ratios: a line per layer in one chart
-            by_layer = layer_norms([self.names[i] for i in with_grad], norms)
+            by_layer = layer_norms([self.names[i] for i in with_grad], values[n_first + n_check + 1:])
             self._pending = (step, {GRAD_NORM: {f"layers/{layer}": v for layer, v in by_layer.items()}
-                                    | {"layers/total": total}})
+                                    | {"layers/total": total_value}})
         # update ratios: on logging steps, and at least once in every epoch however short (the verdict's
         # learning-rate rules read them): at its first step when epochs are shorter than the log interval
         # (or the first epoch's length is not known yet); TensorBoard gets them on logging steps only
         short_epochs = self.epoch_steps is None or self.epoch_steps < self.log_interval
         if logging or (short_epochs and not any(self._ratio_steps)):
             self._before = (with_grad, [self.params[i].detach().clone() for i in with_grad], logging)
-        if self._nonfinite is not None:  # the loop will stop before after_step: write the norms now
+        if self._nonfinite is not None:  # the loop will stop before the step: write the norms now
             self._write_pending()
-        return result
+        return values[:n_first]
+
+    def _before_step(self, optimizer, args, kwargs) -> None:
+        """The optimizer's step pre-hook: the gradients it is about to use (unscaled behind a GradScaler,
+        whose skipped steps never come here), and its learning rate."""
+        self.loop.backward_done()  # the training forwards since the last step were trained on
+        if not self.enabled:
+            return
+        step = self._announced if self._announced is not None else self.steps + 1
+        self._write_pending()
+        self._read_gradients(step, [])
+        lr = max((float(g["lr"]) for g in optimizer.param_groups), default=0.0)
+        self._lr["max"] = max(self._lr["max"], lr)
+        self._lr["now"] = lr
+        self._lr["low"] += lr < LR_COLLAPSED * self._lr["max"]
+
+    def _after_step_hook(self, optimizer, args, kwargs) -> None:
+        """The optimizer's step post-hook: the update ratios; the step counted."""
+        self.steps += 1
+        self._epoch_taken += 1
+        step = self._announced if self._announced is not None else self.steps
+        self._announced = None
+        if self.enabled:
+            self._measure_step(step)
+
+    def _measure_step(self, step: int) -> None:
+        """After the optimizer's step: the loop's check armed; on a measuring step, the update ratios,
+        kept with the step's norms as the lines TensorBoard gets next (`_pending`)."""
+        self.loop.after_step()
+        if self._before is None:
+            return
+        trained, before, logging = self._before
+        deltas = torch._foreach_sub([self.params[i].detach() for i in trained], before)
+        norms = tensor_norms([*before, *deltas]).tolist()  # one fused call, one sync: |W_old|, |update|
+        n = len(trained)
+        for i, weight, update in zip(trained, norms[:n], norms[n:]):
+            self._ratio_sum[i] += update / max(weight, 1e-12)
+            self._ratio_steps[i] += 1
+        self._before = None
+        if logging:  # TensorBoard gets them on logging steps only
+            names = [self.names[i] for i in trained]
+            weight, update = layer_norms(names, norms[:n]), layer_norms(names, norms[n:])
+            lines = {UPDATE_RATIO: {f"layers/{layer}": update[layer] / max(w, 1e-12) for layer, w in weight.items()}}
+            pending_step, pending = self._pending or (step, {})
+            self._pending = (pending_step, pending | lines)
 
     def nonfinite_elsewhere(self, step: int) -> None:
         """Under torchrun: another rank saw a non-finite loss or gradient at `step` (this one did not)."""
@@ -231,23 +336,10 @@ class TrainingMonitor:
         own figures, see `write_lines`) and, on a logging step, the update-to-weight ratio
         |W_new - W_old| / |W_old| of every layer, and the step's gradient norms: a line per layer."""
         lines = dict(lines or {})
-        self.loop.after_step()
-        if self._before is not None:  # the parameters that had a gradient, before the step
-            trained, before, logging = self._before
-            deltas = torch._foreach_sub([self.params[i].detach() for i in trained], before)
-            norms = tensor_norms([*before, *deltas]).tolist()  # one fused call, one sync: |W_old|, |update|
-            n = len(trained)
-            ratios = [update / max(weight, 1e-12) for weight, update in zip(norms[:n], norms[n:])]
-            for i, ratio in zip(trained, ratios):
-                self._ratio_sum[i] += ratio
-                self._ratio_steps[i] += 1
-            self._before = None
-            names = [self.names[i] for i in trained]
-            weight, update = layer_norms(names, norms[:n]), layer_norms(names, norms[n:])
-            if logging:  # TensorBoard gets them on logging steps only
-                lines[UPDATE_RATIO] = {f"layers/{layer}": update[layer] / max(w, 1e-12) for layer, w in weight.items()}
-            if self._pending:  # this step's gradient norms
-                lines |= self._pending[1]
+        if not self.hooked and self.enabled:
+            self._measure_step(step)
+        if self._pending is not None:
+            lines |= self._pending[1]
             self._pending = None
         self._write(step, lines)
 
@@ -261,6 +353,15 @@ class TrainingMonitor:
             self._write(*self._pending)
         self._pending = None
 
+    def _norm_sums(self) -> list[float]:
+        """Per parameter: its gradient norms summed over the epoch (one host copy)."""
+        summed = self._norm_sum.tolist() if self._norm_sum is not None else [0.0] * len(self.params)
+        return [a + b for a, b in zip(summed, self._carried_sum)]
+
+    def _norm_counts(self) -> list[int]:
+        """Per parameter: the steps of the epoch in which it had a gradient."""
+        return [self._full_steps + k for k in self._partial_steps]
+
     def _grad_names(self) -> list[str]:
         return [n for n, p in zip(self.names, self.params) if p.grad is not None]
 
@@ -270,8 +371,9 @@ class TrainingMonitor:
         if self._nonfinite is not None:
             return
         names = self._grad_names()
-        if norms is None:  # monitoring off: look at the gradients now, once
-            norms = [torch.linalg.vector_norm(p.grad).item() for p in self.params if p.grad is not None]
+        if norms is None:  # look at the gradients now, once
+            norms = [torch.linalg.vector_norm(p.grad._values() if p.grad.is_sparse else p.grad).item()
+                     for p in self.params if p.grad is not None]
         bad = {n for n, v in zip(names, norms) if not math.isfinite(v)}
         first = next((n for n in self.order if n in bad), None)
         detail = f"non-finite {what} at step {step}" + (f"; first parameter with a non-finite gradient: {first}"
@@ -301,10 +403,13 @@ class TrainingMonitor:
             write_event(self.writer, step, histograms=result)
         return result
 
-    def _unchanged_and_frozen(self) -> tuple[dict[str, str], list[str]]:
-        """({parameter: why it did not move}, [parameters frozen on purpose]) over the epoch."""
+    def _unchanged_and_frozen(self, counts: list[int]) -> tuple[dict[str, str], list[str]]:
+        """({parameter: why it did not move}, [parameters frozen on purpose]) over the epoch. `counts`: per
+        parameter, the steps in which it had a gradient. A group whose lr is 0 now is named only if its
+        parameters did not move either (a schedule that ends at 0 moved them until then)."""
         declared = self.frozen_prefixes
         groups = {id(p): g for g in self.optimizer.param_groups for p in g["params"]} if self.optimizer else None
+        trained = self._step_losses or any(counts) or self._epoch_taken
         unchanged, frozen = {}, []
         for i, (name, p) in enumerate(zip(self.names, self.params)):
             if not p.requires_grad:
@@ -312,14 +417,14 @@ class TrainingMonitor:
                     frozen.append(name)
                 else:
                     unchanged[name] = "requires_grad is False"
-            elif self._step_losses and not self._norm_steps[i]:
-                unchanged[name] = "no gradient in any step (forward does not use it)"
             elif groups is not None and id(p) not in groups:
-                unchanged[name] = "not in the optimizer"
-            elif groups is not None and groups[id(p)]["lr"] == 0:
+                unchanged[name] = "not in the optimizer" + ("" if counts[i] else " (and no gradient in any step)")
+            elif trained and not counts[i] and not (self.hooked and not self._epoch_taken):
+                unchanged[name] = "no gradient in any step (forward does not use it)"
+            elif groups is not None and groups[id(p)]["lr"] == 0 and not self._ratio_sum[i]:
                 unchanged[name] = "its parameter group's lr is 0"
             elif self._ratio_steps[i] and self._ratio_sum[i] == 0:
-                unchanged[name] = "every measured update was 0"
+                unchanged[name] = ROUNDED_TO_ZERO
         return unchanged, frozen
 
     def _decay(self) -> float | None:
@@ -342,40 +447,60 @@ class TrainingMonitor:
         spikes = sum(v > SPIKE_FACTOR * max(median, chance) for v in losses)
         return {"median": median, "max": losses[-1], "spikes": spikes}
 
-    def end_epoch(self, step: int, train_loss: float, activations: dict | None = None,
+    def end_epoch(self, step: int | None = None, train_loss: float | None = None, activations: dict | None = None,
                   label: str | None = None, train_acc: float | None = None, valid: dict | None = None) -> Verdict | None:
         """Histograms of the epoch, and the verdict on it (printed by the caller, logged as text here).
 
-        `step`: the global step that ends the epoch (TensorBoard's x axis); `train_acc` and `valid`
-        (`evaluate`'s {'loss', 'acc', 'confusion'}), when given, let the verdict see overfitting and
-        plateaus. The monitor counts the epochs itself, so the verdict text names the epoch ('epoch 3'),
-        unless `label` names it otherwise. The histograms, the verdict (`diagnosis`, one line per finding)
-        and the dead-unit shares go to TensorBoard in one event."""
+        `step`: the global step that ends the epoch (TensorBoard's x axis; default: the optimizer steps
+        the monitor saw); `train_loss`: the epoch's mean (default: the mean of the losses given to
+        after_backward, if any); `train_acc` and `valid` (`evaluate`'s {'loss', 'acc', 'confusion'}),
+        when given, let the verdict see overfitting, plateaus and ignored classes; `activations`:
+        `ActivationStats.result()` of the valid pass (dead and saturated units). The monitor counts the
+        epochs itself, so the verdict text names the epoch ('epoch 3'), unless `label` names it
+        otherwise. The histograms, the verdict (`diagnosis`, one line per finding) and the dead-unit
+        shares go to TensorBoard in one event."""
         if not self.enabled:
             return None
+        valid = check_epoch_arguments(train_loss, train_acc, valid)
+        if step is None:
+            step = self._announced if self._announced is not None else self.steps
+        losses = [v for v in self._step_losses if math.isfinite(v)]
+        if train_loss is None and self._step_losses:
+            train_loss = sum(losses) / len(losses) if losses else float("nan")
+        train_loss = float(train_loss) if train_loss is not None else None
         self._write_pending()
         self.epochs += 1
         hists = self.parameter_histograms()
         bad = [t for t, h in hists.items() if h.nan or h.inf]
-        norms = {n: v / k for n, v, k in zip(self.names, self._norm_sum, self._norm_steps) if k}
-        ratios = {n: v / k for n, v, k in zip(self.names, self._ratio_sum, self._ratio_steps) if k}
+        counts = self._norm_counts()
+        unchanged, frozen = self._unchanged_and_frozen(counts)
+        # the verdict's gradients and updates: of the parameters that train (one left out of the optimizer
+        # keeps summing its gradients, and never moves: unchanged-weights names it, nothing else)
+        left_out = {n for n, why in unchanged.items() if why != ROUNDED_TO_ZERO}
+        norms = {n: v / k for n, v, k in zip(self.names, self._norm_sums(), counts) if k and n not in left_out}
+        ratios = {n: v / k for n, v, k in zip(self.names, self._ratio_sum, self._ratio_steps) if k and n not in left_out}
         norms = {n: norms[n] for n in self.order if n in norms}
-        unchanged, frozen = self._unchanged_and_frozen()
         total = math.sqrt(sum(v * v for v in norms.values())) if norms else None
         if self.first_total_norm is None and total and math.isfinite(total):
             self.first_total_norm = total
         nonfinite = self._nonfinite[1] if self._nonfinite else (f"NaN/Inf in {', '.join(bad)}" if bad else None)
         steps = self._step_figures()
-        valid = valid or {}
+        confusion = valid.get("confusion")
+        confusion = torch.as_tensor(confusion).tolist() if confusion is not None else None
         self.history.append({"train_loss": train_loss, "train_acc": train_acc, "valid_loss": valid.get("loss"),
                              "valid_acc": valid.get("acc"), "median_ratio": median_ratio(ratios),
-                             "spikes": steps.get("spikes")})
-        confusion = valid.get("confusion")
-        predicted = torch.as_tensor(confusion).sum(0).tolist() if confusion is not None else None
+                             "spikes": steps.get("spikes"), "recalls": recalls(confusion)})
+        predicted = [sum(column) for column in zip(*confusion)] if confusion else None
+        loop = self.loop.figures()
+        taken = self._epoch_taken
+        lr = ({"now": self._lr["now"], "max": self._lr["max"], "low_share": self._lr["low"] / taken}
+              if self.hooked and taken and self._lr["now"] is not None else None)
         verdict = judge(EpochFigures(norms, train_loss, self.classes, self.first_total_norm, ratios,
                                      activations or {}, nonfinite, frozen, steps, self.history,
-                                     self.loop.figures(), unchanged, self.data_findings, predicted, self.first_loss,
-                                     self._decay()))
+                                     loop, unchanged, self.data_findings, predicted, self.first_loss,
+                                     self._decay(), lr, confusion, list(self.last_findings),
+                                     {"forwards": loop["grad_forwards"], "steps": taken} if self.hooked else None,
+                                     self.class_names))
         previous = set(self.last_findings)
         label = label or f"epoch {self.epochs}"
         for finding in verdict.findings:
@@ -391,6 +516,35 @@ class TrainingMonitor:
         self.load_state_dict({"epochs": self.epochs, "first_total_norm": self.first_total_norm,  # a new epoch
                               "epoch_steps": step - self.last_epoch_step, "last_epoch_step": step,
                               "history": self.history, "first_seen": self.first_seen, "first_label": self.first_label,
-                              "last_findings": self.last_findings,
-                              "first_loss": self.first_loss})
+                              "last_findings": self.last_findings, "steps": self.steps,
+                              "lr": dict(self._lr, low=0), "first_loss": self.first_loss})
         return verdict
+
+
+def check_arguments(model, writer, log_interval, classes, optimizer, frozen) -> None:
+    """TrainingMonitor's arguments, each checked with a line that says what it takes (TypeError/ValueError)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"TrainingMonitor(model, ...): model must be an nn.Module, not {type(model).__name__}")
+    if writer is not None and not (hasattr(writer, "add_scalar") or hasattr(writer, "file_writer")
+                                   or hasattr(writer, "_get_file_writer")):
+        raise TypeError(f"TrainingMonitor(writer=...): a SummaryWriter (or RunWriter), or None; not {type(writer).__name__}")
+    if isinstance(log_interval, bool) or not isinstance(log_interval, int) or log_interval < 1:
+        raise ValueError(f"TrainingMonitor(log_interval=...): a whole number of steps >= 1, not {log_interval!r}")
+    if isinstance(classes, bool) or not (isinstance(classes, int) and classes >= 1 or
+                                         isinstance(classes, (list, tuple)) and len(classes) >= 1):
+        raise ValueError(f"TrainingMonitor(classes=...): their number (>= 1) or a list of their names, not {classes!r}")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"TrainingMonitor(optimizer=...): a torch.optim.Optimizer, not {type(optimizer).__name__}")
+    if frozen is not None and (isinstance(frozen, str) or not all(isinstance(f, str) for f in frozen)):
+        raise TypeError(f"TrainingMonitor(frozen=...): a list of parameter-name prefixes (['conv1']), not {frozen!r}")
+
+
+def check_epoch_arguments(train_loss, train_acc, valid) -> dict:
+    """end_epoch's figures checked (TypeError with what it takes); returns `valid` as a dict."""
+    for name, value in (("train_loss", train_loss), ("train_acc", train_acc)):
+        if value is not None and not isinstance(value, (int, float, torch.Tensor)):
+            raise TypeError(f"end_epoch({name}=...): a number, not {type(value).__name__}")
+    if valid is not None and not isinstance(valid, dict):
+        raise TypeError(f"end_epoch(valid=...): a dict such as {{'loss': 0.4, 'acc': 0.9, 'confusion': matrix}} "
+                        f"(evaluate's), not {type(valid).__name__}")
+    return valid or {}

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 # the loop and the data
 ACCUMULATION_EXCESS = 0.5     # a gradient that holds more than 1.5x the step's own: earlier steps' gradients kept
-INPUT_ABS_MAX = 20.0          # normalised inputs stay within a few units; 0-255 pixels do not
+INPUT_SCALE_MAX = 10.0        # normalised inputs have mean ~0 and std ~1 over a batch; 0-255 pixels do not (a
+                              # standardised feature may reach 20 in a rare sample: the batch's spread, not its max)
 # the learning rate: |update| / |weight| per step, healthy near 1e-3 (CS231n); the bounds sit 10x beyond [1e-4, 1e-2]
 UPDATE_RATIO_LOW = 1e-5
 UPDATE_RATIO_HIGH = 1e-1
@@ -38,6 +39,17 @@ PLATEAU_EPOCHS = 5            # accuracies flat over 5 epochs (their trend below
 PLATEAU_SLOPE = 0.02
 PLATEAU_FAR = 0.5             # ... and below chance + half the way from chance to 100%
 ONE_CLASS_SHARE = 0.95        # 95% of the valid predictions one class: the net predicts the majority
+IGNORED_RECALL = 0.05         # a class recalled for at most 5% of its valid images, two epochs running ...
+IGNORED_EPOCHS = 2            # ... while the accuracy looks fine: the class is ignored
+# the learning rate's schedule
+LR_COLLAPSED = 1e-3           # the lr below 1e-3 x the run's highest ...
+LR_COLLAPSED_SHARE = 0.5      # ... for over half the epoch's steps, while the net has not learned: collapsed
+# problems of the state of training (not of the loop's code): named again each epoch until the figures
+# recover (accuracy past half the way from chance to 100%, the loss below chance), never 'healthy' meanwhile
+PERSISTENT = ("lr-too-high", "lr-too-low", "lr-collapsed", "exploding", "plateau", "dead-relu", "vanishing",
+              "saturated", "weight-decay-too-high", "class-ignored")
+ROUNDED_TO_ZERO = "every measured update was 0"  # unchanged-weights' reason for updates below float precision
+NOTES = ("healthy", "converged", "frozen", "dead-units")  # findings that are information, not problems
 
 
 @dataclass
@@ -74,10 +86,15 @@ class EpochFigures:
     loop ('accumulated', 'eval_train_mode', 'eval_autograd', 'evaluations', 'softmax', 'inputs');
     unchanged: parameter -> why it did not move; data: findings on the data set (leaks, missing classes);
     predicted: the valid split's predictions, per class (counts); first_loss: the run's first step loss;
-    decay: the largest share of the weights that weight decay alone removes per step (from the optimizer).
+    decay: the largest share of the weights that weight decay alone removes per step (from the optimizer);
+    lr: the optimizer's learning rate ('now', 'max' over the run, 'low_share': the share of this epoch's
+    steps with an lr below LR_COLLAPSED x 'max'), None without an optimizer; confusion: the valid split's
+    confusion matrix (rows true class, columns predicted), as lists; previous: the problems named the
+    epoch before (first first); train_steps: {'forwards': training forward passes this epoch, 'steps':
+    optimizer steps taken}, None when the optimizer is not watched. `loss` is None when not given.
     """
     norms: dict
-    loss: float
+    loss: float | None
     classes: int
     first_total_norm: float | None = None
     update_ratios: dict = field(default_factory=dict)
@@ -92,6 +109,11 @@ class EpochFigures:
     predicted: list | None = None
     first_loss: float | None = None
     decay: float | None = None
+    lr: dict | None = None
+    confusion: list | None = None
+    previous: list = field(default_factory=list)
+    train_steps: dict | None = None
+    class_names: list | None = None
 
     @property
     def broken_at_start(self) -> bool:
@@ -113,12 +135,36 @@ class EpochFigures:
     @property
     def loss_is_low(self) -> bool:
         """Below LOW_LOSS_FRACTION of chance: the net has learned (small gradients are then expected)."""
-        return math.isfinite(self.loss) and self.loss < LOW_LOSS_FRACTION * self.chance
+        return self.loss is not None and math.isfinite(self.loss) and self.loss < LOW_LOSS_FRACTION * self.chance
 
     @property
     def at_chance(self) -> bool:
         """The train loss within CHANCE_BAND of ln(classes): the net guesses."""
-        return math.isfinite(self.loss) and abs(self.loss - self.chance) < CHANCE_BAND * self.chance
+        return self.loss is not None and math.isfinite(self.loss) and abs(self.loss - self.chance) < CHANCE_BAND * self.chance
+
+    @property
+    def accuracy(self) -> float | None:
+        """This epoch's valid accuracy, else its train accuracy, else None."""
+        last = self.history[-1] if self.history else {}
+        return last.get("valid_acc") if last.get("valid_acc") is not None else last.get("train_acc")
+
+    @property
+    def far_from_chance(self) -> float:
+        """Chance accuracy + PLATEAU_FAR of the way from it to 100%: an accuracy past it has learned."""
+        return 1 / self.classes + PLATEAU_FAR * (1 - 1 / self.classes)
+
+    @property
+    def learning_well(self) -> bool:
+        """The net has learned: its accuracy past `far_from_chance` (or, with no accuracy given, its loss
+        below half the chance level). Then dead units or large updates are information, not a problem."""
+        if self.accuracy is not None:
+            return self.accuracy >= self.far_from_chance and (self.loss is None or self.loss < self.chance)
+        return self.loss is not None and math.isfinite(self.loss) and self.loss < 0.5 * self.chance
+
+    @property
+    def loss_finite(self) -> bool:
+        """The loss is known and finite."""
+        return self.loss is not None and math.isfinite(self.loss)
 
     @property
     def weight_norms(self) -> dict:
@@ -160,9 +206,11 @@ def data_problems(e: EpochFigures) -> Finding | None:
 
 
 def unnormalised_inputs(e: EpochFigures) -> Finding | None:
-    """Training inputs far outside the few units a normalised input spans (e.g. pixels 0-255)."""
+    """Training inputs whose batch mean or spread is far from a normalised input's (mean ~0, std ~1), e.g.
+    pixels 0-255. Read from the spread, not the extremes: a standardised feature that is rarely active
+    reaches 20 or more in the samples where it is."""
     inputs = e.loop.get("inputs")
-    if inputs is None or max(abs(inputs["min"]), abs(inputs["max"])) <= INPUT_ABS_MAX:
+    if inputs is None or (abs(inputs["mean"]) <= INPUT_SCALE_MAX and inputs["std"] <= INPUT_SCALE_MAX):
         return None
     return Finding("inputs-not-normalised",
                    f"training inputs span [{inputs['min']:.3g}, {inputs['max']:.3g}], mean {inputs['mean']:.3g}, "
@@ -177,6 +225,27 @@ def softmax_before_loss(e: EpochFigures) -> Finding | None:
     return Finding("softmax-before-loss", "the loss's log_softmax takes the output of a softmax: the loss sees "
                    "probabilities, whose log_softmax varies by at most 1, so gradients are tiny", "output",
                    "drop the softmax: CrossEntropyLoss takes logits (apply softmax only to show probabilities)")
+
+
+def wrong_loss(e: EpochFigures) -> Finding | None:
+    """A loss given what it does not expect (seen in the loss's autograd graph): a regression loss on
+    class indices, probabilities given to a loss that takes logits, NLLLoss on raw scores."""
+    wrong = e.loop.get("wrong_loss")
+    if not wrong:
+        return None
+    return Finding("wrong-loss", wrong["evidence"], "loss", wrong["fix"])
+
+
+def train_in_eval_mode(e: EpochFigures) -> Finding | None:
+    """Training steps (a backward followed) taken with the model in eval mode: dropout off, batch norm
+    frozen at its running statistics (a model.eval() with no model.train() after it)."""
+    count = e.loop.get("train_eval_mode", 0)
+    if not count:
+        return None
+    return Finding("train-in-eval-mode", f"{count} training forward passes (a backward followed) ran in eval mode, "
+                   f"with {e.loop.get('train_mode_layers') or 'dropout/batch-norm layers'} in it: dropout is off and "
+                   "batch norm uses its running statistics", "model.training",
+                   "call model.train() at the start of every epoch (after any validation that calls model.eval())")
 
 
 def gradients_accumulate(e: EpochFigures) -> Finding | None:
@@ -220,17 +289,31 @@ def lr_too_high(e: EpochFigures) -> Finding | None:
         return None
     median, spikes = e.median_update_ratio, e.steps.get("spikes", 0)
     largest = max((r for r in e.series("median_ratio") if r is not None), default=None)
-    if median is not None and median > UPDATE_RATIO_HIGH:
+    if median is not None and median > UPDATE_RATIO_HIGH and not e.learning_well:  # a net that learns well: its pace
         evidence = f"each step changes the weights by {median:.1e} of their norm (median; healthy ~1e-3)"
     elif spikes >= SPIKES_MIN:
         evidence = (f"the loss spiked {spikes} times this epoch (up to {e.steps['max']:.3g}, median "
                     f"{e.steps['median']:.3g}): it oscillates")
-    elif largest is not None and largest > LARGE_UPDATE_RATIO and (dead_relu(e) or e.at_chance):
+    elif largest is not None and largest > LARGE_UPDATE_RATIO and (dead_relu(e) or e.at_chance) and not e.learning_well:
         after = "units died" if dead_relu(e) else f"the loss stuck at chance ({e.loss:.3f} ~ ln {e.classes})"
         evidence = f"{after} after updates of {largest:.1e} of the weights per step (healthy ~1e-3)"
     else:
         return None
     return Finding("lr-too-high", evidence, "", "divide the learning rate by 10 (and resume from the best checkpoint)")
+
+
+def lr_collapsed(e: EpochFigures) -> Finding | None:
+    """The learning rate driven to almost nothing (below LR_COLLAPSED x the run's highest for most of the
+    epoch) while the net has not learned: e.g. a per-epoch scheduler stepped every batch. A schedule that
+    ends near zero once the net has learned (cosine to zero) is not it."""
+    lr = e.lr
+    if not lr or not lr.get("max") or lr.get("low_share", 0.0) < LR_COLLAPSED_SHARE or e.learning_well:
+        return None
+    return Finding("lr-collapsed", f"the learning rate is {lr['now']:.1e}, {lr['now'] / lr['max']:.0e}x the run's "
+                   f"highest ({lr['max']:.1e}), for {lr['low_share']:.0%} of this epoch's steps, while "
+                   + (f"the accuracy is {e.accuracy:.1%}" if e.accuracy is not None else f"the loss is {e.loss:.3f}"),
+                   "scheduler", "step a per-epoch scheduler once per epoch, not per batch (or set its step_size "
+                   "and milestones in steps); check gamma and the schedule's length")
 
 
 def weight_decay_too_high(e: EpochFigures) -> Finding | None:
@@ -248,7 +331,13 @@ def weight_decay_too_high(e: EpochFigures) -> Finding | None:
 
 def nonfinite_values(e: EpochFigures) -> Finding | None:
     """A non-finite loss or gradient."""
-    if e.nonfinite or not math.isfinite(e.loss) or not math.isfinite(e.total_norm):
+    taken = e.train_steps
+    if taken and taken["forwards"] and not taken["steps"] and not e.nonfinite:
+        return Finding("non-finite", f"no optimizer step was taken in this epoch's {taken['forwards']} training "
+                       "forward passes: a GradScaler skips every step whose gradients overflow (or optimizer.step() "
+                       "is never called)", "", "lower the learning rate; check the inputs for NaN and the loss for "
+                       "log(0); call optimizer.step() (scaler.step(optimizer)) after each backward")
+    if e.nonfinite or (e.loss is not None and not math.isfinite(e.loss)) or not math.isfinite(e.total_norm):
         where = e.nonfinite.split("first parameter with a non-finite gradient: ")[-1].split(" (")[0] \
             if e.nonfinite and "first parameter" in e.nonfinite else ""
         return Finding("non-finite", f"{e.nonfinite or 'non-finite loss or gradient'}", where,
@@ -264,7 +353,7 @@ def exploding(e: EpochFigures) -> Finding | None:
         return Finding("exploding", f"the loss of the very first step, before any update, was {e.first_loss:.3g} "
                        f"(chance ln({e.classes}) = {e.chance:.2f}): the outputs are huge from the start", "init",
                        "initialise with the layers' fan-in in mind (kaiming for ReLU, xavier for tanh/sigmoid)")
-    if e.loss > DIVERGED_LOSS_FACTOR * e.chance:
+    if e.loss_finite and e.loss > DIVERGED_LOSS_FACTOR * e.chance:
         return Finding("exploding", f"loss {e.loss:.3g} is {e.loss / e.chance:.0f}x the chance level ln({e.classes}) "
                        f"= {e.chance:.2f}: training diverged", "", fix)
     if e.first_total_norm and total > EXPLODING_GROWTH * e.first_total_norm:
@@ -292,7 +381,8 @@ def saturated(e: EpochFigures) -> Finding | None:
 def vanishing(e: EpochFigures) -> Finding | None:
     """The first layer's gradient far smaller than the last layer's, while the loss is not low."""
     weights = list(e.weight_norms)
-    if len(weights) < 2 or not math.isfinite(e.total_norm) or e.loss_is_low or e.loss > DIVERGED_LOSS_FACTOR * e.chance:
+    if len(weights) < 2 or not math.isfinite(e.total_norm) or e.loss_is_low or not e.loss_finite \
+            or e.loss > DIVERGED_LOSS_FACTOR * e.chance:
         return None  # a low loss: small gradients are success; a diverged one: the gradients were thrown off
     first, last = e.norms[weights[0]], e.norms[weights[-1]]
     if last > 0 and first / last < VANISHING_RATIO:
@@ -303,15 +393,30 @@ def vanishing(e: EpochFigures) -> Finding | None:
 
 
 def dead_relu(e: EpochFigures) -> Finding | None:
-    """Over half of a ReLU layer's units never fire over the evaluation pass."""
-    dead = {name: stats["dead"] for name, stats in e.activations.items()
-            if stats.get("dead", 0.0) > DEAD_RELU_FRACTION}
-    if not dead:
+    """Over half of a ReLU layer's units never fire over the evaluation pass, in a net that has not learned
+    (in one that learns well they are information: `dead_units`)."""
+    dead = dead_layers(e)
+    if not dead or e.learning_well:
         return None
     worst = max(dead, key=dead.get)
     return Finding("dead-relu", f"{dead[worst]:.0%} of {worst}'s units never fire over the valid pass "
                    f"({len(dead)} layer(s) over {DEAD_RELU_FRACTION:.0%})", worst,
                    "a lower learning rate; biases not negative at init; LeakyReLU")
+
+
+def dead_layers(e: EpochFigures) -> dict:
+    """ReLU layer -> the share of its units that never fire, for layers over DEAD_RELU_FRACTION."""
+    return {name: stats["dead"] for name, stats in e.activations.items() if stats.get("dead", 0.0) > DEAD_RELU_FRACTION}
+
+
+def dead_units(e: EpochFigures) -> Finding | None:
+    """Dead units in a net that learns well: a note (no fix), never a problem."""
+    dead = dead_layers(e)
+    if not dead or not e.learning_well:
+        return None
+    worst = max(dead, key=dead.get)
+    return Finding("dead-units", f"{dead[worst]:.0%} of {worst}'s units never fire over the valid pass, while the net "
+                   f"learns well (accuracy {e.accuracy:.1%}): information, not a problem", worst)
 
 
 # ---- slow or unchanged weights ---------------------------------------------------------------------
@@ -321,21 +426,38 @@ def lr_too_low(e: EpochFigures) -> Finding | None:
     far below the healthy 1e-3, or below the healthy band with the loss still at chance. Once the loss
     is low, small updates are what a decayed learning rate at convergence gives: not a finding."""
     median = e.median_update_ratio
+    largest = max((r for r in e.series("median_ratio") if r is not None), default=0.0)
     if median is None or e.loss_is_low or not (median < UPDATE_RATIO_LOW or e.at_chance and median < UPDATE_RATIO_SLOW):
         return None
+    if largest > LARGE_UPDATE_RATIO or lr_collapsed(e):
+        return None  # tiny updates after large ones (units a high lr killed), or a collapsed schedule: not the cause
     return Finding("lr-too-low", f"each step changes the weights by {median:.1e} of their norm (median; "
-                   f"healthy ~1e-3); loss {e.loss:.3f}" + (f" ~ chance ln({e.classes}): not learning" if e.at_chance else ""),
+                   "healthy ~1e-3)" + (f"; loss {e.loss:.3f}" if e.loss_finite else "")
+                   + (f" ~ chance ln({e.classes}): not learning" if e.at_chance else ""),
                    "", "raise the learning rate (x10 at a time, or a learning-rate range test)")
 
 
 def unchanged_weights(e: EpochFigures) -> Finding | None:
-    """Parameters that should train but did not move over the epoch."""
-    if not e.unchanged:
+    """Parameters that should train but did not move over the epoch, for a reason in the loop: left out of
+    the optimizer, requires_grad off, unused by forward, a group at lr 0 (a root cause, named early)."""
+    if not any(why != ROUNDED_TO_ZERO for why in e.unchanged.values()):
         return None
-    why = dict.fromkeys(e.unchanged.values())
-    return Finding("unchanged-weights", f"{len(e.unchanged)} parameter(s) did not move: "
-                   + "; ".join(f"{few(layers(n for n, w in e.unchanged.items() if w == reason))}: {reason}" for reason in why),
-                   few(layers(e.unchanged)), "give them to the optimizer with a learning rate > 0 and requires_grad "
+    return unchanged_finding(e.unchanged)
+
+
+def updates_rounded_to_zero(e: EpochFigures) -> Finding | None:
+    """Parameters whose every measured update was 0 (below their float precision), with no reason in the
+    loop: named after lr-too-low, whose effect it usually is."""
+    if not e.unchanged or any(why != ROUNDED_TO_ZERO for why in e.unchanged.values()):
+        return None
+    return unchanged_finding(e.unchanged)
+
+
+def unchanged_finding(unchanged: dict) -> Finding:
+    why = dict.fromkeys(unchanged.values())
+    return Finding("unchanged-weights", f"{len(unchanged)} parameter(s) did not move: "
+                   + "; ".join(f"{few(layers(n for n, w in unchanged.items() if w == reason))}: {reason}" for reason in why),
+                   few(layers(unchanged)), "give them to the optimizer with a learning rate > 0 and requires_grad "
                    "True (or, if frozen on purpose, tell the monitor: frozen=[...])")
 
 
@@ -370,7 +492,7 @@ def plateau(e: EpochFigures) -> Finding | None:
     train, valid = e.series("train_acc")[-PLATEAU_EPOCHS:], e.series("valid_acc")[-PLATEAU_EPOCHS:]
     if len(valid) < PLATEAU_EPOCHS or None in valid or None in train:
         return None
-    far = 1 / e.classes + PLATEAU_FAR * (1 - 1 / e.classes)
+    far = e.far_from_chance
     if max(train + valid) >= far or slope(train) > PLATEAU_SLOPE or slope(valid) > PLATEAU_SLOPE:
         return None
     one = ""
@@ -383,10 +505,38 @@ def plateau(e: EpochFigures) -> Finding | None:
                    "check that the inputs carry the labels; then a higher learning rate, less weight decay, a bigger model")
 
 
+def recalls(confusion: list | None) -> list | None:
+    """Per class: the share of its valid images predicted as it (None for a class with none)."""
+    if not confusion:
+        return None
+    return [row[c] / sum(row) if sum(row) else None for c, row in enumerate(confusion)]
+
+
+def class_ignored(e: EpochFigures) -> Finding | None:
+    """A class the net (almost) never recognises, IGNORED_EPOCHS epochs running, while the accuracy looks
+    fine: the majority classes carry it (an imbalanced data set)."""
+    series = [h.get("recalls") for h in e.history[-IGNORED_EPOCHS:]]
+    if len(series) < IGNORED_EPOCHS or None in series or not e.learning_well:
+        return None
+    ignored = [c for c in range(len(series[-1]))
+               if all(r[c] is not None and r[c] <= IGNORED_RECALL for r in series)]
+    if not ignored:
+        return None
+    names = e.class_names or [str(c) for c in range(e.classes)]
+    rows = e.confusion or []
+    counts = ", ".join(f"{names[c]}: {series[-1][c]:.0%} of {sum(rows[c])}" if rows else names[c] for c in ignored)
+    return Finding("class-ignored", f"class {counts} valid images recognised, for {IGNORED_EPOCHS} epochs, while the "
+                   f"accuracy is {e.accuracy:.1%}: the other classes carry it", ", ".join(names[c] for c in ignored),
+                   "weight the loss by class (CrossEntropyLoss(weight=...)) or sample the classes evenly "
+                   "(WeightedRandomSampler); judge by per-class recall, not accuracy")
+
+
 RULES = (  # root causes first: the loop and the data, the learning rate, then what they cause
-    data_problems, unnormalised_inputs, softmax_before_loss, gradients_accumulate, eval_in_train_mode,
-    weight_decay_too_high, lr_too_high, exploding, nonfinite_values, saturated, dead_relu, vanishing, lr_too_low,
-    unchanged_weights, overfitting, plateau, eval_with_autograd,
+    data_problems, unnormalised_inputs, wrong_loss, softmax_before_loss, unchanged_weights, train_in_eval_mode,
+    gradients_accumulate, eval_in_train_mode, lr_collapsed, weight_decay_too_high, lr_too_high, exploding,
+    nonfinite_values, saturated, dead_relu, vanishing, lr_too_low, updates_rounded_to_zero, overfitting, plateau,
+    class_ignored,
+    eval_with_autograd,
 )
 
 
@@ -409,7 +559,7 @@ class Verdict:
     @property
     def problems(self) -> list:
         """The findings that are problems (not healthy, converged or frozen)."""
-        return [f for f in self.findings if f.name not in ("healthy", "converged", "frozen")]
+        return [f for f in self.findings if f.name not in NOTES]
 
     def as_dict(self) -> dict:
         """{'status', 'findings': [{'name', 'evidence', 'where', 'fix', 'first_epoch'}]}: for metrics.json."""
@@ -427,14 +577,36 @@ def judge(e: EpochFigures) -> Verdict:
     """Every rule on one epoch's figures: the first finding's name as the status, every finding; else
     converged (train and valid loss low: small gradients are success, not vanishing) or healthy.
     Parameters frozen on purpose are named last, as frozen, never as a problem."""
-    found = [finding for rule in RULES if (finding := rule(e))]
+    found = [finding for rule in RULES if (finding := rule(e))] or still_stuck(e)
     if found:
         verdict = Verdict(found[0].name, found)
     else:
         verdict = healthy_or_converged(e)
+    if (note := dead_units(e)) is not None:
+        verdict.findings.append(note)
     if e.frozen:
         verdict.findings.append(Finding("frozen", f"frozen on purpose: {layers(e.frozen)}", layers(e.frozen)))
     return verdict
+
+
+def recovered(e: EpochFigures) -> bool:
+    """The figures are back: accuracy past half the way from chance to 100% (when measured) and the loss
+    below the chance level (when given), not at it."""
+    accuracy_back = e.accuracy is None or e.accuracy >= e.far_from_chance
+    loss_back = e.loss is None or e.loss_finite and e.loss < (1 - CHANCE_BAND) * e.chance
+    return accuracy_back and loss_back and (e.accuracy is not None or e.loss is not None)
+
+
+def still_stuck(e: EpochFigures) -> list:
+    """No rule fires this epoch, but a problem of the state of training (PERSISTENT) was named the epoch
+    before and the figures have not recovered: it is named again, never 'healthy' meanwhile."""
+    stuck = [name for name in e.previous if name in PERSISTENT]
+    if not stuck or recovered(e):
+        return []
+    figures = [f"accuracy {e.accuracy:.1%}" if e.accuracy is not None else "",
+               f"loss {e.loss:.3f} (chance {e.chance:.3f})" if e.loss_finite else ""]
+    return [Finding(stuck[0], "not recovered: " + ", ".join(f for f in figures if f)
+                    + f" (recovered: accuracy past {e.far_from_chance:.0%} and the loss below chance)")]
 
 
 def healthy_or_converged(e: EpochFigures) -> Verdict:
@@ -444,10 +616,11 @@ def healthy_or_converged(e: EpochFigures) -> Verdict:
     rising = len(valid) >= 2 and valid[-1] > valid[-2] + RISE_FRACTION * e.chance
     valid_low = not valid or valid[-1] < LOW_LOSS_FRACTION * e.chance
     median = e.median_update_ratio
+    loss = f"loss {e.loss:.3f}" if e.loss_finite else "loss not given"
     if e.loss_is_low and valid_low and not rising:
-        return Verdict("converged", [Finding("converged", f"loss {e.loss:.3f}" + (f", valid {valid[-1]:.3f}" if valid else "")
+        return Verdict("converged", [Finding("converged", loss + (f", valid {valid[-1]:.3f}" if valid else "")
                                              + f" low and gradients small as expected (total norm {e.total_norm:.2e})")])
-    return Verdict("healthy", [Finding("healthy", f"loss {e.loss:.3f}" + (f", valid {valid[-1]:.3f}" if valid else "")
+    return Verdict("healthy", [Finding("healthy", loss + (f", valid {valid[-1]:.3f}" if valid else "")
                                        + (f" (rose from {valid[-2]:.3f})" if rising else "")
                                        + f", total gradient norm {e.total_norm:.2e}"
                                        + (f", median update ratio {median:.1e}" if median is not None else ""))])
