@@ -83,8 +83,12 @@ def test_plateau_far_from_one_and_flat_names_the_one_class_predicted():
     assert verdict.status == "plateau" and "class 0 for 100%" in verdict.findings[0].evidence
     assert judge(figures(history=flat[1:])).status == "healthy"  # not yet PLATEAU_EPOCHS
     assert len(flat) == PLATEAU_EPOCHS
-    learning = [dict(h, train_acc=0.5 + 0.05 * i) for i, h in enumerate(flat)]  # rising 5 points an epoch
+    learning = [dict(h, valid_acc=0.5 + 0.05 * i) for i, h in enumerate(flat)]  # valid rising 5 points an epoch
     assert judge(figures(history=learning)).status == "healthy"
+    # the train accuracy climbing while the valid one stays at chance: memorising labels the inputs do not carry
+    memorising = [dict(h, train_acc=0.5 + 0.05 * i) for i, h in enumerate(flat)]
+    verdict = judge(figures(history=memorising))
+    assert verdict.status == "plateau" and "memorises" in verdict.findings[0].evidence
 
 
 def test_lr_too_high_is_named_before_the_dead_units_it_caused():

@@ -38,6 +38,7 @@ OVERFIT_GAP = 3.0             # ... to at least 3x the train loss
 PLATEAU_EPOCHS = 5            # accuracies flat over 5 epochs (their trend below PLATEAU_SLOPE per epoch) ...
 PLATEAU_SLOPE = 0.02
 PLATEAU_FAR = 0.5             # ... and below chance + half the way from chance to 100%
+PLATEAU_NEAR = 0.25           # a valid accuracy below chance + a quarter of the way while train climbs: memorising
 ONE_CLASS_SHARE = 0.95        # 95% of the valid predictions one class: the net predicts the majority
 IGNORED_RECALL = 0.05         # a class recalled for at most 5% of its valid images, two epochs running ...
 IGNORED_EPOCHS = 2            # ... while the accuracy looks fine: the class is ignored
@@ -488,20 +489,27 @@ def slope(values: list[float]) -> float:
 
 
 def plateau(e: EpochFigures) -> Finding | None:
-    """Train and valid accuracy far from 100% and flat for several epochs (e.g. the majority class)."""
+    """The valid accuracy far from 100% and flat for several epochs (e.g. the majority class, or labels
+    the inputs do not carry), whether the train accuracy is flat too or climbs by memorising."""
     train, valid = e.series("train_acc")[-PLATEAU_EPOCHS:], e.series("valid_acc")[-PLATEAU_EPOCHS:]
     if len(valid) < PLATEAU_EPOCHS or None in valid or None in train:
         return None
-    far = e.far_from_chance
-    if max(train + valid) >= far or slope(train) > PLATEAU_SLOPE or slope(valid) > PLATEAU_SLOPE:
+    far, near = e.far_from_chance, 1 / e.classes + PLATEAU_NEAR * (1 - 1 / e.classes)
+    if max(valid) >= far or slope(valid) > PLATEAU_SLOPE:
+        return None
+    if max(train) < far and slope(train) <= PLATEAU_SLOPE:
+        memorising = ""
+    elif max(valid) < near:  # the train accuracy climbs while the valid one stays near chance: memorising noise
+        memorising = f" (train accuracy {train[0]:.1%} -> {train[-1]:.1%}: it memorises what does not generalise)"
+    else:  # a small valid split that lags a learning train set: noise, not a plateau
         return None
     one = ""
     if e.predicted and sum(e.predicted):
         top = max(range(len(e.predicted)), key=e.predicted.__getitem__)
         share = e.predicted[top] / sum(e.predicted)
         one = f"; it predicts class {top} for {share:.0%} of the valid images" if share >= ONE_CLASS_SHARE else ""
-    return Finding("plateau", f"train accuracy {train[-1]:.1%}, valid {valid[-1]:.1%}: below {far:.0%} and flat "
-                   f"(trend under {PLATEAU_SLOPE:.0%} an epoch) for {PLATEAU_EPOCHS} epochs{one}", "",
+    return Finding("plateau", f"valid accuracy {valid[-1]:.1%}, train {train[-1]:.1%}: valid below {far:.0%} and flat "
+                   f"(trend under {PLATEAU_SLOPE:.0%} an epoch) for {PLATEAU_EPOCHS} epochs{memorising}{one}", "",
                    "check that the inputs carry the labels; then a higher learning rate, less weight decay, a bigger model")
 
 
@@ -534,8 +542,8 @@ def class_ignored(e: EpochFigures) -> Finding | None:
 RULES = (  # root causes first: the loop and the data, the learning rate, then what they cause
     data_problems, unnormalised_inputs, wrong_loss, softmax_before_loss, unchanged_weights, train_in_eval_mode,
     gradients_accumulate, eval_in_train_mode, lr_collapsed, weight_decay_too_high, lr_too_high, exploding,
-    nonfinite_values, saturated, dead_relu, vanishing, lr_too_low, updates_rounded_to_zero, overfitting, plateau,
-    class_ignored,
+    nonfinite_values, saturated, dead_relu, vanishing, lr_too_low, updates_rounded_to_zero, class_ignored,
+    overfitting, plateau,
     eval_with_autograd,
 )
 
