@@ -150,34 +150,50 @@ def compare_event_writing(repeats: int, device: torch.device) -> None:
 
 
 def compare_step(repeats: int, device: torch.device) -> None:
-    torch.manual_seed(0)
-    model = LeNet().initialize_weights().to(device)
+    """A bare LeNet step (forward, backward, SGD, the loss copied to the host as every loop does) against
+    the same step with the monitor added, in the README's forms, on a non-logging step: each form has a
+    model and optimizer of its own (the monitor's hooks stay on them), and 20-step blocks alternate."""
     x, y = torch.randn(16, 3, 32, 32, device=device), torch.randint(0, 2, (16,), device=device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     criterion = nn.CrossEntropyLoss()
-    monitor = TrainingMonitor(model, writer=None, log_interval=10 ** 9)  # norms every step, no logging step
 
-    def block(with_monitor: bool, n: int = 20) -> float:
+    def setup(form: str):
+        torch.manual_seed(0)
+        model = LeNet().initialize_weights().to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        monitor = None if form == "bare" else TrainingMonitor(
+            model, writer=None, log_interval=10 ** 9, optimizer=None if form == "after_backward" else optimizer)
+        return model, optimizer, monitor
+
+    forms = {form: setup(form) for form in ("bare", "optimizer watched", "after_backward", "both")}
+
+    def block(form: str, n: int = 20) -> float:
         """Seconds per step over n steps."""
+        model, optimizer, monitor = forms[form]
         started = time.perf_counter()
         for step in range(1, n + 1):
             optimizer.zero_grad()
             loss = criterion(model(x), y)
             loss.backward()
-            monitor.after_backward(step, loss) if with_monitor else loss.item()
+            monitor.after_backward(step, loss) if form in ("after_backward", "both") else loss.item()
             optimizer.step()
         return (time.perf_counter() - started) / n
 
-    block(False), block(True)  # warm-up
-    plain, ratios = [], []
-    for i in range(repeats * 20):  # pairs of short blocks, in alternating order, so both see the same machine
-        order = (False, True) if i % 2 == 0 else (True, False)
-        seconds = {with_monitor: block(with_monitor) for with_monitor in order}
-        plain.append(seconds[False])
-        ratios.append(seconds[True] / seconds[False])
-    print(f"bare LeNet step (a fixed batch of 16: forward, backward, SGD): {statistics.median(plain) * 1e3:.3f} ms, "
-          f"gradient norms every step "
-          f"{statistics.median(ratios) - 1:+.1%} (median over {len(ratios)} pairs of 20-step blocks)")
+    for form in forms:
+        block(form)  # warm-up
+    times = {form: [] for form in forms}
+    for i in range(repeats * 20):  # rounds of short blocks, the order turning each round
+        order = list(forms)[i % len(forms):] + list(forms)[:i % len(forms)]
+        for form in order:
+            times[form].append(block(form))
+    bare = times["bare"]
+    print(f"bare LeNet step (a fixed batch of 16: forward, backward, SGD, loss.item()): "
+          f"{statistics.median(bare) * 1e3:.3f} ms; the monitor on a non-logging step "
+          f"(target: at most +{STEP_TARGET:.0%}; median over {len(bare)} rounds of 20-step blocks):")
+    for form, label in (("optimizer watched", "TrainingMonitor(model, writer, optimizer=optimizer) alone"),
+                        ("after_backward", "after_backward(step, loss), no optimizer given"),
+                        ("both", "the optimizer watched and after_backward(step, loss)")):
+        ratios = [t / b for t, b in zip(times[form], bare)]
+        print(f"  {label:<60} {statistics.median(ratios) - 1:+.1%}")
 
 
 def run_train_rmb(data_dir: Path, device: str, epochs: int, wrap_epoch) -> None:

@@ -75,8 +75,10 @@ def test_the_monitor_state_round_trips_and_the_resumed_monitor_judges_the_same(t
     resumed = TrainingMonitor(model, log_interval=2)
     resumed.load_state_dict(load_checkpoint(tmp_path / "c.pt")["monitor"])
     assert resumed.state_dict() == monitor.state_dict()
-    # norms at every step; update ratios at the epoch's first step and at the logging step 2
-    assert monitor.state_dict()["norm_steps"] == [3] * 10 and monitor.state_dict()["ratio_steps"] == [2] * 10
+    # every norm and the update ratios at the epoch's first step and at the logging step 2 (step 3 checks
+    # only the first gradient for NaN/Inf: every norm is read at every MEASURE_EVERY-th step)
+    assert monitor.state_dict()["norm_steps"] == [2] * 10 and monitor.state_dict()["ratio_steps"] == [2] * 10
+    assert monitor.state_dict()["had_grad"] == [True] * 10
     first, second = monitor.end_epoch(3, 0.6), resumed.end_epoch(3, 0.6)
     assert str(first) == str(second) and resumed.epochs == monitor.epochs == 1
     assert "median update ratio" in str(second)  # the ratios of steps 1 and 2, carried over the resume

@@ -49,7 +49,7 @@ def train_one_epoch(model: nn.Module, loader, criterion, optimizer, device: torc
             logits = model(images)
             loss = criterion(logits, labels)
             loss.backward()
-            # the loss, the batch's correct count and the gradient norms reach the host in one copy
+            # the loss and the batch's correct count reach the host in one copy
             loss_value, correct = monitor.after_backward(step, loss, also=(logits.argmax(1) == labels).sum())
             n, correct = labels.size(0), int(correct)
             if enabled():  # one all-reduce: the global batch's figures, and whether any rank must stop
@@ -60,9 +60,11 @@ def train_one_epoch(model: nn.Module, loader, criterion, optimizer, device: torc
                     monitor.nonfinite_elsewhere(step)
             else:
                 stopping = stop.requested
-            if monitor.nonfinite:  # never step with NaN gradients: the weights stay good
+            if monitor.nonfinite:  # a NaN/Inf loss: stop before stepping
                 return {"loss": float("nan"), "acc": state.epoch_acc, "complete": False, "diverged": True}
-            optimizer.step()
+            optimizer.step()  # the monitor reads the gradients here, as the optimizer uses them
+            if monitor.nonfinite:  # NaN/Inf gradients: nothing from this step on is saved
+                return {"loss": float("nan"), "acc": state.epoch_acc, "complete": False, "diverged": True}
             state.step_done(loss_value, correct, n)
             monitor.after_step(step, {LOSS: {"train": loss_value}, ACCURACY: {"train": state.epoch_acc}})
             progress.set_postfix(loss=f"{loss_value:.4f}", acc=f"{state.epoch_acc:.2%}", refresh=False)

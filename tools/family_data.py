@@ -12,16 +12,16 @@ import torch
 
 TRAIN, VALID = 768, 256       # examples per split
 CLASSES = 4
-FEATURES, RARE = 16, 4        # tabular: dense features, and features that are 0 in 97% of the rows
+FEATURES, RARE = 16, 4        # tabular: dense features, and features that are 0 in 99.5% of the rows
 IMAGE = 16                    # images: 3 x 16 x 16
 VOCAB, LENGTH = 32, 12        # tokens: ids 0..31, sequences of 12
 
 
 def tabular(n: int, generator: torch.Generator, centers: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(n, FEATURES + RARE) rows: the class's center plus noise, and rare, heavy-tailed features (0 in 97%
+    """(n, FEATURES + RARE) rows: the class's center plus noise, and rare, heavy-tailed features (0 in 99.5%
     of the rows, up to about 30 when standardised: a tabular data set's sparse counts)."""
     dense = centers[labels] + torch.randn(n, FEATURES, generator=generator)
-    rare = (torch.rand(n, RARE, generator=generator) < 0.03) * torch.rand(n, RARE, generator=generator) * 50
+    rare = (torch.rand(n, RARE, generator=generator) < 0.005) * torch.rand(n, RARE, generator=generator) * 50
     return torch.cat([dense, rare], 1)
 
 

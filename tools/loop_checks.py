@@ -190,7 +190,9 @@ class LoopWatch:
         self.load_state_dict({})
 
     def _in_training_mode(self) -> bool:
-        return any(m.training for m in self.mode_layers)
+        """Dropout or batch norm in training mode (model.train() and model.eval() set them all alike: the
+        first one answers for the rest, at no cost per step)."""
+        return bool(self.mode_layers) and self.mode_layers[0].training
 
     def _measure_inputs(self, args) -> None:
         """The first training batch of the epoch: its range (one host copy per epoch)."""

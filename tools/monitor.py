@@ -48,6 +48,14 @@ from tools.verdict import (
 )
 
 
+MEASURE_EVERY = 8  # every parameter's gradient norm is read at every 8th step (and every logging step)
+
+
+def dense(grad: torch.Tensor) -> torch.Tensor:
+    """A gradient's values: a sparse one's (nn.Embedding(sparse=True)) stored values, a dense one itself."""
+    return grad.coalesce().values() if grad.is_sparse else grad
+
+
 def per_parameter(saved: list | None, n: int, zero) -> list:
     """A per-parameter list as saved, or `n` zeros (a fresh epoch, or a checkpoint of before the monitor
     kept one number per parameter)."""
@@ -96,10 +104,10 @@ class TrainingMonitor:
         self.names = [n for n, _ in self.model.named_parameters()]
         self.params = [p for _, p in self.model.named_parameters()]
         self.order = self.names      # parameter names in forward order, once set_forward_order is called
+        self._forward_index = list(range(len(self.params)))  # ... as indices into self.params
         self._nonfinite = None       # (step, what) of the first non-finite loss or gradient
         self._before = None          # weights before a logged optimizer step
         self._pending = None         # (step, lines) of a logging step, written by after_step
-        self._all = list(range(len(self.params)))
         self._announced = None       # the step number after_backward gave, until the optimizer's step
         self.loop = LoopWatch(self.model, enabled, optimizer, self.classes)
         self.enabled = enabled
@@ -146,6 +154,8 @@ class TrainingMonitor:
         batch), so that the first non-finite gradient is named correctly."""
         with self.loop.paused():
             self.order = forward_order(self.model, *example_inputs)
+        index = {name: i for i, name in enumerate(self.names)}
+        self._forward_index = [index[name] for name in self.order if name in index]
 
     def start(self, example: torch.Tensor, log_initial: bool = True, splits: dict | None = None) -> None:
         """Before training: the forward order (from one hooked pass of `example`); for a new run, the
@@ -162,7 +172,7 @@ class TrainingMonitor:
         return {"epochs": self.epochs, "first_total_norm": self.first_total_norm, "epoch_steps": self.epoch_steps,
                 "last_epoch_step": self.last_epoch_step, "steps": self.steps, "lr": dict(self._lr),
                 "epoch_taken": self._epoch_taken,
-                "norm_sum": self._norm_sums(), "norm_steps": self._norm_counts(),
+                "norm_sum": self._norm_sum, "norm_steps": self._norm_steps, "had_grad": self._had_grad,
                 "ratio_sum": self._ratio_sum, "ratio_steps": self._ratio_steps,
                 "step_losses": list(self._step_losses), "loop": self.loop.state_dict(),
                 "history": [dict(h) for h in self.history], "first_seen": dict(self.first_seen),
@@ -177,10 +187,12 @@ class TrainingMonitor:
         self.last_epoch_step = state.get("last_epoch_step", 0)    # the step that ended it
         # per parameter, over the epoch: grad norms summed, and the steps in which it had a gradient;
         # update ratios summed over the logged steps, and their count
-        self._norm_sum = None      # a device tensor once a gradient is read (created on the gradients' device)
-        self._carried_sum = per_parameter(state.get("norm_sum"), n, 0.0)  # of before a resume
-        self._full_steps = 0       # steps in which every parameter had a gradient ...
-        self._partial_steps = per_parameter(state.get("norm_steps"), n, 0)  # ... and the others, per parameter
+        # per parameter, over the epoch's measured steps (every MEASURE_EVERY-th, logging steps, the epoch's
+        # first): its gradient norms summed and the steps in which it had one; and whether it had a gradient
+        # in any step at all (every step is looked at for that, at no cost)
+        self._norm_sum = per_parameter(state.get("norm_sum"), n, 0.0)
+        self._norm_steps = per_parameter(state.get("norm_steps"), n, 0)
+        self._had_grad = per_parameter(state.get("had_grad"), n, False)
         self.steps = state.get("steps", getattr(self, "steps", 0))
         self._lr = dict(state.get("lr") or getattr(self, "_lr", {"max": 0.0, "now": None, "low": 0}))
         self._epoch_taken = state.get("epoch_taken", 0)  # optimizer steps taken this epoch
@@ -223,7 +235,7 @@ class TrainingMonitor:
         if self.enabled:
             self.loop.check_loss(loss)  # a softmax before the loss, a wrong loss? (once per epoch, no host copy)
         if self.hooked or not self.enabled:
-            values = torch.stack(first).tolist()
+            values = [first[0].item()] if len(first) == 1 else torch.stack(first).tolist()
         else:
             values = self._read_gradients(step, first)
         value = values[0]
@@ -235,43 +247,55 @@ class TrainingMonitor:
         return (value, values[1]) if also is not None else value
 
     def _read_gradients(self, step: int, first: list[torch.Tensor]) -> list[float]:
-        """Every parameter's gradient norm, the loop's gradient check and `first` (scalar tensors), in one
-        host copy (values of `first` returned); the norms summed for the epoch, on the device; on logging
-        steps the norms kept for TensorBoard and the weights before the step for the update ratios."""
+        """The gradients of one step, and `first` (scalar tensors, e.g. the loss), in one host copy; returns
+        the values of `first`.
+
+        Every step: the norm of the first gradient in forward order, for NaN/Inf (a NaN or Inf anywhere in
+        backward reaches the first parameter, upstream of everything). Every MEASURE_EVERY-th step, on
+        logging steps, at an epoch's first step and whenever that norm is not finite: every parameter's
+        norm (the verdict's epoch means, TensorBoard's lines, and the first bad parameter's name). That
+        keeps a step's cost to a few small ops on most steps."""
         grads = [p.grad for p in self.params]
-        complete = all(g is not None for g in grads)
-        with_grad = self._all if complete else [i for i, g in enumerate(grads) if g is not None]
-        grads = grads if complete else [grads[i] for i in with_grad]
+        if not all(g is not None for g in grads):
+            for i, g in enumerate(grads):
+                self._had_grad[i] = self._had_grad[i] or g is not None
+        elif not self._had_grad[-1] or not self._had_grad[0]:
+            self._had_grad = [True] * len(grads)
         check = self.loop.gradient_check()  # is zero_grad missing? (a few steps an epoch)
-        logging = step % self.log_interval == 0
-        if not grads:
-            values = torch.stack(first).tolist() if first else []
-            self.loop.record_gradient_check([])
-            return values
-        dense = [g._values() if g.is_sparse else g for g in grads]
-        norms = torch.stack(torch._foreach_norm(dense)).float()
-        total = torch.linalg.vector_norm(norms)
-        # one sync for the loss, the check and the total norm; all the norms only on logging steps
-        values = torch.stack([*first, *check, total, *(norms.unbind() if logging else [])]).tolist()
+        sentinel = grads[self._forward_index[0]] if self._forward_index else None
+        if sentinel is None:  # the first parameter has no gradient this step: the first one that has
+            sentinel = next((grads[i] for i in self._forward_index if grads[i] is not None), None)
+        scalars = [*first, *check, *([torch.linalg.vector_norm(dense(sentinel))] if sentinel is not None else [])]
+        values = ([scalars[0].item()] if len(scalars) == 1 else torch.stack(scalars).tolist()) if scalars else []
         n_first, n_check = len(first), len(check)
         self.loop.record_gradient_check(values[n_first:n_first + n_check])
-        total_value = values[n_first + n_check]
-        if self._norm_sum is None or self._norm_sum.device != norms.device:
-            self._norm_sum = torch.zeros(len(self.params), device=norms.device)
-        if complete:
-            self._norm_sum.add_(norms)
-            self._full_steps += 1
-        else:
-            self._norm_sum.index_add_(0, torch.tensor(with_grad, device=norms.device), norms)
-            for i in with_grad:
-                self._partial_steps[i] += 1
-        if not math.isfinite(total_value) or (first and not math.isfinite(values[0])):
-            self._record_nonfinite(step, "loss" if first and not math.isfinite(values[0]) else "gradient")
+        finite = all(math.isfinite(v) for v in values[:min(n_first, 1)] + values[n_first + n_check:])
+        logging = step % self.log_interval == 0
+        if sentinel is not None and (not finite or logging or step % MEASURE_EVERY == 0 or not any(self._norm_steps)):
+            self._measure_gradients(step, logging, values[0] if first else None)
+        elif not finite:
+            self._record_nonfinite(step, "loss")
+        return values[:n_first]
+
+    def _measure_gradients(self, step: int, logging: bool, loss: float | None) -> None:
+        """Every parameter's gradient norm (one fused call, one host copy): summed for the verdict, kept
+        for TensorBoard on logging steps, checked for NaN/Inf; and the weights before the step, for the
+        update ratios."""
+        with_grad = [i for i, p in enumerate(self.params) if p.grad is not None]
+        norms = torch.stack(torch._foreach_norm([dense(self.params[i].grad) for i in with_grad])).float().tolist()
+        total = math.sqrt(sum(v * v for v in norms))
+        for i, norm in zip(with_grad, norms):
+            self._norm_sum[i] += norm
+            self._norm_steps[i] += 1
+        if loss is not None and not math.isfinite(loss):
+            self._record_nonfinite(step, "loss", norms)
+        elif not math.isfinite(total):
+            self._record_nonfinite(step, "gradient", norms)
         if logging:
             self._write_pending()
-            by_layer = layer_norms([self.names[i] for i in with_grad], values[n_first + n_check + 1:])
+            by_layer = layer_norms([self.names[i] for i in with_grad], norms)
             self._pending = (step, {GRAD_NORM: {f"layers/{layer}": v for layer, v in by_layer.items()}
-                                    | {"layers/total": total_value}})
+                                    | {"layers/total": total}})
         # update ratios: on logging steps, and at least once in every epoch however short (the verdict's
         # learning-rate rules read them): at its first step when epochs are shorter than the log interval
         # (or the first epoch's length is not known yet); TensorBoard gets them on logging steps only
@@ -280,15 +304,17 @@ class TrainingMonitor:
             self._before = (with_grad, [self.params[i].detach().clone() for i in with_grad], logging)
         if self._nonfinite is not None:  # the loop will stop before the step: write the norms now
             self._write_pending()
-        return values[:n_first]
 
     def _before_step(self, optimizer, args, kwargs) -> None:
         """The optimizer's step pre-hook: the gradients it is about to use (unscaled behind a GradScaler,
         whose skipped steps never come here), and its learning rate."""
         self.loop.backward_done()  # the training forwards since the last step were trained on
-        if not self.enabled:
-            return
         step = self._announced if self._announced is not None else self.steps + 1
+        if not self.enabled:  # the NaN/Inf check stays (every process of a torchrun stops at the same step)
+            first = next((p.grad for p in (self.params[i] for i in self._forward_index) if p.grad is not None), None)
+            if first is not None and not math.isfinite(torch.linalg.vector_norm(dense(first)).item()):
+                self._record_nonfinite(step, "gradient")
+            return
         self._write_pending()
         self._read_gradients(step, [])
         lr = max((float(g["lr"]) for g in optimizer.param_groups), default=0.0)
@@ -353,15 +379,6 @@ class TrainingMonitor:
             self._write(*self._pending)
         self._pending = None
 
-    def _norm_sums(self) -> list[float]:
-        """Per parameter: its gradient norms summed over the epoch (one host copy)."""
-        summed = self._norm_sum.tolist() if self._norm_sum is not None else [0.0] * len(self.params)
-        return [a + b for a, b in zip(summed, self._carried_sum)]
-
-    def _norm_counts(self) -> list[int]:
-        """Per parameter: the steps of the epoch in which it had a gradient."""
-        return [self._full_steps + k for k in self._partial_steps]
-
     def _grad_names(self) -> list[str]:
         return [n for n, p in zip(self.names, self.params) if p.grad is not None]
 
@@ -372,8 +389,7 @@ class TrainingMonitor:
             return
         names = self._grad_names()
         if norms is None:  # look at the gradients now, once
-            norms = [torch.linalg.vector_norm(p.grad._values() if p.grad.is_sparse else p.grad).item()
-                     for p in self.params if p.grad is not None]
+            norms = [torch.linalg.vector_norm(dense(p.grad)).item() for p in self.params if p.grad is not None]
         bad = {n for n, v in zip(names, norms) if not math.isfinite(v)}
         first = next((n for n in self.order if n in bad), None)
         detail = f"non-finite {what} at step {step}" + (f"; first parameter with a non-finite gradient: {first}"
@@ -393,7 +409,7 @@ class TrainingMonitor:
         tensors = list(self.params)  # histograms() detaches
         with_grad = [(n, p.grad) for n, p in zip(self.names, self.params) if p.grad is not None]
         tags += [f"grads/{n}" for n, _ in with_grad]
-        tensors += [g for _, g in with_grad]
+        tensors += [dense(g) for _, g in with_grad]  # a sparse gradient: its stored rows
         return dict(zip(tags, histograms(tensors, self.bins)))
 
     def log_histograms(self, step: int) -> dict[str, Histogram]:
@@ -472,12 +488,11 @@ class TrainingMonitor:
         self.epochs += 1
         hists = self.parameter_histograms()
         bad = [t for t, h in hists.items() if h.nan or h.inf]
-        counts = self._norm_counts()
-        unchanged, frozen = self._unchanged_and_frozen(counts)
+        unchanged, frozen = self._unchanged_and_frozen(self._had_grad)
         # the verdict's gradients and updates: of the parameters that train (one left out of the optimizer
         # keeps summing its gradients, and never moves: unchanged-weights names it, nothing else)
         left_out = {n for n, why in unchanged.items() if why != ROUNDED_TO_ZERO}
-        norms = {n: v / k for n, v, k in zip(self.names, self._norm_sums(), counts) if k and n not in left_out}
+        norms = {n: v / k for n, v, k in zip(self.names, self._norm_sum, self._norm_steps) if k and n not in left_out}
         ratios = {n: v / k for n, v, k in zip(self.names, self._ratio_sum, self._ratio_steps) if k and n not in left_out}
         norms = {n: norms[n] for n in self.order if n in norms}
         total = math.sqrt(sum(v * v for v in norms.values())) if norms else None

@@ -212,8 +212,8 @@ def scheduler_for(optimizer, s: dict, steps_per_epoch: int, epochs: int):
     if s.get("schedule") == "warmup-cosine":
         warm, total = steps_per_epoch, steps_per_epoch * epochs
 
-        def factor(step):
-            return (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm + 1) / (total - warm)))
+        def factor(step):  # step: the scheduler's steps so far; exactly 0 once the last step is taken
+            return (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if s.get("schedule") == "steplr-per-batch":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.1)
@@ -278,7 +278,7 @@ def run_user_loop(run: UserRun, device: torch.device = torch.device("cpu"), say=
                     loss = loss_of(kind, out, y, classes, s.get("label_smoothing", 0.0))
                 (scaler.scale(loss / accumulate) if scaler else loss / accumulate).backward()
                 step += 1
-                value = monitor.after_backward(step, loss) if explicit else float(loss)
+                value = monitor.after_backward(step, loss) if explicit else loss.item()
                 loss_sum, seen = loss_sum + value * len(y), seen + len(y)
                 correct += int((predictions(kind, out.float(), classes) == y).sum())
                 if (i + 1) % accumulate == 0:
