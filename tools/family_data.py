@@ -70,6 +70,7 @@ def make_splits(kind: str, seed: int = 0, imbalance: bool = False, raw: bool = F
             data = {s: x * scale + 5 * scale for s, x in data.items()}
         else:    # standardised with the train split's statistics (what StandardScaler does)
             mean, std = data["train"].mean(0), data["train"].std(0)
+            std = torch.where(std > 0, std, torch.ones_like(std))  # a rare column with no value in train
             data = {s: (x - mean) / std for s, x in data.items()}
     elif kind == "images":
         data = {s: images(y, generator) for s, y in labels.items()}

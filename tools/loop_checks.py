@@ -58,6 +58,23 @@ def producer(node):
     return None
 
 
+CLASSIFICATION_LOSSES = ("NllLoss", "NllLoss2D", "BinaryCrossEntropy", "BinaryCrossEntropyWithLogits", "LogSoftmax")
+
+
+def classification_loss(loss: torch.Tensor) -> bool:
+    """The loss's graph (its few last nodes) holds a classification loss: cross-entropy, NLL, BCE."""
+    seen, queue = set(), [loss.grad_fn]
+    while queue and len(seen) < GRAPH_NODES:
+        node = queue.pop(0)
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node_name(node) in CLASSIFICATION_LOSSES:
+            return True
+        queue.extend(n for n, _ in node.next_functions if n is not None)
+    return False
+
+
 def loss_mistake(loss: torch.Tensor, output_width: int | None, classes: int) -> dict | None:
     """What the loss's graph shows wrong (see the module's docstring), as {'evidence', 'fix'}, or None.
     `output_width`: the model's outputs per sample in training (None: not seen)."""
@@ -165,7 +182,8 @@ class LoopWatch:
         counts = dict(self.counts)
         counts["train_eval_mode"] += sum(m[0] for m in self._marks) if self.mode_layers else 0
         return {"counts": counts, "inputs": self.inputs, "softmax": self.softmax,
-                "accumulated": list(self.accumulated), "unbacked": unbacked, "wrong_loss": self.wrong_loss}
+                "accumulated": list(self.accumulated), "unbacked": unbacked, "wrong_loss": self.wrong_loss,
+                "classifier": self.classifier}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore `state_dict()`; an empty dict starts a new epoch."""
@@ -174,6 +192,7 @@ class LoopWatch:
         self.inputs = state.get("inputs")            # the epoch's first training batch: min, max, mean, std
         self.softmax = state.get("softmax", False)   # a softmax before the loss's log_softmax
         self.wrong_loss = state.get("wrong_loss")    # what the loss's graph shows wrong, if anything
+        self.classifier = state.get("classifier", False)  # the loss's graph has a classification loss
         self.counts.setdefault("train_eval_mode", 0)
         self.counts.setdefault("grad_forwards", 0)
         self.watched = self.watch_parameter()
@@ -244,6 +263,7 @@ class LoopWatch:
         if not self.softmax_checked and loss.grad_fn is not None:
             self.softmax = self.softmax or softmax_feeds_log_softmax(loss)
             self.wrong_loss = self.wrong_loss or loss_mistake(loss, self.output_width, self.classes)
+            self.classifier = self.classifier or classification_loss(loss)
             self.softmax_checked = True
 
     def gradient_check(self) -> list[torch.Tensor]:
@@ -298,6 +318,7 @@ class LoopWatch:
         return {"evaluations": self.counts["evaluations"] + unbacked,
                 "train_eval_mode": self.counts["train_eval_mode"] + eval_mode_trained,
                 "grad_forwards": self.counts["grad_forwards"], "wrong_loss": self.wrong_loss,
+                "output_width": self.output_width, "classifier": self.classifier,
                 "eval_train_mode": self.counts["eval_train_mode"] + unbacked_train,
                 "eval_autograd": unbacked,
                 "train_mode_layers": ", ".join(sorted({type(m).__name__ for m in self.mode_layers})) or None,

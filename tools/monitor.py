@@ -48,6 +48,7 @@ from tools.verdict import (
 )
 
 
+SPIKE_WINDOW = 10  # a step's loss is compared with the median of the 10 before it
 MEASURE_EVERY = 8  # every parameter's gradient norm is read at every 8th step (and every logging step)
 
 
@@ -84,9 +85,10 @@ class TrainingMonitor:
     """
 
     def __init__(self, model: nn.Module, writer=None, log_interval: int = 10, enabled: bool = True,
-                 bins: int = HIST_BINS, classes: int | list[str] = 2, optimizer: torch.optim.Optimizer | None = None,
+                 bins: int = HIST_BINS, classes: int | list[str] | None = None, optimizer: torch.optim.Optimizer | None = None,
                  frozen: list[str] | None = None):
-        """`classes`: their number, or their names; `optimizer`: to tell why a parameter did not move (not
+        """`classes`: their number, or their names (None: learned from the model's outputs when the loss or the
+        accuracy shows a classifier; a regression has none, and the rules about chance stay off); `optimizer`: to tell why a parameter did not move (not
         in it, or a zero learning rate); `frozen`: the name prefixes of parameters frozen on purpose
         (None: any parameter with requires_grad False is taken as frozen on purpose; a list: only those,
         and any other one is a finding)."""
@@ -97,8 +99,8 @@ class TrainingMonitor:
         self.writer = writer
         self.log_interval = log_interval
         self.bins = bins
-        self.class_names = [str(c) for c in (classes if isinstance(classes, (list, tuple)) else range(classes))]
-        self.classes = len(self.class_names)
+        self.class_names = [str(c) for c in (classes if isinstance(classes, (list, tuple)) else range(classes or 0))]
+        self.classes = len(self.class_names) or None
         # every parameter: a frozen one may be unfrozen later; one without a gradient in a step (frozen,
         # unused by forward, a branch not taken) is left out of that step's figures, not of the epoch's
         self.names = [n for n, _ in self.model.named_parameters()]
@@ -109,7 +111,7 @@ class TrainingMonitor:
         self._before = None          # weights before a logged optimizer step
         self._pending = None         # (step, lines) of a logging step, written by after_step
         self._announced = None       # the step number after_backward gave, until the optimizer's step
-        self.loop = LoopWatch(self.model, enabled, optimizer, self.classes)
+        self.loop = LoopWatch(self.model, enabled, optimizer, self.classes or 0)
         self.enabled = enabled
         self.data_findings: list[Finding] = []
         self.steps = 0               # optimizer steps taken (watched through its hooks)
@@ -395,7 +397,7 @@ class TrainingMonitor:
         detail = f"non-finite {what} at step {step}" + (f"; first parameter with a non-finite gradient: {first}"
                                                         if first else "")
         if self.first_loss is not None and math.isfinite(self.first_loss) and \
-                self.first_loss > DIVERGED_LOSS_FACTOR * math.log(max(self.classes, 2)):
+                self.classes and self.first_loss > DIVERGED_LOSS_FACTOR * math.log(max(self.classes, 2)):
             detail += (f" (the first step's loss, before any update, was already {self.first_loss:.3g}: the init or the "
                        "inputs, not the learning rate)")
         self._nonfinite = (step, detail)
@@ -453,15 +455,31 @@ class TrainingMonitor:
                   for g in self.optimizer.param_groups]
         return max(shares, default=None)
 
+    def _learn_classes(self, confusion, loop: dict, accuracy: bool) -> None:
+        """Classes not given: from the confusion matrix, or the model's outputs per sample (two or more)
+        when the loss's graph or an accuracy shows a classifier. Until then, and for a regression, None."""
+        if self.classes is not None:
+            return
+        width = len(confusion) if confusion else loop.get("output_width")
+        if width and width >= 2 and (confusion or accuracy or loop.get("classifier")):
+            self.classes, self.class_names = width, [str(c) for c in range(width)]
+            self.loop.classes = width
+
     def _step_figures(self) -> dict:
         """The epoch's step losses: median, max, and the spikes (above SPIKE_FACTOR x both the chance
-        level and the median)."""
-        losses = sorted(v for v in self._step_losses if math.isfinite(v))
-        if not losses:
+        level and the median of the SPIKE_WINDOW steps before)."""
+        finite = [v for v in self._step_losses if math.isfinite(v)]
+        if not finite:
             return {}
-        median, chance = losses[len(losses) // 2], math.log(max(self.classes, 2))
-        spikes = sum(v > SPIKE_FACTOR * max(median, chance) for v in losses)
-        return {"median": median, "max": losses[-1], "spikes": spikes}
+        losses = sorted(finite)
+        median, chance = losses[len(losses) // 2], math.log(max(self.classes, 2)) if self.classes else 0.0
+        # against the median of the steps just before, not the epoch's: a loss that falls fast (a regression's
+        # first epoch) has early steps far above the epoch's median, and none of them is a spike
+        spikes = sum(v > SPIKE_FACTOR * max(sorted(before)[len(before) // 2], chance)
+                     for i, v in enumerate(finite) if (before := finite[max(0, i - SPIKE_WINDOW):i]))
+        quarter = max(1, len(finite) // 4)  # the mean loss of the epoch's first and last quarters (a trend)
+        return {"median": median, "max": losses[-1], "spikes": spikes, "start": sum(finite[:quarter]) / quarter,
+                "end": sum(finite[-quarter:]) / quarter}
 
     def end_epoch(self, step: int | None = None, train_loss: float | None = None, activations: dict | None = None,
                   label: str | None = None, train_acc: float | None = None, valid: dict | None = None) -> Verdict | None:
@@ -499,14 +517,15 @@ class TrainingMonitor:
         if self.first_total_norm is None and total and math.isfinite(total):
             self.first_total_norm = total
         nonfinite = self._nonfinite[1] if self._nonfinite else (f"NaN/Inf in {', '.join(bad)}" if bad else None)
-        steps = self._step_figures()
         confusion = valid.get("confusion")
         confusion = torch.as_tensor(confusion).tolist() if confusion is not None else None
+        loop = self.loop.figures()
+        self._learn_classes(confusion, loop, train_acc is not None or valid.get("acc") is not None)
+        steps = self._step_figures()
         self.history.append({"train_loss": train_loss, "train_acc": train_acc, "valid_loss": valid.get("loss"),
                              "valid_acc": valid.get("acc"), "median_ratio": median_ratio(ratios),
                              "spikes": steps.get("spikes"), "recalls": recalls(confusion)})
         predicted = [sum(column) for column in zip(*confusion)] if confusion else None
-        loop = self.loop.figures()
         taken = self._epoch_taken
         lr = ({"now": self._lr["now"], "max": self._lr["max"], "low_share": self._lr["low"] / taken}
               if self.hooked and taken and self._lr["now"] is not None else None)
@@ -545,9 +564,10 @@ def check_arguments(model, writer, log_interval, classes, optimizer, frozen) -> 
         raise TypeError(f"TrainingMonitor(writer=...): a SummaryWriter (or RunWriter), or None; not {type(writer).__name__}")
     if isinstance(log_interval, bool) or not isinstance(log_interval, int) or log_interval < 1:
         raise ValueError(f"TrainingMonitor(log_interval=...): a whole number of steps >= 1, not {log_interval!r}")
-    if isinstance(classes, bool) or not (isinstance(classes, int) and classes >= 1 or
-                                         isinstance(classes, (list, tuple)) and len(classes) >= 1):
-        raise ValueError(f"TrainingMonitor(classes=...): their number (>= 1) or a list of their names, not {classes!r}")
+    if classes is not None and (isinstance(classes, bool) or not (isinstance(classes, int) and classes >= 1 or
+                                         isinstance(classes, (list, tuple)) and len(classes) >= 1)):
+        raise ValueError(f"TrainingMonitor(classes=...): their number (>= 1), a list of their names, or None, "
+                         f"not {classes!r}")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"TrainingMonitor(optimizer=...): a torch.optim.Optimizer, not {type(optimizer).__name__}")
     if frozen is not None and (isinstance(frozen, str) or not all(isinstance(f, str) for f in frozen)):

@@ -195,7 +195,7 @@ def validate(model, batches, kind: str, classes: int, s: dict) -> dict:
     with torch.set_grad_enabled(not s.get("valid_no_grad", True)):
         for x, y in batches:
             out = model(x)
-            loss_sum += float(loss_of(kind, out, y, classes, 0.0)) * len(y)
+            loss_sum += loss_of(kind, out, y, classes, 0.0).item() * len(y)
             confusion += torch.bincount(y * classes + predictions(kind, out, classes), minlength=classes ** 2).view(
                 classes, classes)
             total += len(y)

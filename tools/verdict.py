@@ -23,6 +23,7 @@ LARGE_UPDATE_RATIO = 3e-2     # updates this large before units died or the loss
 SPIKE_FACTOR = 3.0            # a step loss above 3x the chance level and 3x the epoch's median: a spike
 SPIKES_MIN = 3                # spikes in one epoch that make an oscillating loss (one outlier batch does not)
 CHANCE_BAND = 0.05            # a loss within 5% of ln(classes): the net guesses
+STALL_FRACTION = 0.01         # without a chance level (a regression): a loss that fell by under 1% is stalled
 # gradients and activations
 EXPLODING_GROWTH = 100.0      # total grad norm 100x what it was at the first verdict
 EXPLODING_RATIO = 1e3         # first layer's grad norm / last layer's above this: the gradient grows on the way back
@@ -96,7 +97,7 @@ class EpochFigures:
     """
     norms: dict
     loss: float | None
-    classes: int
+    classes: int | None
     first_total_norm: float | None = None
     update_ratios: dict = field(default_factory=dict)
     activations: dict = field(default_factory=dict)
@@ -121,7 +122,8 @@ class EpochFigures:
         """The loss of the very first step, before any update, already far above chance: the init or the
         inputs, not the learning rate."""
         first = self.first_loss
-        return first is not None and (first == math.inf or math.isfinite(first) and first > DIVERGED_LOSS_FACTOR * self.chance)
+        return first is not None and self.chance is not None and (
+            first == math.inf or math.isfinite(first) and first > DIVERGED_LOSS_FACTOR * self.chance)
 
     @property
     def total_norm(self) -> float:
@@ -129,19 +131,31 @@ class EpochFigures:
         return math.sqrt(sum(v * v for v in self.norms.values())) if self.norms else 0.0
 
     @property
-    def chance(self) -> float:
-        """The loss of a net that guesses: ln(classes)."""
-        return math.log(max(self.classes, 2))
+    def chance(self) -> float | None:
+        """The loss of a net that guesses: ln(classes); None when the classes are not known (a regression)."""
+        return math.log(max(self.classes, 2)) if self.classes else None
 
     @property
     def loss_is_low(self) -> bool:
         """Below LOW_LOSS_FRACTION of chance: the net has learned (small gradients are then expected)."""
-        return self.loss is not None and math.isfinite(self.loss) and self.loss < LOW_LOSS_FRACTION * self.chance
+        return self.loss_finite and self.chance is not None and self.loss < LOW_LOSS_FRACTION * self.chance
 
     @property
     def at_chance(self) -> bool:
         """The train loss within CHANCE_BAND of ln(classes): the net guesses."""
-        return self.loss is not None and math.isfinite(self.loss) and abs(self.loss - self.chance) < CHANCE_BAND * self.chance
+        return self.loss_finite and self.chance is not None and abs(self.loss - self.chance) < CHANCE_BAND * self.chance
+
+    @property
+    def stalled(self) -> bool:
+        """The net is not learning: the loss at chance, or (with no chance level known, e.g. a regression)
+        a loss that fell by less than STALL_FRACTION over the epoch's steps, or since the epoch before."""
+        if self.chance is not None:
+            return self.at_chance
+        start, end = self.steps.get("start"), self.steps.get("end")
+        if start is None and len(self.history) >= 2:
+            start, end = self.history[-2].get("train_loss"), self.loss
+        return start is not None and end is not None and math.isfinite(start) and math.isfinite(end) \
+            and end > (1 - STALL_FRACTION) * start
 
     @property
     def accuracy(self) -> float | None:
@@ -152,15 +166,19 @@ class EpochFigures:
     @property
     def far_from_chance(self) -> float:
         """Chance accuracy + PLATEAU_FAR of the way from it to 100%: an accuracy past it has learned."""
-        return 1 / self.classes + PLATEAU_FAR * (1 - 1 / self.classes)
+        classes = self.classes or 2
+        return 1 / classes + PLATEAU_FAR * (1 - 1 / classes)
 
     @property
     def learning_well(self) -> bool:
         """The net has learned: its accuracy past `far_from_chance` (or, with no accuracy given, its loss
         below half the chance level). Then dead units or large updates are information, not a problem."""
-        if self.accuracy is not None:
+        if self.accuracy is not None and self.classes:
             return self.accuracy >= self.far_from_chance and (self.loss is None or self.loss < self.chance)
-        return self.loss is not None and math.isfinite(self.loss) and self.loss < 0.5 * self.chance
+        if self.chance is not None:
+            return self.loss_finite and self.loss < 0.5 * self.chance
+        first = next((h.get("train_loss") for h in self.history if h.get("train_loss") is not None), None)
+        return self.loss_finite and first is not None and math.isfinite(first) and self.loss < 0.5 * first
 
     @property
     def loss_finite(self) -> bool:
@@ -193,6 +211,15 @@ def layers(names) -> str:
     return ", ".join(dict.fromkeys(n.rsplit(".", 1)[0] for n in names))
 
 
+def modules(names, most: int = 6) -> str:
+    """Layers of these parameters, or, when there are more than `most`, the top-level modules that hold
+    them ('layer1, layer2, layer3 and 2 more' rather than forty layers)."""
+    found = layers(names)
+    if len(found.split(", ")) <= most:
+        return found
+    return few(", ".join(dict.fromkeys(n.split(".", 1)[0] for n in found.split(", "))), most)
+
+
 def few(names: str, most: int = 4) -> str:
     """'a, b, c, d, e, f' -> 'a, b, c, d and 2 more'."""
     parts = names.split(", ")
@@ -211,7 +238,9 @@ def unnormalised_inputs(e: EpochFigures) -> Finding | None:
     pixels 0-255. Read from the spread, not the extremes: a standardised feature that is rarely active
     reaches 20 or more in the samples where it is."""
     inputs = e.loop.get("inputs")
-    if inputs is None or (abs(inputs["mean"]) <= INPUT_SCALE_MAX and inputs["std"] <= INPUT_SCALE_MAX):
+    if inputs is None or not all(math.isfinite(v) for v in inputs.values()):
+        return None  # NaN/Inf inputs: non-finite names them
+    if abs(inputs["mean"]) <= INPUT_SCALE_MAX and inputs["std"] <= INPUT_SCALE_MAX:
         return None
     return Finding("inputs-not-normalised",
                    f"training inputs span [{inputs['min']:.3g}, {inputs['max']:.3g}], mean {inputs['mean']:.3g}, "
@@ -341,7 +370,10 @@ def nonfinite_values(e: EpochFigures) -> Finding | None:
     if e.nonfinite or (e.loss is not None and not math.isfinite(e.loss)) or not math.isfinite(e.total_norm):
         where = e.nonfinite.split("first parameter with a non-finite gradient: ")[-1].split(" (")[0] \
             if e.nonfinite and "first parameter" in e.nonfinite else ""
-        return Finding("non-finite", f"{e.nonfinite or 'non-finite loss or gradient'}", where,
+        inputs = e.loop.get("inputs") or {}
+        bad_inputs = "; the epoch's first training batch already holds NaN/Inf" \
+            if any(not math.isfinite(v) for v in inputs.values()) else ""
+        return Finding("non-finite", f"{e.nonfinite or 'non-finite loss or gradient'}{bad_inputs}", where,
                        "lower the learning rate; check the inputs for NaN and the loss for log(0)")
     return None
 
@@ -354,7 +386,7 @@ def exploding(e: EpochFigures) -> Finding | None:
         return Finding("exploding", f"the loss of the very first step, before any update, was {e.first_loss:.3g} "
                        f"(chance ln({e.classes}) = {e.chance:.2f}): the outputs are huge from the start", "init",
                        "initialise with the layers' fan-in in mind (kaiming for ReLU, xavier for tanh/sigmoid)")
-    if e.loss_finite and e.loss > DIVERGED_LOSS_FACTOR * e.chance:
+    if e.loss_finite and e.chance is not None and e.loss > DIVERGED_LOSS_FACTOR * e.chance:
         return Finding("exploding", f"loss {e.loss:.3g} is {e.loss / e.chance:.0f}x the chance level ln({e.classes}) "
                        f"= {e.chance:.2f}: training diverged", "", fix)
     if e.first_total_norm and total > EXPLODING_GROWTH * e.first_total_norm:
@@ -383,7 +415,7 @@ def vanishing(e: EpochFigures) -> Finding | None:
     """The first layer's gradient far smaller than the last layer's, while the loss is not low."""
     weights = list(e.weight_norms)
     if len(weights) < 2 or not math.isfinite(e.total_norm) or e.loss_is_low or not e.loss_finite \
-            or e.loss > DIVERGED_LOSS_FACTOR * e.chance:
+            or e.chance is not None and e.loss > DIVERGED_LOSS_FACTOR * e.chance:
         return None  # a low loss: small gradients are success; a diverged one: the gradients were thrown off
     first, last = e.norms[weights[0]], e.norms[weights[-1]]
     if last > 0 and first / last < VANISHING_RATIO:
@@ -428,13 +460,14 @@ def lr_too_low(e: EpochFigures) -> Finding | None:
     is low, small updates are what a decayed learning rate at convergence gives: not a finding."""
     median = e.median_update_ratio
     largest = max((r for r in e.series("median_ratio") if r is not None), default=0.0)
-    if median is None or e.loss_is_low or not (median < UPDATE_RATIO_LOW or e.at_chance and median < UPDATE_RATIO_SLOW):
+    if median is None or e.loss_is_low or not (median < UPDATE_RATIO_LOW or e.stalled and median < UPDATE_RATIO_SLOW):
         return None
     if largest > LARGE_UPDATE_RATIO or lr_collapsed(e):
         return None  # tiny updates after large ones (units a high lr killed), or a collapsed schedule: not the cause
     return Finding("lr-too-low", f"each step changes the weights by {median:.1e} of their norm (median; "
                    "healthy ~1e-3)" + (f"; loss {e.loss:.3f}" if e.loss_finite else "")
-                   + (f" ~ chance ln({e.classes}): not learning" if e.at_chance else ""),
+                   + (f" ~ chance ln({e.classes}): not learning" if e.at_chance else
+                      ", falling by under 1%: not learning" if e.stalled else ""),
                    "", "raise the learning rate (x10 at a time, or a learning-rate range test)")
 
 
@@ -492,7 +525,7 @@ def plateau(e: EpochFigures) -> Finding | None:
     """The valid accuracy far from 100% and flat for several epochs (e.g. the majority class, or labels
     the inputs do not carry), whether the train accuracy is flat too or climbs by memorising."""
     train, valid = e.series("train_acc")[-PLATEAU_EPOCHS:], e.series("valid_acc")[-PLATEAU_EPOCHS:]
-    if len(valid) < PLATEAU_EPOCHS or None in valid or None in train:
+    if len(valid) < PLATEAU_EPOCHS or None in valid or None in train or not e.classes:
         return None
     far, near = e.far_from_chance, 1 / e.classes + PLATEAU_NEAR * (1 - 1 / e.classes)
     if max(valid) >= far or slope(valid) > PLATEAU_SLOPE:
@@ -530,7 +563,7 @@ def class_ignored(e: EpochFigures) -> Finding | None:
                if all(r[c] is not None and r[c] <= IGNORED_RECALL for r in series)]
     if not ignored:
         return None
-    names = e.class_names or [str(c) for c in range(e.classes)]
+    names = e.class_names or [str(c) for c in range(len(series[-1]))]
     rows = e.confusion or []
     counts = ", ".join(f"{names[c]}: {series[-1][c]:.0%} of {sum(rows[c])}" if rows else names[c] for c in ignored)
     return Finding("class-ignored", f"class {counts} valid images recognised, for {IGNORED_EPOCHS} epochs, while the "
@@ -593,13 +626,15 @@ def judge(e: EpochFigures) -> Verdict:
     if (note := dead_units(e)) is not None:
         verdict.findings.append(note)
     if e.frozen:
-        verdict.findings.append(Finding("frozen", f"frozen on purpose: {layers(e.frozen)}", layers(e.frozen)))
+        verdict.findings.append(Finding("frozen", f"frozen on purpose: {modules(e.frozen)}", modules(e.frozen)))
     return verdict
 
 
 def recovered(e: EpochFigures) -> bool:
     """The figures are back: accuracy past half the way from chance to 100% (when measured) and the loss
     below the chance level (when given), not at it."""
+    if e.chance is None:
+        return e.learning_well
     accuracy_back = e.accuracy is None or e.accuracy >= e.far_from_chance
     loss_back = e.loss is None or e.loss_finite and e.loss < (1 - CHANCE_BAND) * e.chance
     return accuracy_back and loss_back and (e.accuracy is not None or e.loss is not None)
@@ -612,7 +647,7 @@ def still_stuck(e: EpochFigures) -> list:
     if not stuck or recovered(e):
         return []
     figures = [f"accuracy {e.accuracy:.1%}" if e.accuracy is not None else "",
-               f"loss {e.loss:.3f} (chance {e.chance:.3f})" if e.loss_finite else ""]
+               f"loss {e.loss:.3f}" + (f" (chance {e.chance:.3f})" if e.chance else "") if e.loss_finite else ""]
     return [Finding(stuck[0], "not recovered: " + ", ".join(f for f in figures if f)
                     + f" (recovered: accuracy past {e.far_from_chance:.0%} and the loss below chance)")]
 
@@ -621,8 +656,9 @@ def healthy_or_converged(e: EpochFigures) -> Verdict:
     """No problem found: converged when the train loss (and the valid loss, when measured) is low and the
     valid loss is not rising; healthy otherwise."""
     valid = [v for v in e.series("valid_loss") if v is not None]
-    rising = len(valid) >= 2 and valid[-1] > valid[-2] + RISE_FRACTION * e.chance
-    valid_low = not valid or valid[-1] < LOW_LOSS_FRACTION * e.chance
+    rise = RISE_FRACTION * (e.chance if e.chance is not None else abs(valid[-2]) if len(valid) >= 2 else 0.0)
+    rising = len(valid) >= 2 and valid[-1] > valid[-2] + rise
+    valid_low = not valid or e.chance is not None and valid[-1] < LOW_LOSS_FRACTION * e.chance
     median = e.median_update_ratio
     loss = f"loss {e.loss:.3f}" if e.loss_finite else "loss not given"
     if e.loss_is_low and valid_low and not rising:
