@@ -180,3 +180,82 @@ def test_the_first_gradient_checked_every_step_is_the_first_parameter_forward_us
     assert [monitor.names[i] for i in monitor._forward_index] == monitor.order
     assert monitor.order.index("embed.weight") < monitor.order.index("encoder.self_attn.in_proj_weight") \
         < monitor.order.index("head.weight")
+
+
+# ---- loops beyond the suite, each a false alarm or a miss found by trying them ------------------------
+
+def fit(model, optimizer, monitor, x, y, epochs, loss_fn, batch=32, steps=None, closure=False):
+    """A plain loop with the monitor's after_backward; returns the verdicts' statuses."""
+    statuses = []
+    for _ in range(epochs):
+        for i, idx in enumerate(torch.randperm(len(y))[:steps].split(batch)):
+            def step_loss():
+                optimizer.zero_grad()
+                loss = loss_fn(model(x[idx]), y[idx])
+                loss.backward()
+                return loss
+            if closure:
+                optimizer.step(step_loss)
+            else:
+                monitor.after_backward(i + 1, step_loss())
+                optimizer.step()
+        with torch.no_grad():
+            out = model(x)
+        valid = {"loss": loss_fn(out, y).item()} | ({"acc": (out.argmax(1) == y).float().mean().item()}
+                                                   if out.shape[-1] > 1 else {})
+        statuses.append(monitor.end_epoch(valid=valid).status)
+    return statuses
+
+
+def test_a_regression_has_no_chance_level_yet_a_stalled_loss_is_named():
+    torch.manual_seed(0)
+    x = torch.randn(512, 10)
+    y = x @ (3 * torch.randn(10)) + 20  # targets far from 0: a first MSE of several hundred is not "exploding"
+    for lr, expected in ((1e-2, {"healthy"}), (1e-7, {"lr-too-low"})):
+        model = nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 1))
+        optimizer = torch.optim.Adam(model.parameters(), lr) if lr > 1e-3 else torch.optim.SGD(model.parameters(), lr)
+        monitor = TrainingMonitor(model, None, optimizer=optimizer)
+        statuses = fit(model, optimizer, monitor, x, y, 4, lambda o, t: nn.functional.mse_loss(o.squeeze(1), t))
+        assert monitor.classes is None and set(statuses[1:]) == expected, statuses
+
+
+def test_a_gan_whose_generator_step_backpropagates_through_the_discriminator_is_healthy():
+    torch.manual_seed(0)
+    generator = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 20))
+    discriminator = nn.Sequential(nn.Linear(20, 32), nn.LeakyReLU(0.2), nn.Linear(32, 1))
+    opt_g, opt_d = torch.optim.Adam(generator.parameters(), 2e-4), torch.optim.Adam(discriminator.parameters(), 2e-4)
+    watch_d = TrainingMonitor(discriminator, None, optimizer=opt_d)
+    real, bce = torch.randn(256, 20) + 2, nn.functional.binary_cross_entropy_with_logits
+    for epoch in range(2):
+        for step, batch in enumerate(real.split(32), start=1):
+            fake = generator(torch.randn(32, 8))
+            opt_d.zero_grad(set_to_none=epoch == 0)  # both ways of clearing
+            loss_d = bce(discriminator(batch), torch.ones(32, 1)) + bce(discriminator(fake.detach()), torch.zeros(32, 1))
+            loss_d.backward()
+            watch_d.after_backward(step, loss_d)
+            opt_d.step()
+            opt_g.zero_grad()
+            bce(discriminator(fake), torch.ones(32, 1)).backward()  # reaches the discriminator's .grad too
+            opt_g.step()
+        verdict = watch_d.end_epoch()
+        assert not verdict.problems, verdict.lines()
+
+
+def test_lbfgs_steps_are_not_judged_by_the_first_order_update_band():
+    torch.manual_seed(0)
+    (x, y), _ = make_splits("tabular", 5)["train"], None
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 4))
+    optimizer = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=5)
+    monitor = TrainingMonitor(model, None, optimizer=optimizer)
+    statuses = fit(model, optimizer, monitor, x, y, 3, nn.functional.cross_entropy, batch=128, closure=True)
+    assert set(statuses) <= {"healthy", "converged"}, statuses
+
+
+def test_epochs_of_two_steps_are_not_called_stuck():
+    torch.manual_seed(0)
+    (x, y) = make_splits("tabular", 5)["train"]
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    monitor = TrainingMonitor(model, None, optimizer=optimizer)
+    statuses = fit(model, optimizer, monitor, x, y, 8, nn.functional.cross_entropy, steps=64)
+    assert set(statuses) <= {"healthy", "converged"}, statuses

@@ -137,6 +137,11 @@ class LoopWatch:
         self.watched = None
         self.output_width = None   # the model's outputs per sample in training (for the wrong-loss check)
         self._handles = [model.register_forward_hook(self._after_forward)] if enabled else []
+        # a backward through the model, whoever's loss it is (a GAN's generator step backpropagates through
+        # the discriminator): heard at the first trainable parameter it reaches, a Python call per backward
+        trainable = next((p for p in model.parameters() if p.requires_grad), None)
+        if enabled and trainable is not None:
+            self._handles.append(trainable.register_hook(self._backward_reached))
         self._fresh = None         # the gradients that reached the watched parameter since the last step
         self._fresh_handle = None
         self._paused = False
@@ -247,6 +252,10 @@ class LoopWatch:
             output.register_hook(lambda grad: mark.__setitem__(0, True))
             self._marks.append(mark)
 
+    def _backward_reached(self, grad):
+        """A gradient hook: a backward reached the model: the training forwards before it were trained on."""
+        self.since_backward = [0, 0]
+
     def backward_done(self) -> None:
         """The monitor heard of a backward (after_backward): the training forwards before it were trained on."""
         self.since_backward = [0, 0]
@@ -301,11 +310,16 @@ class LoopWatch:
             self._fresh_handle.remove()
         self._fresh = None
 
+        param = self.watched[1]
+
         def add(grad):
             if grad.is_sparse:
                 return
             grad = grad.detach().float()
-            self._fresh = grad.clone() if self._fresh is None else self._fresh + grad
+            # .grad cleared since (zero_grad, set_to_none or to zeros): what reached it before is gone from it
+            # too (another loss's backward, e.g. a GAN's generator step through the discriminator)
+            cleared = param.grad is None or not bool(param.grad.any())
+            self._fresh = grad.clone() if self._fresh is None or cleared else self._fresh + grad
 
         self._fresh_handle = self.watched[1].register_hook(add)
 

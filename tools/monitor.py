@@ -513,6 +513,8 @@ class TrainingMonitor:
         norms = {n: v / k for n, v, k in zip(self.names, self._norm_sum, self._norm_steps) if k and n not in left_out}
         ratios = {n: v / k for n, v, k in zip(self.names, self._ratio_sum, self._ratio_steps) if k and n not in left_out}
         norms = {n: norms[n] for n in self.order if n in norms}
+        if isinstance(self.optimizer, torch.optim.LBFGS):  # quasi-Newton steps by line search: large by design,
+            ratios = {}                                     # the update-ratio band (~1e-3) is first-order's
         total = math.sqrt(sum(v * v for v in norms.values())) if norms else None
         if self.first_total_norm is None and total and math.isfinite(total):
             self.first_total_norm = total
@@ -534,7 +536,7 @@ class TrainingMonitor:
                                      loop, unchanged, self.data_findings, predicted, self.first_loss,
                                      self._decay(), lr, confusion, list(self.last_findings),
                                      {"forwards": loop["grad_forwards"], "steps": taken} if self.hooked else None,
-                                     self.class_names))
+                                     self.class_names or None, max(self.steps, step or 0)))
         previous = set(self.last_findings)
         label = label or f"epoch {self.epochs}"
         for finding in verdict.findings:

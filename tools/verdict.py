@@ -23,6 +23,8 @@ LARGE_UPDATE_RATIO = 3e-2     # updates this large before units died or the loss
 SPIKE_FACTOR = 3.0            # a step loss above 3x the chance level and 3x the epoch's median: a spike
 SPIKES_MIN = 3                # spikes in one epoch that make an oscillating loss (one outlier batch does not)
 CHANCE_BAND = 0.05            # a loss within 5% of ln(classes): the net guesses
+FALLING = 0.8                 # a loss at 80% of where it was, or less, falls clearly
+STUCK_STEPS = 50             # a loss at chance for fewer steps than this is a start, not stuck
 STALL_FRACTION = 0.01         # without a chance level (a regression): a loss that fell by under 1% is stalled
 # gradients and activations
 EXPLODING_GROWTH = 100.0      # total grad norm 100x what it was at the first verdict
@@ -93,7 +95,8 @@ class EpochFigures:
     steps with an lr below LR_COLLAPSED x 'max'), None without an optimizer; confusion: the valid split's
     confusion matrix (rows true class, columns predicted), as lists; previous: the problems named the
     epoch before (first first); train_steps: {'forwards': training forward passes this epoch, 'steps':
-    optimizer steps taken}, None when the optimizer is not watched. `loss` is None when not given.
+    optimizer steps taken}, None when the optimizer is not watched; class_names; run_steps: the training
+    steps of the run so far. `loss` is None when not given.
     """
     norms: dict
     loss: float | None
@@ -116,6 +119,7 @@ class EpochFigures:
     previous: list = field(default_factory=list)
     train_steps: dict | None = None
     class_names: list | None = None
+    run_steps: int | None = None
 
     @property
     def broken_at_start(self) -> bool:
@@ -148,14 +152,41 @@ class EpochFigures:
     @property
     def stalled(self) -> bool:
         """The net is not learning: the loss at chance, or (with no chance level known, e.g. a regression)
-        a loss that fell by less than STALL_FRACTION over the epoch's steps, or since the epoch before."""
+        a loss that fell by less than STALL_FRACTION since the epoch before (in the first epoch: from its
+        first quarter of steps to its last)."""
         if self.chance is not None:
             return self.at_chance
-        start, end = self.steps.get("start"), self.steps.get("end")
-        if start is None and len(self.history) >= 2:
+        start, end = self.steps.get("start"), self.steps.get("end")  # within the epoch: noisier (batches differ)
+        if len(self.history) >= 2 and self.history[-2].get("train_loss") is not None:
             start, end = self.history[-2].get("train_loss"), self.loss
         return start is not None and end is not None and math.isfinite(start) and math.isfinite(end) \
             and end > (1 - STALL_FRACTION) * start
+
+    @property
+    def falling(self) -> bool:
+        """The loss falls clearly, and below chance: its epoch's last quarter of steps FALLING x below its
+        first, or the epoch's loss FALLING x below the epoch before's. Large updates while it does are a fast
+        start (Adam's first steps on small fresh weights), not a problem."""
+        start, end = self.steps.get("start"), self.steps.get("end")
+        within = start is not None and end is not None and math.isfinite(start) and end < FALLING * start
+        before = self.history[-2].get("train_loss") if len(self.history) >= 2 else None
+        across = before is not None and self.loss_finite and math.isfinite(before) and self.loss < FALLING * before
+        below_chance = self.chance is None or self.loss_finite and self.loss < (1 - CHANCE_BAND) * self.chance
+        return (within or across) and below_chance  # falling back from a blow-up to chance is not learning
+
+    @property
+    def stuck_at_chance(self) -> bool:
+        """The loss at chance this epoch and the one before, and the accuracy no better than before (by
+        PLATEAU_SLOPE): not the first steps of a net that is slowly getting somewhere."""
+        if not self.at_chance or len(self.history) < 2 or (self.run_steps is not None and self.run_steps < STUCK_STEPS):
+            return False
+        before = self.history[-2].get("train_loss")
+        if before is None or not math.isfinite(before) or abs(before - self.chance) >= CHANCE_BAND * self.chance:
+            return False
+        accuracies = [h.get("valid_acc") if h.get("valid_acc") is not None else h.get("train_acc") for h in self.history]
+        if None in accuracies[-2:]:
+            return True
+        return accuracies[-1] <= max(a for a in accuracies[:-1] if a is not None) + PLATEAU_SLOPE
 
     @property
     def accuracy(self) -> float | None:
@@ -177,7 +208,9 @@ class EpochFigures:
             return self.accuracy >= self.far_from_chance and (self.loss is None or self.loss < self.chance)
         if self.chance is not None:
             return self.loss_finite and self.loss < 0.5 * self.chance
-        first = next((h.get("train_loss") for h in self.history if h.get("train_loss") is not None), None)
+        # no chance level (a regression): the loss at half of where the run started, or less
+        first = self.first_loss if self.first_loss is not None else next(
+            (h.get("train_loss") for h in self.history if h.get("train_loss") is not None), None)
         return self.loss_finite and first is not None and math.isfinite(first) and self.loss < 0.5 * first
 
     @property
@@ -319,12 +352,12 @@ def lr_too_high(e: EpochFigures) -> Finding | None:
         return None
     median, spikes = e.median_update_ratio, e.steps.get("spikes", 0)
     largest = max((r for r in e.series("median_ratio") if r is not None), default=None)
-    if median is not None and median > UPDATE_RATIO_HIGH and not e.learning_well:  # a net that learns well: its pace
+    if median is not None and median > UPDATE_RATIO_HIGH and (median >= 1.0 or not e.learning_well and not e.falling):
         evidence = f"each step changes the weights by {median:.1e} of their norm (median; healthy ~1e-3)"
     elif spikes >= SPIKES_MIN:
         evidence = (f"the loss spiked {spikes} times this epoch (up to {e.steps['max']:.3g}, median "
                     f"{e.steps['median']:.3g}): it oscillates")
-    elif largest is not None and largest > LARGE_UPDATE_RATIO and (dead_relu(e) or e.at_chance) and not e.learning_well:
+    elif largest is not None and largest > LARGE_UPDATE_RATIO and (dead_relu(e) or e.stuck_at_chance) and not e.learning_well:
         after = "units died" if dead_relu(e) else f"the loss stuck at chance ({e.loss:.3f} ~ ln {e.classes})"
         evidence = f"{after} after updates of {largest:.1e} of the weights per step (healthy ~1e-3)"
     else:
@@ -631,11 +664,13 @@ def judge(e: EpochFigures) -> Verdict:
 
 
 def recovered(e: EpochFigures) -> bool:
-    """The figures are back: accuracy past half the way from chance to 100% (when measured) and the loss
-    below the chance level (when given), not at it."""
+    """The figures are back: the accuracy clear of chance (a quarter of the way to 100%, when measured) and
+    the loss below the chance level (when given), not at it. A hard task's healthy run may never pass half
+    the way: that bar would keep a false alarm alive."""
     if e.chance is None:
         return e.learning_well
-    accuracy_back = e.accuracy is None or e.accuracy >= e.far_from_chance
+    near = 1 / e.classes + PLATEAU_NEAR * (1 - 1 / e.classes)  # clear of chance: a quarter of the way to 100%
+    accuracy_back = e.accuracy is None or e.accuracy >= near
     loss_back = e.loss is None or e.loss_finite and e.loss < (1 - CHANCE_BAND) * e.chance
     return accuracy_back and loss_back and (e.accuracy is not None or e.loss is not None)
 
@@ -648,8 +683,9 @@ def still_stuck(e: EpochFigures) -> list:
         return []
     figures = [f"accuracy {e.accuracy:.1%}" if e.accuracy is not None else "",
                f"loss {e.loss:.3f}" + (f" (chance {e.chance:.3f})" if e.chance else "") if e.loss_finite else ""]
-    return [Finding(stuck[0], "not recovered: " + ", ".join(f for f in figures if f)
-                    + f" (recovered: accuracy past {e.far_from_chance:.0%} and the loss below chance)")]
+    bar = (f" (recovered: accuracy past {1 / e.classes + PLATEAU_NEAR * (1 - 1 / e.classes):.0%} and the loss "
+           "below chance)") if e.classes else " (recovered: the loss below half its first step's)"
+    return [Finding(stuck[0], "not recovered: " + ", ".join(f for f in figures if f) + bar)]
 
 
 def healthy_or_converged(e: EpochFigures) -> Verdict:
