@@ -259,3 +259,17 @@ def test_epochs_of_two_steps_are_not_called_stuck():
     monitor = TrainingMonitor(model, None, optimizer=optimizer)
     statuses = fit(model, optimizer, monitor, x, y, 8, nn.functional.cross_entropy, steps=64)
     assert set(statuses) <= {"healthy", "converged"}, statuses
+
+
+def test_the_readme_table_of_families_counts_the_suite_as_it_is():
+    """The README's per-family table against the suite (every run there passes the test above, so each
+    family's numbers are n/n named, n/n first, 0/k false alarms)."""
+    from conftest import ROOT
+
+    rows = {"MLP, tabular": "mlp", "CNN with batch norm": "bn-cnn", "residual net": "resnet",
+            "embedding and attention": "transformer"}
+    text = (ROOT / "README.md").read_text()
+    for label, family in rows.items():
+        runs = [r for r in USER_RUNS if r.family == family]
+        broken, healthy = sum(r.expected != "healthy" for r in runs), sum(r.expected == "healthy" for r in runs)
+        assert f"| {label} | {broken}/{broken} | {broken}/{broken} | 0/{healthy} |" in text, label
