@@ -1,28 +1,28 @@
 """The training monitor: what a training loop calls to see inside its model, logged to TensorBoard.
 
-A few lines in any training loop (the model may be wrapped in DistributedDataParallel):
+Two lines in any training loop (the model may be wrapped in DistributedDataParallel or torch.compile):
 
-    monitor = TrainingMonitor(model, writer)
-    for step, (x, y) in enumerate(loader, start=1):
-        optimizer.zero_grad()
-        loss = criterion(model(x), y)
-        loss.backward()
-        loss_value = monitor.after_backward(step, loss)  # loss and gradient norms, non-finite check
-        if monitor.nonfinite:                            # (step, what, first bad parameter)
-            break
-        optimizer.step()
-        monitor.after_step(step, {LOSS: {"train": loss_value}})  # with the update ratios of logging steps
-    verdict = monitor.end_epoch(step, loss_value, valid=evaluate(...))  # histograms, and a verdict
+    monitor = TrainingMonitor(model, writer, optimizer=optimizer)   # hooks the optimizer's step
+    ...                                                              # the loop, unchanged
+    verdict = monitor.end_epoch(train_loss=..., valid={"loss": ..., "acc": ...})  # histograms, a verdict
     print("\n".join(verdict.lines()))  # one line per finding, worst first
 
-The monitor also watches the loop itself for the course's mistakes (a missing zero_grad, validation in
-training mode or with autograd on, a softmax before the loss, unnormalised inputs: see
-`tools.loop_checks`) and, given the splits (`check_data`), the data (leaks, missing classes). Tell it
-which parameters are frozen on purpose (`frozen=['conv']`); then any other parameter that does not
-move is named. Leave a `with monitor:` block (or call `close()`) to remove its hooks.
+The optimizer's step hooks read the gradients as it is about to use them (unscaled behind a GradScaler,
+whose skipped steps never reach step(); after clipping; summed over micro-batches) and its learning
+rate. More calls, more seen: `after_backward(step, loss)` after each backward gives the loss (spikes,
+the first step's loss, a softmax or a wrong loss in its graph) and returns it as a float;
+`after_step(step, lines)` writes the loop's own lines; `end_epoch(..., activations=...)` the dead and
+saturated units of the valid pass. Without an optimizer, after_backward reads the gradients itself.
 
-Everything is computed on the tensors' own device and copied to the host once per step (the loss
-and every gradient norm together), never with one `.item()` per parameter. The statistics live in
+The monitor also watches the loop itself for the course's mistakes (a missing zero_grad, validation in
+training mode or with autograd on, training in eval mode, a softmax or a wrong loss, unnormalised
+inputs: see `tools.loop_checks`) and, given the splits (`check_data`), the data (leaks, missing
+classes). Tell it which parameters are frozen on purpose (`frozen=['conv']`); then any other parameter
+that does not move is named. Leave a `with monitor:` block (or call `close()`) to remove its hooks.
+
+Everything is computed on the tensors' own device, with one host copy per step (the loss, and the first
+gradient's norm for NaN/Inf), and every gradient norm in one fused call and one copy at every
+MEASURE_EVERY-th step, never with one `.item()` per parameter. The statistics live in
 `tools.tensor_stats`, the rules of the verdict in `tools.verdict`; this module only calls them.
 """
 import math
