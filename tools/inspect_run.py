@@ -14,6 +14,7 @@ from tools.checkpoint import load_checkpoint, load_model_state
 from tools.cli import ArgumentParser, run_script, select_device
 from tools.errors import UserError
 from tools.gradcam import gradcam, last_conv
+from tools.output_folder import OutputFolder
 from tools.report import report
 from tools.run_folder import check_writable
 from tools.rmb_dataset import Normalized, RMBDataset, decode_resized, find_splits
@@ -61,14 +62,20 @@ def explain_image(model: nn.Module, checkpoint: dict, image_path: Path, out_dir:
     return {"prediction": classes[predicted], "probabilities": dict(zip(classes, probs.tolist())), "png": str(path)}
 
 
+PICTURES = ["confusion_*.png", "gradcam*.png", "feature_maps_*.png", "kernels_*.png", "inspect.json"]  # what it writes
+
+
 def main(args) -> dict:
     device = select_device(args.device)
     if not args.run_dir.is_dir():
         raise UserError(f"run folder {args.run_dir} does not exist")
     model, checkpoint = load_run(args.run_dir, device)
     out_dir = check_writable(args.out or args.run_dir / "inspect", "--out")
+    out = OutputFolder(out_dir, "--out")  # never over a file it did not write (its own default folder aside)
+    out.claim_patterns(PICTURES, also_owned=lambda name: args.out is None)
     if args.image:
         result = explain_image(model, checkpoint, args.image, out_dir)
+        out.done([Path(result["png"]).name])
         odds = ", ".join(f"{class_label(c)} {p:.1%}" for c, p in result["probabilities"].items())
         print(f"{args.image}: {class_label(result['prediction'])} ({odds})\nGrad-CAM in {result['png']}")
         return result
@@ -90,6 +97,7 @@ def main(args) -> dict:
     result = report(model, data, split, device, out_dir, title=f"{split} {len(dataset)} images, {args.run_dir.name}")
     paths = [Path(p) for p in result["pngs"]]
     (out_dir / "inspect.json").write_text(json.dumps(result, indent=2) + "\n")
+    out.done([p.name for p in paths] + ["inspect.json"])
     print(f"accuracy {result['acc']:.2%} on {'all ' if args.data_dir else 'the ' + split + ' split, '}"
           f"{len(dataset)} images of {data_dir}")
     print(f"confusion (rows true {classes}, columns predicted):\n{torch.tensor(result['confusion']).numpy()}")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from tools.output_folder import OutputFolder
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_PHOTOS = REPO_ROOT.parent / "shared" / "data" / "rmb_real" / "RMB_data"
 MAX_WIDTH = 1200       # pixels
@@ -46,6 +48,10 @@ def shrink_into(source: Path, target: Path) -> Path:
     return target
 
 
+PICTURES = ["gradcam.png", "confusion_test.png", "loss_curve.png", "kernels_conv1.png", "gradient_flow_vanishing.png",
+            "activation_std.png", "lr_schedules.png"]  # docs/'s pictures (and the TensorBoard screen, with Chromium)
+
+
 def main(args) -> list[Path]:
     from tools.errors import UserError
     from tools.rmb_dataset import find_splits
@@ -54,6 +60,8 @@ def main(args) -> list[Path]:
         raise UserError(f"no real photos at {args.data_dir}: the README shows its pictures as real photos; pass "
                         "--data-dir with photos of the notes (<folder>/1/*.jpg, <folder>/100/*.jpg)")
     find_splits(args.data_dir)  # a folder of class folders, or one clear line
+    out = OutputFolder(args.out, "--out")
+    out.claim(PICTURES + ["tensorboard_time_series.png"])  # never over a picture it did not write, before any work
     tmp = Path(tempfile.mkdtemp(prefix="readme_pictures_"))
     data = ["--data-dir", str(args.data_dir)]
     run_command("train_rmb.py", *data, "--epochs", "10", "--device", "cpu", "--logdir", str(tmp / "train"))
@@ -78,6 +86,7 @@ def main(args) -> list[Path]:
     else:
         print("no Chromium here: docs/tensorboard_time_series.png is left as it is", file=sys.stderr)
     written = [shrink_into(source, args.out / name) for name, source in pictures.items()]
+    out.done([p.name for p in written])
     for path in written:
         print(f"{path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}  "
               f"{path.stat().st_size // 1024} KB")

@@ -474,17 +474,31 @@ def split_tensors(data: dict) -> dict[str, tuple[torch.Tensor, list[int]]]:
 
 
 def write_split(data_dir: Path, out_dir: Path, seed: int = SPLIT_SEED) -> dict[str, int]:
-    """Copy a raw <class>/<image> folder's split to out_dir/{train,valid,test}/<class>/; counts per split."""
+    """Copy a raw <class>/<image> folder's split to out_dir/{train,valid,test}/<class>/; counts per split.
+
+    out_dir must be new, empty, or a split this command wrote before: that one is replaced, never merged
+    into (a second split with another seed would put valid images in train); anything else there is the
+    user's, and nothing is written (UserError)."""
     import shutil
 
+    from tools.output_folder import OutputFolder
+
     classes, splits, _ = find_splits(data_dir, seed)
-    counts = {}
+    out = OutputFolder(out_dir, "--out")
+    if Path(out_dir).resolve() == Path(data_dir).resolve() or Path(data_dir).resolve() in Path(out_dir).resolve().parents:
+        raise UserError(f"--out {out_dir} is inside the data folder {data_dir}: its copies would be read as images "
+                        "of a class. Choose a folder outside it")
+    earlier = out.claim_whole()
+    out.remove_earlier(earlier)
+    counts, written = {}, []
     for name, samples in splits.items():
         for path, label in samples:
             target = Path(out_dir) / name / classes[label]
             target.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target / Path(path).name)
+            written.append(f"{name}/{classes[label]}/{Path(path).name}")
         counts[name] = len(samples)
+    out.done(written)
     return counts
 
 

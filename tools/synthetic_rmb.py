@@ -9,7 +9,7 @@ so under RandomGrayscale the network has to learn the layout, not the colour.
 """
 import os
 import random
-import shutil
+import re
 import tempfile
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 from tools.errors import UserError
+from tools.output_folder import MANIFEST, OutputFolder
 
 CLASSES = ("1", "100")
 IMAGES_PER_CLASS = 100
@@ -24,6 +25,7 @@ SEED = 0
 NOTE_SIZE = (120, 60)     # pixels, about the 2:1 shape of a banknote
 CANVAS_SIZE = (128, 96)   # the photo around it
 DONE_MARKER = ".complete"  # written last, so a half-written folder is never taken for a data set
+LEGACY = re.compile(r"(\.complete|(1|100)/\d+\.jpg)")  # what a version before the manifest wrote
 
 
 def _note(kind: str, rng: random.Random) -> Image.Image:
@@ -71,20 +73,31 @@ def draw_note(kind: str, rng: random.Random) -> Image.Image:
 def generate(out_dir: Path, per_class: int = IMAGES_PER_CLASS, seed: int = SEED) -> Path:
     """Write out_dir/<class>/<index>.jpg for both classes; deterministic for a seed. Returns out_dir.
 
-    Written into a temporary folder and renamed into place, so an interrupted run leaves nothing half done.
+    out_dir must be new, empty, or a set this command wrote before (which is replaced, never merged
+    into): anything else there is the user's, and the command stops (UserError) before writing. Written
+    into a temporary folder first, so an interrupted run leaves nothing half done.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()
+    target = OutputFolder(out_dir, "out_dir")
+    earlier = target.claim_whole(also_owned=lambda name: is_generated(out_dir) and bool(LEGACY.fullmatch(name)))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
     rng = random.Random(seed)
+    names = []
     for kind in CLASSES:
         (tmp / kind).mkdir()
         for index in range(per_class):
             draw_note(kind, rng).save(tmp / kind / f"{index:03d}.jpg", quality=90)
+            names.append(f"{kind}/{index:03d}.jpg")
+    OutputFolder(tmp, "out_dir").done(names + [DONE_MARKER])
     (tmp / DONE_MARKER).touch()
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    if out_dir.exists():  # only what this command wrote there (checked above): replaced, then moved in
+        target.remove_earlier(earlier + [MANIFEST])
+        for child in tmp.iterdir():
+            os.replace(child, out_dir / child.name)
+        tmp.rmdir()
+    else:
+        os.replace(tmp, out_dir)
     return out_dir
 
 

@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from tools.errors import UserError
+from tools.output_folder import OutputFolder
 
 TABS = {"timeseries": "#timeseries", "images": "#images", "histograms": "#histograms", "text": "#text"}
 WINDOW = (1400, 1000)   # pixels: a laptop's browser window
@@ -86,6 +87,8 @@ def screenshot(browser: str, url: str, path: Path) -> Path:
 
 def take(logdir: Path, out_dir: Path) -> dict:
     """Serve `logdir`, screenshot each tab into out_dir, count the cards. Returns {'pngs', 'cards'}."""
+    out = OutputFolder(out_dir, "--out")
+    out.claim([f"{tab}.png" for tab in TABS])  # never over a file it did not write
     browser = chromium()
     if browser is None:
         raise UserError("no Chromium here: install it (Debian: apt-get install chromium)")
@@ -97,6 +100,7 @@ def take(logdir: Path, out_dir: Path) -> dict:
     finally:
         server.terminate()
         server.wait(timeout=30)
+    out.done([f"{tab}.png" for tab in TABS])
     return {"pngs": pngs, "cards": found}
 
 

@@ -1,0 +1,119 @@
+"""No command deletes, overwrites or merges into what a user has: each writes into a new or empty folder,
+or over files it wrote itself (its manifest). Run as a user runs them, in a subprocess; every file the
+user had is compared byte for byte afterwards."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, write_images
+
+from tools.output_folder import MANIFEST
+
+
+def command(*argv, cwd=ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env=os.environ | {"PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"})
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def users_folder(tmp_path) -> Path:
+    """A user's folder: photos and a diary."""
+    folder = tmp_path / "mine"
+    write_images(folder, 3)
+    (folder / "notes").mkdir()
+    (folder / "notes" / "diary.txt").write_text("dear diary")
+    return folder
+
+
+def refused(result, *words):
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and all(w in result.stderr for w in words), result.stderr
+
+
+@pytest.mark.parametrize("where", ["folder", "cwd"])
+def test_synthetic_rmb_never_empties_a_users_folder(tmp_path, where):
+    mine = users_folder(tmp_path)
+    before = snapshot(mine)
+    if where == "folder":
+        result = command("-m", "tools.synthetic_rmb", str(mine), "--per-class", "2")
+    else:  # `python -m tools.synthetic_rmb .` from inside it
+        result = command("-m", "tools.synthetic_rmb", ".", "--per-class", "2", cwd=mine)
+    refused(result, "did not write", "Choose another folder")
+    assert snapshot(mine) == before
+
+
+def test_synthetic_rmb_replaces_its_own_set_and_fills_an_empty_folder(tmp_path):
+    out = tmp_path / "gen"
+    assert command("-m", "tools.synthetic_rmb", str(out), "--per-class", "3").returncode == 0
+    assert command("-m", "tools.synthetic_rmb", str(out), "--per-class", "2", "--seed", "5").returncode == 0
+    assert sorted(p.name for p in (out / "1").iterdir()) == ["000.jpg", "001.jpg"]  # replaced, not merged
+    assert set((out / MANIFEST).read_text().split()) == {".complete", "1/000.jpg", "1/001.jpg", "100/000.jpg",
+                                                          "100/001.jpg"}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert command("-m", "tools.synthetic_rmb", ".", "--per-class", "1", cwd=empty).returncode == 0
+    assert (empty / "1" / "000.jpg").is_file() and (empty / ".complete").is_file()
+
+
+def test_a_split_written_twice_is_replaced_not_merged_and_a_users_folder_is_left_alone(tmp_path):
+    from tools.rmb_dataset import find_splits
+
+    data = tmp_path / "raw"
+    for c in ("1", "100"):
+        write_images(data / c, 20, start=0 if c == "1" else 100)
+    out = tmp_path / "split"
+    for seed in ("0", "1"):
+        result = command("-m", "tools.rmb_dataset", str(data), "--out", str(out), "--seed", seed)
+        assert result.returncode == 0 and "wrote 32 train, 4 valid, 4 test" in result.stdout, result.stderr
+    _, splits, _ = find_splits(out)
+    assert {name: len(s) for name, s in splits.items()} == {"train": 32, "valid": 4, "test": 4}
+    train = {Path(p).name for p, _ in splits["train"]}
+    assert not train & {Path(p).name for p, _ in splits["valid"] + splits["test"]}  # no leak
+    mine = users_folder(tmp_path)
+    before = snapshot(mine)
+    refused(command("-m", "tools.rmb_dataset", str(data), "--out", str(mine)), "--out", "did not write")
+    assert snapshot(mine) == before
+    refused(command("-m", "tools.rmb_dataset", str(data), "--out", str(data / "split")), "inside the data folder")
+
+
+def test_readme_pictures_and_screenshots_never_overwrite_a_users_picture(tmp_path):
+    mine = users_folder(tmp_path)
+    (mine / "gradcam.png").write_bytes(b"my picture")
+    (mine / "timeseries.png").write_bytes(b"my screenshot")
+    before = snapshot(mine)
+    data = tmp_path / "photos"
+    for c in ("1", "100"):
+        write_images(data / c, 3, start=0 if c == "1" else 10)
+    refused(command("-m", "tools.readme_pictures", "--data-dir", str(data), "--out", str(mine)), "gradcam.png",
+            "never overwrites")
+    refused(command("-m", "tools.tb_screenshots", str(tmp_path), "--out", str(mine)), "timeseries.png")
+    assert snapshot(mine) == before
+
+
+def test_the_docs_pictures_are_the_project_own(tmp_path):
+    from tools.readme_pictures import PICTURES
+
+    listed = set((ROOT / "docs" / MANIFEST).read_text().split())
+    assert set(PICTURES) <= listed and all((ROOT / "docs" / name).is_file() for name in listed)
+
+
+def test_inspect_run_never_overwrites_a_users_picture_and_records_its_own(tmp_path, tiny_data):
+    from conftest import train
+
+    run_dir = Path(train(tmp_path, tiny_data, "--epochs", "1")["run_dir"])
+    mine = users_folder(tmp_path)
+    (mine / "confusion_all.png").write_bytes(b"mine")
+    before = snapshot(mine)
+    refused(command("-m", "tools.inspect_run", str(run_dir), "--data-dir", str(tiny_data), "--out", str(mine)),
+            "confusion_all.png", "never overwrites")
+    assert snapshot(mine) == before
+    out = tmp_path / "inspected"
+    for _ in range(2):  # the second time over its own pictures
+        result = command("-m", "tools.inspect_run", str(run_dir), "--data-dir", str(tiny_data), "--out", str(out))
+        assert result.returncode == 0, result.stderr
+    assert "confusion_all.png" in (out / MANIFEST).read_text()
