@@ -117,3 +117,27 @@ def test_inspect_run_never_overwrites_a_users_picture_and_records_its_own(tmp_pa
         result = command("-m", "tools.inspect_run", str(run_dir), "--data-dir", str(tiny_data), "--out", str(out))
         assert result.returncode == 0, result.stderr
     assert "confusion_all.png" in (out / MANIFEST).read_text()
+
+
+def test_a_photo_of_any_shape_gives_a_picture_of_bounded_size(tmp_path, tiny_data):
+    """A 1 x 10000 photo: its Grad-CAM overlay fits the 120-pixel box (it once asked for 120 x 1,200,000
+    pixels and 22 GB), and inspect_run over a folder holding it ends, with a sheet of bounded size."""
+    import torch
+    from conftest import train
+    from PIL import Image
+
+    from tools.visualize import overlay_on_photo
+
+    strip = tmp_path / "strip.jpg"
+    Image.new("RGB", (1, 10000), "green").save(strip)
+    assert max(overlay_on_photo(str(strip), torch.rand(8, 8)).shape[:2]) <= 120
+    run_dir = Path(train(tmp_path, tiny_data, "--epochs", "1")["run_dir"])
+    folder = tmp_path / "odd"
+    for c in ("1", "100"):
+        write_images(folder / c, 2, start=0 if c == "1" else 10)
+    Image.new("RGB", (10000, 1), "red").save(folder / "1" / "wide.jpg")
+    strip.rename(folder / "100" / "tall.jpg")
+    result = command("-m", "tools.inspect_run", str(run_dir), "--data-dir", str(folder), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    with Image.open(tmp_path / "out" / "gradcam.png") as sheet:
+        assert sheet.width * sheet.height < 4_000_000, sheet.size

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from tools.batches import eval_batches
@@ -57,8 +58,13 @@ def report(model: nn.Module, data: dict, split: str, device: torch.device, out_d
     paths = [save_png(confusion, Path(out_dir) / f"confusion_{split}.png")]
     if writer is not None:
         writer.add_image(f"{PICTURES}/confusion_{split}", np.asarray(confusion), step, dataformats="HWC")
-    visuals = explain(model, data[split], classes, data["mean"], data["std"])
-    paths += write_explanation(visuals, out_dir, writer, step)
+    try:  # the pictures explain the run; they never cost it its results
+        visuals = explain(model, data[split], classes, data["mean"], data["std"])
+        paths += write_explanation(visuals, out_dir, writer, step)
+    except (MemoryError, OSError, ValueError, Image.DecompressionBombError) as err:
+        return result | {"pngs": [str(p) for p in paths],
+                         "warnings": [f"the Grad-CAM, feature-map and kernel pictures could not be drawn ({err}); "
+                                      "everything else is written"]}
     warnings = [f"{len(visuals['unreadable'])} photo(s) could not be read again (moved, deleted or changed since "
                 f"they were decoded, e.g. {visuals['unreadable'][0]}): their Grad-CAM is drawn on the decoded "
                 "32x32 image only"] if visuals["unreadable"] else []

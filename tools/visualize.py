@@ -121,15 +121,19 @@ def overlay(rgb: np.ndarray, cam: torch.Tensor, alpha: float = 0.5) -> np.ndarra
 
 
 def overlay_on_photo(path: str, cam: torch.Tensor, width: int = 120) -> np.ndarray:
-    """The Grad-CAM map over the original photo, `width` pixels wide: the model saw the whole photo
-    resized to a square, so the map stretched back to the photo's shape lies on what it looked at."""
+    """The Grad-CAM map over the original photo, fitted into a `width` x `width` box (its longer side
+    `width` pixels, whatever its shape: a 1 x 10000 photo gives a 1 x 120 strip, not a 120 x 1,200,000
+    one): the model saw the whole photo resized to a square, so the map stretched back to the photo's
+    shape lies on what it looked at."""
     from torch.nn import functional as F
 
     from tools.rmb_dataset import open_rgb
 
-    photo = open_rgb(path)
-    height = max(1, round(width * photo.height / photo.width))
-    rgb = np.asarray(photo.resize((width, height), Image.BILINEAR))
+    photo = open_rgb(path, width)  # a JPEG decoded at a reduced scale
+    scale = width / max(photo.width, photo.height)
+    size = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
+    width, height = size
+    rgb = np.asarray(photo.resize(size, Image.BILINEAR))
     big = F.interpolate(cam[None, None].float().cpu(), size=(height, width), mode="bilinear", align_corners=False)
     return overlay(rgb, big[0, 0].clamp(0, 1))
 
