@@ -17,7 +17,15 @@ from torch import nn
 
 from model import MLP
 from model.init import kaiming_normal_manual_, xavier_uniform_manual_
-from tools.cli import ArgumentParser, add_common_args, int_between, run_script, seed_everything, select_device
+from tools.cli import (
+    ArgumentParser,
+    add_common_args,
+    int_between,
+    run_script,
+    seed_everything,
+    select_device,
+    tensorboard_command,
+)
 from tools.errors import UserError
 from tools.run_folder import new_run_dir
 from tools.tensor_stats import grad_norms
@@ -155,7 +163,7 @@ def main(args) -> dict:
             for layer, values in result["activations"].items():
                 writer.add_histogram(f"activations/{mode}", values.float().cpu(), layer)  # the card names the mode
     print(f"results in {run_dir} (init_stats.json, activation_std.png)\n"
-          f"see them with: tensorboard --logdir {run_dir}")
+          f"see them with: {tensorboard_command(run_dir)}")
     return {"run_dir": str(run_dir), "stats": stats, "verdicts": {m: verdict(r) for m, r in results.items()}}
 
 

@@ -431,3 +431,26 @@ def test_the_default_set_in_a_read_only_checkout_is_one_clear_error(tmp_path):
     blocker.write_text("a file where the data folder should be")
     with pytest.raises(UserError, match="cannot be generated into .*pass --data-dir"):
         default_data_dir(blocker)
+
+
+def test_printed_commands_paste_into_bash_as_they_read(tiny_data, tmp_path):
+    """A run with list flags stopped by SIGTERM: its resume command, pasted into bash, finishes it (every
+    flag read back as given). A run named `x;touch PWNED`: its TensorBoard line, pasted, names the run
+    folder and runs nothing else."""
+    env = os.environ | {"PYTHONWARNINGS": "ignore"}
+    flags = ["--data-dir", str(tiny_data), "--epochs", "8", "--batch-size", "4", "--cache-dir", "",
+             "--class-weights", "1.0,2.0", "--freeze", "conv1"]
+    _, err = sigterm_mid_run(flags, tmp_path / "logs")
+    pasted = err.strip().splitlines()[-1].strip()
+    assert "--class-weights 1.0,2.0" in pasted and "--freeze conv1" in pasted
+    done = subprocess.run(["bash", "-c", pasted.replace("python ", f"{shlex.quote(sys.executable)} ", 1)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    named = subprocess.run([sys.executable, "train_rmb.py", "--data-dir", str(tiny_data), "--epochs", "1",
+                            "--cache-dir", "", "--logdir", str(tmp_path / "named"), "--run-name", "x;touch PWNED"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    line = next(s for s in named.stdout.splitlines() if s.startswith("see them with: "))
+    shown = subprocess.run(["bash", "-c", "tensorboard() { printf '%s\\n' \"$@\"; }; " + line.removeprefix("see them with: ")],
+                           cwd=tmp_path, capture_output=True, text=True)
+    (run_dir,) = (tmp_path / "named").iterdir()
+    assert shown.stdout.splitlines() == ["--logdir", str(run_dir)] and not (tmp_path / "PWNED").exists()

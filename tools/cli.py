@@ -3,6 +3,7 @@ import argparse
 import gc
 import os
 import random
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -211,3 +212,22 @@ def run_script(main, parser: argparse.ArgumentParser, argv=None):
     if command:
         gc.freeze()  # the process ends now: no last walk over what dies with it
     return result
+
+
+def flag_word(value) -> str:
+    """A flag's value written back as its parser reads it: a list as comma-separated words
+    (--freeze conv,fc1; --class-weights 1.0,2.0), None as '', anything else as str()."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def shell_command(*words) -> str:
+    """Every command the project prints for a user to paste: each word quoted for a POSIX shell, so a
+    run name like `x;touch PWNED` or a path with spaces is one word, never code."""
+    return shlex.join(str(w) for w in words)
+
+
+def tensorboard_command(logdir) -> str:
+    """The command that shows `logdir` in TensorBoard, ready to paste."""
+    return shell_command("tensorboard", "--logdir", logdir)

@@ -212,7 +212,9 @@ def main(args) -> dict:
         for step, (s, a) in enumerate(zip(smooth, l1)):
             writer.add_scalars("smooth_l1_vs_l1", {"SmoothL1": s, "L1": a}, step)
         writer.add_image("smooth_l1_vs_l1", png_to_array(run_dir / "smooth_l1.png"), 0, dataformats="HWC")
-    print(f"wrote {run_dir / 'smooth_l1.png'}\nsee them with: tensorboard --logdir {run_dir}")
+    from tools.cli import tensorboard_command
+
+    print(f"wrote {run_dir / 'smooth_l1.png'}\nsee them with: {tensorboard_command(run_dir)}")
     return {"run_dir": str(run_dir), "results": results}
 
 

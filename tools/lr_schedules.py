@@ -127,6 +127,7 @@ def get_args_parser():
 
 def main(args) -> dict:
     from tools.plots import png_to_array
+    from tools.cli import tensorboard_command
     from tools.run_folder import new_run_dir
     from tools.tb_logging import open_writer
 
@@ -139,7 +140,7 @@ def main(args) -> dict:
                 for epoch, value in points:
                     writer.add_scalar(f"lr_schedule/{name}" + ("" if group == "base" else f"/{group}"), value, epoch)
         writer.add_image("lr_schedules", png_to_array(path), 0, dataformats="HWC")
-    print(f"wrote {path}\nsee it with: tensorboard --logdir {run_dir}")
+    print(f"wrote {path}\nsee it with: {tensorboard_command(run_dir)}")
     return {"run_dir": str(run_dir), "curves": curves}
 
 

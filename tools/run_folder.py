@@ -10,7 +10,6 @@ import json
 import math
 import os
 import re
-import shlex
 import signal
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import torch
 
 from tools import distributed
 from tools.checkpoint import RESUME_KEYS, load_checkpoint
+from tools.cli import flag_word, shell_command, tensorboard_command
 from tools.errors import UserError
 from tools.interrupt import EXIT_CODES
 
@@ -84,7 +84,7 @@ def command_line(args, script: str = "train_rmb.py", **changes) -> list[str]:
         if dest == "resume" or value is False:
             continue
         flag = "--" + dest.replace("_", "-")
-        words += [flag] if value is True else [flag, "" if value is None else str(value)]
+        words += [flag] if value is True else [flag, flag_word(value)]
     return [script, *words]
 
 
@@ -100,7 +100,7 @@ def resume_command(args, checkpoint: Path | None, **changes) -> str:
     else:
         launcher, where = ["python"], ""
     resume = ["--resume", str(checkpoint)] if checkpoint is not None else []
-    return shlex.join([*launcher, *command_line(args, **changes), *resume]) + where
+    return shell_command(*launcher, *command_line(args, **changes), *resume) + where
 
 
 class RunLock:
@@ -417,7 +417,7 @@ class RunFolder:
         if test:
             self.say(f"test accuracy {test['acc']:.2%} (best epoch {state.best['epoch']}, valid {state.best['acc']:.2%})"
                      + (f"; averaged weights (SWA) {metrics['test_acc_swa']:.2%}" if averaged else ""))
-        self.say(f"results in {self.dir}\nsee them with: tensorboard --logdir {self.dir}")
+        self.say(f"results in {self.dir}\nsee them with: {tensorboard_command(self.dir)}")
         if stop is not None and stop.requested:
             self.say(f"{stop.name} came during the final phase: it was finished first, everything is saved",
                      file=sys.stderr)
