@@ -7,6 +7,7 @@ import glob
 import os
 import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
 
@@ -51,6 +52,10 @@ def save_checkpoint(state: dict, path: Path) -> Path:
     return path
 
 
+# torch's refusal of a global that weights_only does not allow, when it names a dotted Python identifier
+DANGEROUS = re.compile(r"Unsupported global: GLOBAL ([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*) was not an allowed")
+
+
 def load_checkpoint(path: Path, required: tuple = ()) -> dict:
     """A checkpoint dict, loaded on the CPU with weights_only=True (no code in a file is ever run).
 
@@ -58,17 +63,25 @@ def load_checkpoint(path: Path, required: tuple = ()) -> dict:
     or one without the `required` keys (a file that is not a train_rmb.py checkpoint).
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} is not a file: give a .pt file (checkpoint_last.pt or checkpoint_best.pt) "
+                        "or a run folder")
+    damaged = (f"cannot read checkpoint {path}: it is damaged or not a checkpoint (try the run's other one, "
+               "checkpoint_best.pt or checkpoint_last.pt)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"refusing to load {path}: it holds more than weights and plain data, and loading "
-                        f"it could run code ({first})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}); it is damaged or not "
-                        "a checkpoint") from None
+        named = DANGEROUS.search(str(err))
+        if named:  # it names a real class or function to import: code, not data (damaged bytes name garbage)
+            raise UserError(f"refusing to load {path}: it holds more than weights and plain data, and loading "
+                            f"it could run code (it asks for {named.group(1)})") from None
+        raise UserError(damaged) from None
+    except Exception:  # noqa: BLE001 - any failure to unpickle bytes from a file is a damaged file, not a bug
+        raise UserError(damaged) from None
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{path} is not a train_rmb.py checkpoint (it holds a {type(checkpoint).__name__}, not a dict)")
     missing = [key for key in required if not isinstance(checkpoint, dict) or key not in checkpoint]
     if missing:
         raise UserError(f"{path} is not a train_rmb.py checkpoint (it lacks {', '.join(missing)})")
@@ -164,6 +177,14 @@ class Checkpointer:
         training state, for `train_one_epoch` to restore after it has drawn the epoch's first batches."""
         if checkpoint is None:
             return
+        try:
+            self._restore(checkpoint)
+        except (KeyError, TypeError, IndexError, ValueError, AttributeError, RuntimeError) as err:
+            # it unpickled, but what it holds is not what a checkpoint holds (bytes changed in its structure)
+            raise UserError(f"the checkpoint in {self.run.dir} is damaged: {type(err).__name__} while restoring it "
+                            "(try the run's other one, checkpoint_best.pt or checkpoint_last.pt)") from None
+
+    def _restore(self, checkpoint: dict) -> None:
         for name, obj in self.stateful.items():
             if name not in checkpoint and name in ("swa", "monitor"):  # saved by later versions only
                 obj.load_state_dict({} if name == "swa" else {"first_total_norm": checkpoint.get("first_total_norm")})
