@@ -28,6 +28,7 @@ from tools.cli import (
     positive_float,
     positive_int,
     prefixes,
+    resume_flag,
     run_script,
     seed_everything,
 )
@@ -83,7 +84,7 @@ def get_args_parser() -> ArgumentParser:
                         help="processes that decode the photos when they are not in the cache yet (0: one per core)")
     parser.add_argument("--log-interval", type=positive_int, default=10,
                         help="iterations between gradient-norm logs")
-    parser.add_argument("--resume", default=None, metavar="PATH|auto",
+    parser.add_argument("--resume", type=resume_flag, default=None, metavar="PATH|auto",
                         help="a checkpoint or run folder to continue, or auto: the latest run of --run-name")
     parser.add_argument("--no-monitor", action="store_true",
                         help="no weight/gradient histograms, norms or diagnosis (to measure their cost)")

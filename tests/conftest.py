@@ -39,9 +39,10 @@ def train(tmp_path: Path, data_dir: Path, *flags: str) -> dict:
     return train_rmb.main(train_rmb.get_args_parser().parse_args(argv))
 
 
-def sigterm_mid_run(flags: list[str], logdir: Path, after_epoch: int = 0) -> tuple[Path, str]:
-    """train_rmb.py with `flags` in a process of its own, sent SIGTERM once its checkpoint holds more
-    than `after_epoch` epochs; asserts it saved and exited with 143. Returns (run folder, stderr)."""
+def sigterm_mid_run(flags: list[str], logdir: Path, after_epoch: int = 0, sig=None) -> tuple[Path, str]:
+    """train_rmb.py with `flags` in a process of its own, sent SIGTERM (or `sig`) once its checkpoint
+    holds more than `after_epoch` epochs; asserts it saved and exited with 128 + the signal's number.
+    Returns (run folder, stderr)."""
     import signal
     import subprocess
     import time
@@ -59,9 +60,10 @@ def sigterm_mid_run(flags: list[str], logdir: Path, after_epoch: int = 0) -> tup
     while saved_epochs() < after_epoch:
         assert process.poll() is None and time.time() < deadline, process.communicate()
         time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)
+    sig = sig or signal.SIGTERM
+    process.send_signal(sig)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 143, err
+    assert process.returncode == 128 + sig, err
     return next(Path(logdir).glob("*_lenet")), err
 
 

@@ -454,3 +454,39 @@ def test_printed_commands_paste_into_bash_as_they_read(tiny_data, tmp_path):
                            cwd=tmp_path, capture_output=True, text=True)
     (run_dir,) = (tmp_path / "named").iterdir()
     assert shown.stdout.splitlines() == ["--logdir", str(run_dir)] and not (tmp_path / "PWNED").exists()
+
+
+def test_a_closed_terminal_saves_where_it_stopped_like_sigterm(tiny_data, tmp_path):
+    """SIGHUP (the terminal closed, an ssh session dropped): the step finishes, the checkpoint is saved,
+    exit 129, and the printed command resumes it."""
+    flags = ["--data-dir", str(tiny_data), "--epochs", "8", "--batch-size", "4", "--cache-dir", ""]
+    run_dir, err = sigterm_mid_run(flags, tmp_path / "logs", sig=signal.SIGHUP)
+    assert "SIGHUP: saved" in err and "--resume" in err.strip().splitlines()[-1]
+    assert torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["epoch"] >= 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_no_decoder_outlives_a_signal_while_decoding(tmp_path, sig):
+    """A signal during the first decode: the run exits with the shell's code for it and its forked
+    decoders end with it (each would otherwise go on decoding, orphaned)."""
+    import time
+
+    data = tmp_path / "photos"
+    for c in ("1", "100"):
+        write_images(data / c, 400, start=0 if c == "1" else 1000)
+    process = subprocess.Popen([sys.executable, "train_rmb.py", "--data-dir", str(data), "--workers", "2",
+                                "--cache-dir", "", "--logdir", str(tmp_path / "logs")], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    children = []
+    while not children and time.time() < deadline:  # the decoder forked
+        children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+        time.sleep(0.01)
+    assert children, "no decoder was forked"
+    process.send_signal(sig)
+    process.communicate(timeout=60)
+    assert process.returncode == 128 + sig
+    time.sleep(0.2)
+    alive = [pid for pid in children if Path(f"/proc/{pid}").exists()
+             and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]
+    assert not alive

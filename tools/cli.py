@@ -56,15 +56,26 @@ class ArgumentParser(argparse.ArgumentParser):
         return parsed
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # a float flag becomes a float32 in torch: 3.4e38 at most
+INT_MAX = 2**31 - 1                             # a count past this is a typo, never a plan
+
+
 def number_at_least(kind, low, strict: bool = False, name: str = "number", high=None):
     """An argparse `type` that parses `kind` (int or float) and refuses values below `low` (or equal
-    to it when `strict`), above `high`, NaN and infinity, with a one-line message."""
+    to it when `strict`), above `high` (default: float32's largest for a float, 2**31 - 1 for an int),
+    NaN and infinity, and a positive float that float32 rounds to 0, with a one-line message: the one
+    place every numeric flag's range is checked, before any work."""
+    top = high if high is not None else INT_MAX if kind is int else FLOAT32_MAX
+
     def parse(text: str):
         value = kind(text)
         if not (value > low if strict else value >= low) or value == float("inf"):
             raise argparse.ArgumentTypeError(f"must be {'above' if strict else 'at least'} {low}, got {text}")
-        if high is not None and value > high:
-            raise argparse.ArgumentTypeError(f"must be at most {high}, got {text}")
+        if value > top:
+            raise argparse.ArgumentTypeError(f"must be at most {top:g}, got {text}" if kind is float
+                                             else f"must be at most {top}, got {text}")
+        if kind is float and value > 0 and float(np.float32(value)) == 0:
+            raise argparse.ArgumentTypeError(f"{text} is 0 in float32, which torch computes in: give at least 1e-38")
         return value
     parse.__name__ = name  # argparse names it in "invalid <name> value"
     return parse
@@ -124,6 +135,21 @@ non_negative_int = number_at_least(int, 0, name="non_negative_int")
 non_negative_float = number_at_least(float, 0, name="non_negative_float")
 
 
+def folder_path(text: str) -> Path:
+    """An argparse type for a folder a script writes into: '' is refused (Path('') would be the current
+    folder; write . for that)."""
+    if not text:
+        raise argparse.ArgumentTypeError("'' is no folder: give one (. for the current folder)")
+    return Path(text)
+
+
+def resume_flag(text: str) -> str:
+    """An argparse type for --resume: a checkpoint, a run folder, or auto; '' is refused, not taken as none."""
+    if not text:
+        raise argparse.ArgumentTypeError("'' names nothing: give a checkpoint, a run folder or auto (or leave --resume out)")
+    return text
+
+
 def path_or_none(text: str) -> Path | None:
     """An argparse type for an optional folder: '' means none (Path('') would be the current folder)."""
     return Path(text) if text else None
@@ -146,7 +172,7 @@ def add_common_args(parser: argparse.ArgumentParser, name: str, seed: int = 1) -
     """The flags every script shares: --seed, --device, --logdir, --run-name."""
     parser.add_argument("--seed", type=seed_value, default=seed, help="seed of random, numpy and torch")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    parser.add_argument("--logdir", type=Path, default=REPO_ROOT / "runs",
+    parser.add_argument("--logdir", type=folder_path, default=REPO_ROOT / "runs",
                         help="run folders go into <logdir>/<YYYYmmdd-HHMMSS>_<run-name>/")
     parser.add_argument("--run-name", type=run_name, default=name, help="suffix of the run folder's name")
     return parser

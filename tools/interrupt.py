@@ -1,8 +1,11 @@
-"""Stop cleanly on Ctrl-C (SIGINT) or SIGTERM: finish the current step, then save and exit."""
+"""Stop cleanly on Ctrl-C (SIGINT), SIGTERM or SIGHUP (the terminal closed): finish the current step,
+then save and exit."""
 import signal
 from contextlib import contextmanager
 
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, the shell's convention
+# 128 + signal number, the shell's convention; SIGHUP (a closed terminal, an ssh session dropped) is a
+# request to stop like SIGTERM, not a reason to lose the step's work
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 
 
 class StopRequest:
@@ -26,7 +29,7 @@ class StopRequest:
 
 @contextmanager
 def stop_on_signals():
-    """Within the block, SIGINT and SIGTERM set a StopRequest instead of killing the process.
+    """Within the block, SIGINT, SIGTERM and SIGHUP set a StopRequest instead of killing the process.
 
     A second Ctrl-C while stopping raises KeyboardInterrupt as usual. Handlers are restored on exit.
     """

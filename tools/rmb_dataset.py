@@ -6,7 +6,9 @@ Write a raw folder's 80/10/10 split to disk, as the course does:
 """
 import os
 import random
+import signal
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -204,6 +206,11 @@ def _decode_share(k: int, decoders: int, size: int, progress=None) -> dict[int, 
     return errors
 
 
+def _stop_decoding(signum, _frame) -> None:
+    """SIGTERM or SIGHUP while decoding: exit with the shell's code for it, through the decoders' cleanup."""
+    raise SystemExit(128 + signum)
+
+
 def _decoding_process(k: int, decoders: int, size: int, send) -> None:
     """What a forked decoder runs: its share, then its errors back through the pipe."""
     send.send(_decode_share(k, decoders, size))
@@ -233,6 +240,10 @@ def decode_many(paths: list[str], size: int = IMAGE_SIZE, workers: int = 0) -> t
         def progress():
             bar.update(int(done.sum()) - bar.n)
 
+        # SIGTERM or SIGHUP (a closed terminal) while decoding: leave through the finally below, which ends
+        # the decoders (their default action would kill this process alone and leave them running)
+        previous = {sig: signal.signal(sig, _stop_decoding) for sig in (signal.SIGTERM, signal.SIGHUP)} \
+            if decoders > 1 and threading.current_thread() is threading.main_thread() else {}
         try:
             for k in range(1, decoders):
                 receive, send = fork.Pipe(duplex=False)
@@ -254,10 +265,12 @@ def decode_many(paths: list[str], size: int = IMAGE_SIZE, workers: int = 0) -> t
             progress()
         finally:
             for child, _ in children:
-                if child.is_alive():  # an error or Ctrl-C here: no decoder outlives the decode
+                if child.is_alive():  # an error, Ctrl-C or a signal here: no decoder outlives the decode
                     child.terminate()
                     child.join()
             _share.clear()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     return images, errors
 
 
