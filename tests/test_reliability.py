@@ -75,6 +75,51 @@ def test_a_run_killed_in_its_final_phase_is_finished_by_resume_without_training(
     assert resumed["epochs"] == 2 and (killed / "loss_curve.png").is_file()
 
 
+def test_a_final_phase_whose_metrics_describe_an_earlier_epoch_is_finished_by_resume(finished_run, tiny_data,
+                                                                                      tmp_path):
+    """An extended run killed in its final phase: metrics.json still describes the epochs before the
+    extension. Resume finishes it (never refuses it as finished) with the checkpoint's own epoch."""
+    _, run_dir = finished_run
+    killed = tmp_path / run_dir.name
+    killed.mkdir()
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
+        (killed / name).write_bytes((run_dir / name).read_bytes())
+    stale = json.loads((run_dir / "metrics.json").read_text()) | {"epochs": 1}
+    (killed / "metrics.json").write_text(json.dumps(stale))
+    resumed = train(tmp_path, tiny_data, *FLAGS, "--resume", str(killed))
+    assert resumed["epochs"] == 2 and json.loads((killed / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_an_earlier_checkpoint_of_a_finished_run_trains_in_a_new_folder(tiny_data, tmp_path, capsys):
+    """--resume <finished run>/checkpoint_best.pt (an earlier epoch) with a new --lr: a new run folder that
+    records where it came from; the finished run's files, events included, stay byte for byte."""
+    run_dir = Path(train(tmp_path, tiny_data, *FLAGS, "--epochs", "1")["run_dir"])
+    early = (run_dir / "checkpoint_last.pt").read_bytes()
+    train(tmp_path, tiny_data, *FLAGS, "--epochs", "2", "--resume", str(run_dir))
+    (run_dir / "checkpoint_best.pt").write_bytes(early)  # the best epoch was the first
+    before = {str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    branched = train(tmp_path, tiny_data, *FLAGS, "--resume", str(run_dir / "checkpoint_best.pt"), "--lr", "0.005",
+                     "--epochs", "2")
+    assert "goes into a new run folder" in capsys.readouterr().out
+    assert Path(branched["run_dir"]) != run_dir and branched["epochs"] == 2
+    assert json.loads((Path(branched["run_dir"]) / "metrics.json").read_text())["resumed_from"] == \
+        str(run_dir / "checkpoint_best.pt")
+    after = {str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_a_read_only_metrics_json_is_replaced_not_a_traceback(finished_run, tiny_data, tmp_path):
+    _, run_dir = finished_run
+    killed = tmp_path / run_dir.name
+    killed.mkdir()
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
+        (killed / name).write_bytes((run_dir / name).read_bytes())
+    (killed / "metrics.json").write_text("{}")
+    (killed / "metrics.json").chmod(0o444)
+    train(tmp_path, tiny_data, *FLAGS, "--resume", str(killed))
+    assert json.loads((killed / "metrics.json").read_text())["epochs"] == 2
+
+
 def test_a_signal_during_the_final_phase_waits_until_the_results_are_written(tiny_data, tmp_path, monkeypatch, capsys):
     original = train_rmb.report
 

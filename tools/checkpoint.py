@@ -179,7 +179,7 @@ class Checkpointer:
             return
         try:
             self._restore(checkpoint)
-        except (KeyError, TypeError, IndexError, ValueError, AttributeError, RuntimeError) as err:
+        except (KeyError, TypeError, IndexError, ValueError, AttributeError, RuntimeError, ArithmeticError) as err:
             # it unpickled, but what it holds is not what a checkpoint holds (bytes changed in its structure)
             raise UserError(f"the checkpoint in {self.run.dir} is damaged: {type(err).__name__} while restoring it "
                             "(try the run's other one, checkpoint_best.pt or checkpoint_last.pt)") from None

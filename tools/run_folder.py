@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -39,6 +40,30 @@ def check_writable(folder: Path, flag: str = "--logdir") -> Path:
     except OSError as err:
         raise UserError(f"{flag} {folder} is not writable ({err.strerror}); choose another folder") from None
     return folder
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """`text` into `path` through a temporary file and a rename: a reader sees the old file or the new
+    one, never half of it; a read-only old file is replaced too (the folder allows it). UserError when
+    the folder does not."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path} ({err.strerror or err}): free space or permissions in {path.parent}, "
+                        "then resume the run to write it") from None
+
+
+def finished_epochs(folder: Path) -> int | None:
+    """The epochs a run folder's metrics.json describes (a run that finished them), or None: no
+    metrics.json, or one that cannot be read."""
+    try:
+        epochs = json.loads((Path(folder) / "metrics.json").read_text()).get("epochs")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
 
 
 def new_run_dir(logdir: Path, run_name: str) -> Path:
@@ -148,6 +173,7 @@ class RunFolder:
         self._resumed_flags, self._fixed_flags = resumed_flags, fixed_flags or {}
         self._lock: RunLock | None = None
         self.overrides: dict = {}  # flags given on resume that differ from the run's: flag -> (the run's, yours)
+        self.resumed_from: Path | None = None  # a finished run's earlier checkpoint, trained on in a new folder
 
     @classmethod
     def open(cls, args, dist: distributed.Distributed, resumed_flags=(), fixed_flags=None, hparams=()) -> "RunFolder":
@@ -202,17 +228,25 @@ class RunFolder:
         if path is None:
             return None
         checkpoint = load_checkpoint(path, RESUME_KEYS)
-        self._lock = RunLock(path.parent)
         if "epochs" not in getattr(args, "explicit", ()):  # no --epochs: the run's own number
             args.epochs = checkpoint["args"].get("epochs", args.epochs)
         done = checkpoint["epoch"] >= args.epochs and not checkpoint["batches_in_epoch"]
-        if done and (path.parent / "metrics.json").is_file():
+        finished = finished_epochs(path.parent)  # the epochs its metrics.json describes, if any
+        if done and finished == checkpoint["epoch"]:
             raise UserError(f"{path.parent} is finished: it trained {checkpoint['epoch']} epochs and its results "
                             f"are in metrics.json; to train it further, resume it with --epochs N above "
                             f"{checkpoint['epoch']}")
+        if finished is not None and checkpoint["epoch"] < finished:
+            # back to an earlier epoch of a finished run (its best checkpoint): never retrained in place
+            self.resumed_from = path
+            self.say(f"{path.parent} is finished ({finished} epochs, results in its metrics.json): training from "
+                     f"{path.name} (epoch {checkpoint['epoch']}) goes into a new run folder, and leaves it as it is")
+            return checkpoint, None
+        self._lock = RunLock(path.parent)
         if done:
-            self.say(f"{path.parent} trained its {checkpoint['epoch']} epochs but did not finish: testing the "
-                     "best checkpoint and writing its pictures and metrics.json now")
+            self.say(f"{path.parent} trained its {checkpoint['epoch']} epochs but its results were not written"
+                     + (f" (metrics.json describes epoch {finished})" if finished is not None else "")
+                     + ": testing the best checkpoint and writing its pictures and metrics.json now")
         return checkpoint, path.parent
 
     def __enter__(self) -> "RunFolder":
@@ -281,14 +315,19 @@ class RunFolder:
         from tools.visualize import log_pictures, snapshot
 
         self.classes = data["classes"]
-        if self.is_main and not self.checkpoint:
+        fresh_folder = not self.checkpoint or self.resumed_from is not None
+        if self.is_main and fresh_folder:
             self.dir = new_run_dir(self.args.logdir, self.args.run_name)
             self._lock = RunLock(self.dir)
+            best = self.resumed_from.parent / "checkpoint_best.pt" if self.resumed_from else None
+            if best is not None and best.is_file():  # the run's best so far, until an epoch here beats it
+                shutil.copy2(best, self.dir / "checkpoint_best.pt")
+                self.say(f"a new run folder {self.dir}, from {self.resumed_from}")
         self.dir = distributed.broadcast(self.dir)
         # on resume, hide the events a killed run wrote after its checkpoint: each step is shown once
-        purge_step = self.checkpoint["global_step"] + 1 if self.checkpoint else None
+        purge_step = self.checkpoint["global_step"] + 1 if not fresh_folder else None
         self.writer = RunWriter(self.dir, purge_step) if self.is_main else NullWriter()
-        if self.is_main and not self.checkpoint:
+        if self.is_main and fresh_folder:
             log_args(self.writer, vars(self.args) | {"classes": self.classes, "device": device,
                                                      "world_size": self.world_size})
             with warnings.catch_warnings():  # add_graph traces with torch.jit, which warns it is deprecated
@@ -395,6 +434,7 @@ class RunFolder:
                    "best_valid_acc": state.best["acc"], "test_acc": test["acc"] if test else None,
                    "best_epoch": state.best["epoch"], "epochs": self.args.epochs, "verdict": last.get("verdict"),
                    "seconds": round(time.perf_counter() - self._started, 3),
+                   "resumed_from": str(self.resumed_from) if self.resumed_from else None,
                    "per_class": {"valid": precision_recall(torch.tensor(last["valid"]["confusion"]), self.classes)
                                  if "confusion" in last["valid"] else None,
                                  "test": test["per_class"] if test else None}}
@@ -410,7 +450,7 @@ class RunFolder:
             log_hparams(self.writer, {k: v for k, v in vars(self.args).items() if k in self.hparams},
                         dict.fromkeys(compared))
             self.writer.close()
-            (self.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            write_atomically(self.dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
             plot_loss_curve(state.history, self.dir / "loss_curve.png")
         for warning in (report or {}).get("warnings", []):
             self.say(f"warning: {warning}", file=sys.stderr)
