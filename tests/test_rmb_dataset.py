@@ -171,3 +171,41 @@ def test_real_photos_split_and_decode(tmp_path):
     assert [len(splits[k]) for k in ("train", "valid", "test")] == [160, 20, 20]
     ds = RMBDataset(samples=splits["valid"], classes=classes, cache_dir=tmp_path)
     assert ds.images.shape == (20, 3, 32, 32)
+
+
+def test_the_cache_checks_content_and_forgets_what_is_gone(tmp_path):
+    """A photo replaced by another of the same size with its time restored (cp -p) is decoded again; the
+    cache keeps one entry per file however often files change; a cache of another image size is rebuilt
+    with a warning, not a traceback."""
+    import os
+    import warnings
+    from pathlib import Path
+
+    from tools.rmb_dataset import cache_path, decode_all, decode_resized
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(4):  # BMPs of one size: every file the same number of bytes
+        Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(folder / f"{k}.bmp")
+    paths = sorted(str(p) for p in folder.iterdir())
+    cache = tmp_path / "cache"
+    first, _ = decode_all(paths, cache_dir=cache)
+    target, stat = Path(paths[0]), Path(paths[0]).stat()
+    Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(target)
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # what cp -p and rsync -t do
+    assert target.stat().st_size == stat.st_size and target.stat().st_mtime_ns == stat.st_mtime_ns
+    again, _ = decode_all(paths, cache_dir=cache)
+    assert torch.equal(again[0], decode_resized(paths[0])) and not torch.equal(again[0], first[0])
+    for _ in range(3):  # touch every file: new keys each time, old ones dropped
+        for p in paths:
+            os.utime(p)
+        decode_all(paths, cache_dir=cache)
+    file = cache_path(cache, paths, 32)
+    assert len(torch.load(file, weights_only=True)["keys"]) == len(paths)
+    saved = torch.load(file, weights_only=True)
+    torch.save({"keys": saved["keys"], "images": torch.zeros(len(paths), 3, 16, 16, dtype=torch.uint8)}, file)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rebuilt, _ = decode_all(paths, cache_dir=cache)
+    assert "rebuilt" in str(caught[0].message) and all(img.shape == (3, 32, 32) for img in rebuilt)

@@ -172,9 +172,26 @@ def decode_resized(path: str, size: int = IMAGE_SIZE) -> torch.Tensor:
     return torch.from_numpy(decode_array(path, size)).permute(2, 0, 1).contiguous()
 
 
+FINGERPRINT_BYTES = 1024  # the cache key reads a file's first and last kilobyte: a photo replaced by another
+                          # of the same size with its time restored (cp -p, rsync -t) is seen as changed
+
+
 def _cache_key(path: str) -> str:
+    """path|size|mtime|a BLAKE2b digest of the first and last FINGERPRINT_BYTES of its content."""
+    import hashlib
+
     stat = os.stat(path)
-    return f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
+    with open(path, "rb") as f:
+        head = f.read(FINGERPRINT_BYTES)
+        if stat.st_size > 2 * FINGERPRINT_BYTES:
+            f.seek(-FINGERPRINT_BYTES, os.SEEK_END)
+        tail = f.read(FINGERPRINT_BYTES)
+    digest = hashlib.blake2b(head + tail, digest_size=8).hexdigest()
+    return f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{digest}"
+
+
+def _cache_path_of(key: str) -> str:
+    return key.rsplit("|", 3)[0]
 
 
 def decode_into(images: np.ndarray, index: int, path: str, size: int = IMAGE_SIZE) -> str | None:
@@ -279,13 +296,15 @@ def decode_all(paths: list[str], size: int = IMAGE_SIZE, cache_dir: Path | None 
     """Decode and resize every image once: a uint8 (3, size, size) tensor per path (None if unreadable).
 
     Photos not in the cache are decoded by `workers` processes (0: one per core). With `cache_dir`,
-    results are kept on disk keyed by path, file size and mtime, so a second run decodes nothing; the
+    results are kept on disk keyed by path, file size, mtime and a digest of the first and last
+    kilobyte (`_cache_key`), so a second run decodes nothing; entries of files gone or changed are
+    dropped; the
     cache file is replaced atomically (safe when several processes build it). Unreadable files (zero
     bytes, truncated, not an image) are returned in the second list, or raise UserError when `strict`.
     """
     cache_file = cache_path(cache_dir, paths, size) if cache_dir and paths else None
     cache = read_cache(cache_file)
-    keys = [_cache_key(path) for path in paths] if cache_file else paths  # a cache key costs a stat
+    keys = [_cache_key(path) for path in paths] if cache_file else paths  # a key: a stat and 2 KB read
     missing = [index for index, key in enumerate(keys) if key not in cache]
     decoded, errors = decode_many([paths[index] for index in missing], size, workers)
     bad = []
@@ -297,8 +316,14 @@ def decode_all(paths: list[str], size: int = IMAGE_SIZE, cache_dir: Path | None 
             bad.append(paths[index])
         else:
             cache[keys[index]] = decoded[position]
-    if cache_file and len(missing) > len(bad):
-        write_cache(cache, cache_file)
+    if cache_file:
+        # forget what is gone or changed: a file no longer there, or these paths under older keys
+        now = {_cache_path_of(key) for key in keys}
+        kept = {key: img for key, img in cache.items() if key in set(keys)
+                or (_cache_path_of(key) not in now and os.path.exists(_cache_path_of(key)))}
+        if len(missing) > len(bad) or len(kept) < len(cache):
+            write_cache(kept, cache_file)
+        cache = kept
     return [cache.get(key) for key in keys], bad
 
 
@@ -318,8 +343,15 @@ def read_cache(cache_file: Path | None) -> dict:
         return {}
     try:
         saved = torch.load(cache_file, map_location="cpu", weights_only=True)
-        return dict(zip(saved["keys"], saved["images"]))
-    except Exception:
+        keys, images = saved["keys"], saved["images"]
+        size = int(cache_file.name.split("_")[1].removesuffix("px"))
+        if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4
+                and tuple(images.shape[1:]) == (3, size, size) and isinstance(keys, list) and len(keys) == len(images)
+                and all(isinstance(k, str) for k in keys)):
+            raise ValueError("not this version's images")
+        return dict(zip(keys, images))
+    except Exception:  # noqa: BLE001 - damaged, of another version or size: rebuilt, never a traceback
+        warnings.warn(f"the image cache {cache_file} is damaged or of another version: it is rebuilt", stacklevel=2)
         return {}
 
 
