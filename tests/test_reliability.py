@@ -535,3 +535,32 @@ def test_no_decoder_outlives_a_signal_while_decoding(tmp_path, sig):
     alive = [pid for pid in children if Path(f"/proc/{pid}").exists()
              and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]
     assert not alive
+
+
+def test_a_run_folder_deleted_while_training_is_one_line(tiny_data, tmp_path):
+    import shutil
+    import time
+
+    logs = tmp_path / "logs"
+    process = subprocess.Popen([sys.executable, "train_rmb.py", "--data-dir", str(tiny_data), "--epochs", "5000",
+                                "--batch-size", "2", "--cache-dir", "", "--logdir", str(logs)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list(logs.glob("*/checkpoint_last.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    shutil.rmtree(next(logs.iterdir()))
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 2 and err.strip().count("\n") == 0 and "moved or deleted" in err, err
+
+
+def test_a_full_disk_when_the_writer_opens_is_one_line(tiny_data, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import tools.tb_logging
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tools.tb_logging, "open_writer", full)
+    err = one_line_exit_2(capsys, lambda: cli(tmp_path, "--data-dir", str(tiny_data), *FLAGS, "--epochs", "1"))
+    assert "No space left on device" in err and "TensorBoard" in err

@@ -326,7 +326,11 @@ class RunFolder:
         self.dir = distributed.broadcast(self.dir)
         # on resume, hide the events a killed run wrote after its checkpoint: each step is shown once
         purge_step = self.checkpoint["global_step"] + 1 if not fresh_folder else None
-        self.writer = RunWriter(self.dir, purge_step) if self.is_main else NullWriter()
+        try:
+            self.writer = RunWriter(self.dir, purge_step) if self.is_main else NullWriter()
+        except OSError as err:  # a full disk, a folder gone or read-only: before any epoch, nothing is lost
+            raise UserError(f"cannot write TensorBoard's events into {self.dir} ({err.strerror or err}): free space "
+                            "or fix the folder's permissions, then run the same command again") from None
         if self.is_main and fresh_folder:
             log_args(self.writer, vars(self.args) | {"classes": self.classes, "device": device,
                                                      "world_size": self.world_size})

@@ -10,6 +10,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import histogram_raw, hparams, text
 
+from tools.errors import UserError
 from tools.event_crc import record_checksum, speed_up_event_writing
 
 FLUSH_SECS = 10  # a writer's events reach its file at least this often: TensorBoard shows a live run
@@ -48,7 +49,7 @@ class BufferedRecords:
         self.flushed = time.monotonic()
         self.checksum = record_checksum()
         self.lock = threading.Lock()
-        atexit.register(self.flush)
+        atexit.register(self.flush_at_exit)
 
     def write(self, data: bytes) -> None:
         header = struct.pack("<Q", len(data))
@@ -59,12 +60,28 @@ class BufferedRecords:
             self.flush()
 
     def flush(self) -> None:
+        """Append the buffered records to the file. UserError when it cannot (its folder moved or deleted,
+        the disk full): the records are dropped, and the message says where and why."""
         with self.lock:
-            if self.parts:
-                with open(self.path, "ab") as file:
-                    file.write(b"".join(self.parts))
-                self.parts = []
+            parts, self.parts = self.parts, []
             self.flushed = time.monotonic()
+            if not parts:
+                return
+            try:
+                with open(self.path, "ab") as file:
+                    file.write(b"".join(parts))
+            except OSError as err:
+                folder = Path(self.path).parent
+                raise UserError(f"cannot write TensorBoard's events into {folder} ({err.strerror or err}): the run "
+                                "folder was moved or deleted, or the disk is full; what was saved before stays "
+                                "(resume the run once the folder is back or space is free)") from None
+
+    def flush_at_exit(self) -> None:
+        """At the interpreter's exit (a loop that never closed its writer): flush, quietly if it cannot."""
+        try:
+            self.flush()
+        except UserError:
+            pass
 
     def close(self) -> None:
         self.flush()
