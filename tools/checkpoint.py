@@ -9,6 +9,7 @@ import pickle
 import random
 import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,9 @@ def load_checkpoint(path: Path, required: tuple = ()) -> dict:
     damaged = (f"cannot read checkpoint {path}: it is damaged or not a checkpoint (try the run's other one, "
                "checkpoint_best.pt or checkpoint_last.pt)")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a damaged file's odd header makes torch warn before it fails
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         named = DANGEROUS.search(str(err))
         if named:  # it names a real class or function to import: code, not data (damaged bytes name garbage)

@@ -1,0 +1,156 @@
+"""A fuzzer guards the promises (hypothesis): every flag of every script with extreme, malformed and hostile
+values, and checkpoints and caches with bytes flipped or cut. The outcome is always exit 0, or one line
+and exit 2 (3 for a divergence): never a traceback, and nothing outside the run's folders is changed.
+
+Few examples by default, so CI stays fast; FUZZ_EXAMPLES=200 python -m pytest tests/test_fuzz.py for more.
+"""
+import argparse
+import contextlib
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import init_demo
+import monitor_grads
+import train_rmb
+from tools import inspect_run, loss_lab, lr_schedules
+from tools.cli import run_script
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0"))
+FUZZ = settings(deadline=None, derandomize=not EXAMPLES, suppress_health_check=list(HealthCheck))
+
+HOSTILE = ["", "0", "-1", "1e309", "-1e309", "nan", "inf", "-inf", "1e-50", "1e39", str(2**63), str(2**31),
+           "9" * 40, "0x10", "1,2", "1,,2", "[1.0, 2.0]", "a;touch PWNED", "$(touch PWNED)", "../../etc",
+           "/dev/null", "/dev/zero", "auto", "cpu", "cuda:7", "é", "\u202e", "x" * 300, " ", "-", "--", "True",
+           "1", "2", "0.5", "1e-3", "100", "adam", "step", "data", "conv1", "balanced"]  # and values that run
+PARSERS = {"train_rmb.py": train_rmb.get_args_parser, "monitor_grads.py": monitor_grads.get_args_parser,
+           "init_demo.py": init_demo.get_args_parser, "tools.inspect_run": inspect_run.get_args_parser,
+           "tools.loss_lab": loss_lab.get_args_parser, "tools.lr_schedules": lr_schedules.get_args_parser}
+
+
+def flags(parser: argparse.ArgumentParser) -> list[str]:
+    return [a.option_strings[-1] for a in parser._actions if a.option_strings and a.option_strings[-1] != "--help"]
+
+
+def one_line_or_fine(call) -> int:
+    """Run `call` (a script's run_script); its exit code (0 when it returns). Fails on a traceback or an
+    error of more than one line."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            call()
+        return 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 2
+        text = err.getvalue().strip()
+        assert code in (0, 2, 3), (code, text)
+        if code == 2:
+            assert text and "Traceback" not in text and len(text.splitlines()) == 1, text
+        return code
+
+
+@pytest.mark.parametrize("script", list(PARSERS))
+@settings(FUZZ, max_examples=EXAMPLES or 25)
+@given(data=st.data())
+def test_every_flag_parses_or_is_one_line(script, data):
+    """Each flag with hostile values: parsed (a value its script can take), or one line and exit 2."""
+    parser = PARSERS[script]()
+    flag = data.draw(st.sampled_from(flags(parser)))
+    value = data.draw(st.sampled_from(HOSTILE) | st.text(max_size=20) | st.integers().map(str)
+                      | st.floats(allow_nan=True, allow_infinity=True).map(repr))
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            parser.parse_args([flag, value] if not value.startswith("-") else [f"{flag}={value}"])
+    except SystemExit as stop:
+        assert stop.code == 2 and "Traceback" not in err.getvalue() and err.getvalue().count("\n") <= 2, err.getvalue()
+
+
+@settings(FUZZ, max_examples=EXAMPLES or 10)
+@given(flag=st.sampled_from(flags(train_rmb.get_args_parser())), value=st.sampled_from(HOSTILE))
+def test_train_rmb_runs_any_flag_to_an_answer_and_touches_nothing_else(flag, value, tiny_data, tmp_path_factory):
+    """train_rmb.py for one epoch with one hostile flag value: exit 0, 2 or 3, one line when 2; nothing
+    written outside its --logdir and --cache-dir (the current folder and the repository stay as they were)."""
+    tmp = tmp_path_factory.mktemp("fuzz")
+    cwd = tmp / "cwd"
+    cwd.mkdir()
+    before = git_status()
+    argv = ["--data-dir", str(tiny_data), "--epochs", "1", "--batch-size", "8", "--logdir", str(tmp / "runs"),
+            "--cache-dir", str(tmp / "cache"), "--device", "cpu"]
+    argv += [flag] if flag in ("--nesterov", "--no-monitor", "--strict") else [f"{flag}={value}"]
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        one_line_or_fine(lambda: run_script(train_rmb.main, train_rmb.get_args_parser(), argv))
+    finally:
+        os.chdir(previous)
+    made = {p.name for p in cwd.iterdir()}  # only the folder a relative --logdir or --cache-dir names
+    allowed = {Path(value).parts[0]} if flag in ("--logdir", "--cache-dir") and value.strip("/") else set()
+    assert made <= allowed and git_status() == before, made
+    assert not (ROOT / "PWNED").exists()
+
+
+def git_status() -> str:
+    return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT, capture_output=True,
+                          text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def saved_run(tiny_data, tmp_path_factory) -> Path:
+    from conftest import train
+
+    tmp = tmp_path_factory.mktemp("saved")
+    return Path(train(tmp, tiny_data, "--epochs", "1", "--batch-size", "8")["run_dir"])
+
+
+@settings(FUZZ, max_examples=EXAMPLES or 6)
+@given(flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=8),
+       cut=st.none() | st.floats(0, 1))
+def test_a_damaged_checkpoint_is_one_line(flips, cut, saved_run, tiny_data, tmp_path_factory):
+    """checkpoint_last.pt with bytes changed or cut off, resumed: it trains (the bytes were in weights),
+    or stops with one line (damaged), or as a divergence (3); never a traceback."""
+    tmp = tmp_path_factory.mktemp("damaged")
+    data = bytearray((saved_run / "checkpoint_last.pt").read_bytes())
+    for where, byte in flips:
+        data[int(where * len(data))] = byte
+    if cut is not None:
+        data = data[:int(cut * len(data))]
+    bad = tmp / "run" / "checkpoint_last.pt"
+    bad.parent.mkdir()
+    bad.write_bytes(bytes(data))
+    argv = ["--data-dir", str(tiny_data), "--epochs", "2", "--batch-size", "8", "--logdir", str(tmp / "runs"),
+            "--cache-dir", "", "--resume", str(bad.parent)]
+    one_line_or_fine(lambda: run_script(train_rmb.main, train_rmb.get_args_parser(), argv))
+
+
+@settings(FUZZ, max_examples=EXAMPLES or 4)
+@given(flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=8),
+       cut=st.none() | st.floats(0, 1))
+def test_a_damaged_cache_is_rebuilt(flips, cut, tiny_data, tmp_path_factory):
+    """The decoded-image cache with bytes changed or cut: the run rebuilds it and trains, exit 0."""
+    from tools.rmb_dataset import decode_all, find_splits
+
+    tmp = tmp_path_factory.mktemp("cache")
+    _, splits, _ = find_splits(tiny_data)
+    paths = [p for samples in splits.values() for p, _ in samples]
+    decode_all(paths, cache_dir=tmp / "cache")
+    (file,) = (tmp / "cache").iterdir()
+    data = bytearray(file.read_bytes())
+    for where, byte in flips:
+        data[int(where * len(data))] = byte
+    if cut is not None:
+        data = data[:int(cut * len(data))]
+    file.write_bytes(bytes(data))
+    argv = ["--data-dir", str(tiny_data), "--epochs", "1", "--batch-size", "8", "--logdir", str(tmp / "runs"),
+            "--cache-dir", str(tmp / "cache")]
+    assert one_line_or_fine(lambda: run_script(train_rmb.main, train_rmb.get_args_parser(), argv)) == 0
+    images, _ = decode_all(paths, cache_dir=tmp / "cache")
+    assert all(torch.equal(a, b) for a, b in zip(images, decode_all(paths)[0]))
