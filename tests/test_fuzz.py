@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import init_demo
 import monitor_grads
 import train_rmb
-from tools import inspect_run, loss_lab, lr_schedules
+from tools import inspect_run, loss_lab, lr_schedules, readme_pictures, rmb_dataset, synthetic_rmb, tb_screenshots
 from tools.cli import run_script
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0"))
@@ -33,7 +33,10 @@ HOSTILE = ["", "0", "-1", "1e309", "-1e309", "nan", "inf", "-inf", "1e-50", "1e3
            "1", "2", "0.5", "1e-3", "100", "adam", "step", "data", "conv1", "balanced"]  # and values that run
 PARSERS = {"train_rmb.py": train_rmb.get_args_parser, "monitor_grads.py": monitor_grads.get_args_parser,
            "init_demo.py": init_demo.get_args_parser, "tools.inspect_run": inspect_run.get_args_parser,
-           "tools.loss_lab": loss_lab.get_args_parser, "tools.lr_schedules": lr_schedules.get_args_parser}
+           "tools.loss_lab": loss_lab.get_args_parser, "tools.lr_schedules": lr_schedules.get_args_parser,
+           "tools.synthetic_rmb": synthetic_rmb.get_args_parser, "tools.rmb_dataset": rmb_dataset.get_args_parser,
+           "tools.tb_screenshots": tb_screenshots.get_args_parser,
+           "tools.readme_pictures": readme_pictures.get_args_parser}
 
 
 def flags(parser: argparse.ArgumentParser) -> list[str]:
@@ -67,9 +70,13 @@ def test_every_flag_parses_or_is_one_line(script, data):
     value = data.draw(st.sampled_from(HOSTILE) | st.text(max_size=20) | st.integers().map(str)
                       | st.floats(allow_nan=True, allow_infinity=True).map(repr))
     err = io.StringIO()
+    positional = [a.dest for a in parser._actions if not a.option_strings]
+    words = ["somewhere"] * len(positional)  # a command's own positional arguments, when it has some
+    if data.draw(st.booleans()) and positional:  # or the hostile value as one of them
+        words[0] = value
     try:
         with contextlib.redirect_stderr(err):
-            parser.parse_args([flag, value] if not value.startswith("-") else [f"{flag}={value}"])
+            parser.parse_args(words + ([flag, value] if not value.startswith("-") else [f"{flag}={value}"]))
     except SystemExit as stop:
         assert stop.code == 2 and "Traceback" not in err.getvalue() and err.getvalue().count("\n") <= 2, err.getvalue()
 

@@ -92,11 +92,17 @@ def main(args) -> list[Path]:
               f"{path.stat().st_size // 1024} KB")
     return written
 
-
-if __name__ == "__main__":
-    from tools.cli import ArgumentParser, run_script
+def get_args_parser():
+    """The command's flags."""
+    from tools.cli import ArgumentParser, folder_path
 
     parser = ArgumentParser(description=__doc__.splitlines()[0], prog="python -m tools.readme_pictures")
-    parser.add_argument("--data-dir", type=Path, default=REAL_PHOTOS, help="real photos of the notes, in class folders")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs", help="where the pictures go")
-    run_script(main, parser)
+    parser.add_argument("--data-dir", type=folder_path, default=REAL_PHOTOS, help="real photos of the notes, in class folders")
+    parser.add_argument("--out", type=folder_path, default=REPO_ROOT / "docs", help="where the pictures go")
+    return parser
+
+
+if __name__ == "__main__":
+    from tools.cli import run_script
+
+    run_script(main, get_args_parser())

@@ -567,14 +567,20 @@ def main(args) -> dict[str, int]:
     print(f"wrote {counts['train']} train, {counts['valid']} valid, {counts['test']} test images to {args.out}")
     return counts
 
-
-if __name__ == "__main__":
-    from tools.cli import ArgumentParser, run_script, seed_value
+def get_args_parser():
+    """The command's flags."""
+    from tools.cli import ArgumentParser, folder_path, seed_value
 
     parser = ArgumentParser(description="Write the train/valid/test split of a <class>/<image> folder.",
                             prog="python -m tools.rmb_dataset")
-    parser.add_argument("data_dir", type=Path, help="raw folder: <data_dir>/<class>/<image>")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "data" / "rmb_split",
+    parser.add_argument("data_dir", type=folder_path, help="raw folder: <data_dir>/<class>/<image>")
+    parser.add_argument("--out", type=folder_path, default=Path(__file__).resolve().parents[1] / "data" / "rmb_split",
                         help="where the split goes: <out>/{train,valid,test}/<class>/")
     parser.add_argument("--seed", type=seed_value, default=SPLIT_SEED, help="seed of the shuffle before splitting")
-    run_script(main, parser)
+    return parser
+
+
+if __name__ == "__main__":
+    from tools.cli import run_script
+
+    run_script(main, get_args_parser())

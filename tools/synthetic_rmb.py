@@ -114,12 +114,18 @@ def main(args) -> Path:
     print(f"wrote {out_dir}")
     return out_dir
 
-
-if __name__ == "__main__":
-    from tools.cli import ArgumentParser, int_between, run_script, seed_value
+def get_args_parser():
+    """The command's flags."""
+    from tools.cli import ArgumentParser, folder_path, int_between, seed_value
 
     parser = ArgumentParser(description=__doc__.splitlines()[0], prog="python -m tools.synthetic_rmb")
-    parser.add_argument("out_dir", type=Path, help="writes <out_dir>/{1,100}/*.jpg")
+    parser.add_argument("out_dir", type=folder_path, help="writes <out_dir>/{1,100}/*.jpg")
     parser.add_argument("--per-class", type=int_between(1, 100_000), default=IMAGES_PER_CLASS, help="images per class")
     parser.add_argument("--seed", type=seed_value, default=SEED, help="same seed, same images")
-    run_script(main, parser)
+    return parser
+
+
+if __name__ == "__main__":
+    from tools.cli import run_script
+
+    run_script(main, get_args_parser())

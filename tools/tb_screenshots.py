@@ -115,11 +115,17 @@ def main(args) -> dict:
     print("screenshots: " + ", ".join(str(p) for p in result["pngs"].values()))
     return result
 
-
-if __name__ == "__main__":
-    from tools.cli import ArgumentParser, run_script
+def get_args_parser():
+    """The command's flags."""
+    from tools.cli import ArgumentParser, folder_path
 
     parser = ArgumentParser(description=__doc__.splitlines()[0], prog="python -m tools.tb_screenshots")
-    parser.add_argument("logdir", type=Path, help="a run folder, or a folder of runs")
-    parser.add_argument("--out", type=Path, default=None, help="where the PNGs go (default: <logdir>/screenshots)")
-    run_script(main, parser)
+    parser.add_argument("logdir", type=folder_path, help="a run folder, or a folder of runs")
+    parser.add_argument("--out", type=folder_path, default=None, help="where the PNGs go (default: <logdir>/screenshots)")
+    return parser
+
+
+if __name__ == "__main__":
+    from tools.cli import run_script
+
+    run_script(main, get_args_parser())
