@@ -483,7 +483,7 @@ def test_printed_commands_paste_into_bash_as_they_read(tiny_data, tmp_path):
     flag read back as given). A run named `x;touch PWNED`: its TensorBoard line, pasted, names the run
     folder and runs nothing else."""
     env = os.environ | {"PYTHONWARNINGS": "ignore"}
-    flags = ["--data-dir", str(tiny_data), "--epochs", "8", "--batch-size", "4", "--cache-dir", "",
+    flags = ["--data-dir", str(tiny_data), "--epochs", "3", "--batch-size", "4", "--cache-dir", "",
              "--class-weights", "1.0,2.0", "--freeze", "conv1"]
     _, err = sigterm_mid_run(flags, tmp_path / "logs")
     pasted = err.strip().splitlines()[-1].strip()

@@ -16,14 +16,9 @@ from tools.data_checks import leaks, missing_classes, split_findings
 from tools.loop_checks import LoopWatch, softmax_feeds_log_softmax
 from tools.monitor import TrainingMonitor
 from tools.scenarios import BY_NAME, SCENARIOS, found, run_scenario
-from tools.verdict import (
-    ACCUMULATION_EXCESS,
-    OVERFIT_EPOCHS,
-    PLATEAU_EPOCHS,
-    EpochFigures,
-    judge,
-    slope,
-)
+from tools.epoch_figures import ACCUMULATION_EXCESS, OVERFIT_EPOCHS, PLATEAU_EPOCHS, EpochFigures
+from tools.verdict import judge
+from tools.verdict_rules import slope
 
 NORMS = {"a.weight": 0.1, "b.weight": 0.2}
 

@@ -10,7 +10,7 @@ import hashlib
 
 import torch
 
-from tools.verdict import Finding
+from tools.epoch_figures import Finding
 
 
 def as_labels(targets) -> list[int]:

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from tools.verdict import ACCUMULATION_EXCESS
+from tools.epoch_figures import ACCUMULATION_EXCESS
 
 MODE_LAYERS = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)  # behave differently in train()
 GRAPH_NODES = 64  # how far back from the loss the softmax is looked for: the loss's own few nodes

@@ -30,23 +30,21 @@ import math
 import torch
 from torch import nn
 
-from tools.hooks import forward_order
-from tools.loop_checks import LoopWatch
-from tools.tb_logging import DEAD_UNITS, GRAD_NORM, UPDATE_RATIO, write_event, write_lines
-from tools.tensor_stats import HIST_BINS, Histogram, histograms, tensor_norms, unwrap
-from tools.verdict import (
+from tools.epoch_figures import (
     DIVERGED_LOSS_FACTOR,
     LR_COLLAPSED,
     ROUNDED_TO_ZERO,
     SPIKE_FACTOR,
     EpochFigures,
     Finding,
-    Verdict,
-    judge,
     median_ratio,
     recalls,
 )
-
+from tools.hooks import forward_order
+from tools.loop_checks import LoopWatch
+from tools.tb_logging import DEAD_UNITS, GRAD_NORM, UPDATE_RATIO, write_event, write_lines
+from tools.tensor_stats import HIST_BINS, Histogram, histograms, tensor_norms, unwrap
+from tools.verdict import Verdict, judge
 
 SPIKE_WINDOW = 10  # a step's loss is compared with the median of the 10 before it
 MEASURE_EVERY = 8  # every parameter's gradient norm is read at every 8th step (and every logging step)

@@ -395,7 +395,7 @@ class RunFolder:
         recover), or afresh when there is none or when even the best epoch's valid loss (`best`:
         TrainState.best) was DIVERGED_LOSS_FACTOR times the chance level (its weights were thrown far
         off too, and no lower rate brings them back); exit with EXIT_DIVERGED."""
-        from tools.verdict import DIVERGED_LOSS_FACTOR
+        from tools.epoch_figures import DIVERGED_LOSS_FACTOR
 
         last, best_file = self.dir / "checkpoint_last.pt", self.dir / "checkpoint_best.pt"
         kept = f"the last checkpoint before it, {last}, is kept" if last.exists() else "no checkpoint was saved yet"
