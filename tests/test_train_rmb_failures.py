@@ -235,3 +235,10 @@ def test_real_cli_prints_one_line_and_exit_2(tmp_path):
     result = subprocess.run([sys.executable, "train_rmb.py", "--lr", "0", "--logdir", str(tmp_path)], cwd=ROOT,
                             capture_output=True, text=True, timeout=60, env=os.environ | {"PYTHONWARNINGS": "ignore"})
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "--lr" in result.stderr
+
+
+def test_a_jpeg_or_a_damaged_file_passed_as_a_checkpoint_is_called_damaged_not_dangerous(tmp_path, capsys, tiny_data):
+    jpeg = next((tiny_data / "1").iterdir())
+    err = expect_user_error(tmp_path, capsys, "--data-dir", str(tiny_data), "--resume", str(jpeg), match="damaged")
+    assert "could run code" not in err and "checkpoint_best.pt" in err
+    err = expect_user_error(tmp_path, capsys, "--data-dir", str(tiny_data), "--resume", "/dev/null", match="not a file")
