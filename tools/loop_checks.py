@@ -63,27 +63,13 @@ CLASSIFICATION_LOSSES = ("NllLoss", "NllLoss2D", "BinaryCrossEntropy", "BinaryCr
 
 def classification_loss(loss: torch.Tensor) -> bool:
     """The loss's graph (its few last nodes) holds a classification loss: cross-entropy, NLL, BCE."""
-    seen, queue = set(), [loss.grad_fn]
-    while queue and len(seen) < GRAPH_NODES:
-        node = queue.pop(0)
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if node_name(node) in CLASSIFICATION_LOSSES:
-            return True
-        queue.extend(n for n, _ in node.next_functions if n is not None)
-    return False
+    return any(node_name(node) in CLASSIFICATION_LOSSES for node in loss_graph(loss))
 
 
 def loss_mistake(loss: torch.Tensor, output_width: int | None, classes: int) -> dict | None:
     """What the loss's graph shows wrong (see the module's docstring), as {'evidence', 'fix'}, or None.
     `output_width`: the model's outputs per sample in training (None: not seen)."""
-    seen, queue = set(), [loss.grad_fn]
-    while queue and len(seen) < GRAPH_NODES:
-        node = queue.pop(0)
-        if node is None or node in seen:
-            continue
-        seen.add(node)
+    for node in loss_graph(loss):
         name, made_by = node_name(node), node_name(producer(node))
         if name in REGRESSION_LOSSES and output_width == 1 and classes >= 3:
             return {"evidence": f"{name} on a model with one output per sample, for {classes} classes: the class "
@@ -98,25 +84,27 @@ def loss_mistake(loss: torch.Tensor, output_width: int | None, classes: int) -> 
             return {"evidence": "NLLLoss is given raw scores: it expects log-probabilities, so it only pushes the "
                                 "right class's score up without bound", "fix": "add log_softmax before NLLLoss, or use "
                                 "CrossEntropyLoss on the raw scores"}
-        queue.extend(n for n, _ in node.next_functions if n is not None)
     return None
 
 
-def softmax_feeds_log_softmax(loss: torch.Tensor) -> bool:
-    """True when the loss's graph has a log_softmax (CrossEntropyLoss's) whose input is a softmax's output:
-    the loss was given probabilities, not logits. Walks at most GRAPH_NODES nodes back from the loss."""
+def loss_graph(loss: torch.Tensor):
+    """The nodes of the loss's autograd graph, nearest first: at most GRAPH_NODES of them."""
     seen, queue = set(), [loss.grad_fn]
     while queue and len(seen) < GRAPH_NODES:
         node = queue.pop(0)
         if node is None or node in seen:
             continue
         seen.add(node)
-        inputs = [next_node for next_node, _ in node.next_functions if next_node is not None]
-        if type(node).__name__.startswith("LogSoftmaxBackward") and any(
-                type(n).__name__.startswith("SoftmaxBackward") for n in inputs):
-            return True
-        queue.extend(inputs)
-    return False
+        yield node
+        queue.extend(n for n, _ in node.next_functions if n is not None)
+
+
+def softmax_feeds_log_softmax(loss: torch.Tensor) -> bool:
+    """True when the loss's graph has a log_softmax (CrossEntropyLoss's) whose input is a softmax's output:
+    the loss was given probabilities, not logits. Walks at most GRAPH_NODES nodes back from the loss."""
+    return any(type(node).__name__.startswith("LogSoftmaxBackward") and any(
+        type(n).__name__.startswith("SoftmaxBackward") for n, _ in node.next_functions if n is not None)
+        for node in loss_graph(loss))
 
 
 def distributed_world() -> int:
