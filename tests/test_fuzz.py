@@ -161,3 +161,12 @@ def test_a_damaged_cache_is_rebuilt(flips, cut, tiny_data, tmp_path_factory):
     assert one_line_or_fine(lambda: run_script(train_rmb.main, train_rmb.get_args_parser(), argv)) == 0
     images, _ = decode_all(paths, cache_dir=tmp / "cache")
     assert all(torch.equal(a, b) for a, b in zip(images, decode_all(paths)[0]))
+
+
+def test_a_flag_given_dashes_as_its_value_is_one_line_and_list_flags_still_parse(capsys):
+    """`--device=--` reaches argparse as an empty list, past the flag's type (found by this fuzzer)."""
+    with pytest.raises(SystemExit) as stop:
+        train_rmb.get_args_parser().parse_args(["--device=--"])
+    assert stop.value.code == 2 and "expected a value" in capsys.readouterr().err
+    args = train_rmb.get_args_parser().parse_args(["--freeze", "conv1", "--class-weights", "1,2"])
+    assert args.freeze == ["conv1"] and args.class_weights == [1.0, 2.0]

@@ -44,6 +44,10 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None) -> Args:
         parsed = super().parse_args(args, namespace or Args())
+        for action in self._actions:  # `--flag=--` reaches argparse as an empty list, past the flag's type
+            value = getattr(parsed, action.dest, None)
+            if action.option_strings and action.nargs is None and isinstance(value, list) and not value:
+                self.error(f"argument {action.option_strings[-1]}: expected a value, got --")
         defaults = {action: action.default for action in self._actions}
         try:  # parsed again without defaults: what is left was given
             for action in self._actions:
