@@ -181,7 +181,8 @@ def test_the_cache_checks_content_and_forgets_what_is_gone(tmp_path):
     import warnings
     from pathlib import Path
 
-    from tools.rmb_dataset import cache_path, decode_all, decode_resized
+    from tools.image_cache import cache_path
+    from tools.rmb_dataset import decode_all, decode_resized
 
     folder = tmp_path / "photos"
     folder.mkdir()

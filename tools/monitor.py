@@ -44,6 +44,7 @@ from tools.hooks import forward_order
 from tools.loop_checks import LoopWatch
 from tools.tb_logging import DEAD_UNITS, GRAD_NORM, UPDATE_RATIO, write_event, write_lines
 from tools.tensor_stats import HIST_BINS, Histogram, histograms, tensor_norms, unwrap
+from tools.monitor_arguments import check_arguments, check_epoch_arguments
 from tools.verdict import Verdict, judge
 
 SPIKE_WINDOW = 10  # a step's loss is compared with the median of the 10 before it
@@ -185,14 +186,14 @@ class TrainingMonitor:
         self.first_total_norm = state.get("first_total_norm")     # total grad norm at the first verdict
         self.epoch_steps = state.get("epoch_steps")               # steps in the last epoch judged
         self.last_epoch_step = state.get("last_epoch_step", 0)    # the step that ended it
-        # per parameter, over the epoch: grad norms summed, and the steps in which it had a gradient;
-        # update ratios summed over the logged steps, and their count
         # per parameter, over the epoch's measured steps (every MEASURE_EVERY-th, logging steps, the epoch's
-        # first): its gradient norms summed and the steps in which it had one; and whether it had a gradient
-        # in any step at all (every step is looked at for that, at no cost)
+        # first): its gradient norms summed and the steps in which it had one; whether it had a gradient in
+        # any step at all (every step is looked at for that, at no cost); below, the update ratios summed
+        # over the steps they were measured in, and their count
         self._norm_sum = per_parameter(state.get("norm_sum"), n, 0.0)
         self._norm_steps = per_parameter(state.get("norm_steps"), n, 0)
         self._had_grad = per_parameter(state.get("had_grad"), n, False)
+        self._measured = any(self._norm_steps)  # this epoch's norms read at least once
         self.steps = state.get("steps", getattr(self, "steps", 0))
         self._lr = dict(state.get("lr") or getattr(self, "_lr", {"max": 0.0, "now": None, "low": 0}))
         self._epoch_taken = state.get("epoch_taken", 0)  # optimizer steps taken this epoch
@@ -262,20 +263,22 @@ class TrainingMonitor:
         elif not self._had_grad[-1] or not self._had_grad[0]:
             self._had_grad = [True] * len(grads)
         check = self.loop.gradient_check()  # is zero_grad missing? (a few steps an epoch)
-        sentinel = grads[self._forward_index[0]] if self._forward_index else None
-        if sentinel is None:  # the first parameter has no gradient this step: the first one that has
-            sentinel = next((grads[i] for i in self._forward_index if grads[i] is not None), None)
+        sentinel = self._first_gradient(grads)
         scalars = [*first, *check, *([torch.linalg.vector_norm(dense(sentinel))] if sentinel is not None else [])]
         values = ([scalars[0].item()] if len(scalars) == 1 else torch.stack(scalars).tolist()) if scalars else []
         n_first, n_check = len(first), len(check)
         self.loop.record_gradient_check(values[n_first:n_first + n_check])
         finite = all(math.isfinite(v) for v in values[:min(n_first, 1)] + values[n_first + n_check:])
         logging = step % self.log_interval == 0
-        if sentinel is not None and (not finite or logging or step % MEASURE_EVERY == 0 or not any(self._norm_steps)):
+        if sentinel is not None and (not finite or logging or step % MEASURE_EVERY == 0 or not self._measured):
             self._measure_gradients(step, logging, values[0] if first else None)
         elif not finite:
             self._record_nonfinite(step, "loss")
         return values[:n_first]
+
+    def _first_gradient(self, grads: list) -> torch.Tensor | None:
+        """The gradient of the first parameter in forward order that has one (grads: per parameter)."""
+        return next((grads[i] for i in self._forward_index if grads[i] is not None), None)
 
     def _measure_gradients(self, step: int, logging: bool, loss: float | None) -> None:
         """Every parameter's gradient norm (one fused call, one host copy): summed for the verdict, kept
@@ -287,6 +290,7 @@ class TrainingMonitor:
         for i, norm in zip(with_grad, norms):
             self._norm_sum[i] += norm
             self._norm_steps[i] += 1
+        self._measured = True
         if loss is not None and not math.isfinite(loss):
             self._record_nonfinite(step, "loss", norms)
         elif not math.isfinite(total):
@@ -311,7 +315,7 @@ class TrainingMonitor:
         self.loop.backward_done()  # the training forwards since the last step were trained on
         step = self._announced if self._announced is not None else self.steps + 1
         if not self.enabled:  # the NaN/Inf check stays (every process of a torchrun stops at the same step)
-            first = next((p.grad for p in (self.params[i] for i in self._forward_index) if p.grad is not None), None)
+            first = self._first_gradient([p.grad for p in self.params])
             if first is not None and not math.isfinite(torch.linalg.vector_norm(dense(first)).item()):
                 self._record_nonfinite(step, "gradient")
             return
@@ -419,13 +423,13 @@ class TrainingMonitor:
             write_event(self.writer, step, histograms=result)
         return result
 
-    def _unchanged_and_frozen(self, counts: list[int]) -> tuple[dict[str, str], list[str]]:
-        """({parameter: why it did not move}, [parameters frozen on purpose]) over the epoch. `counts`: per
-        parameter, the steps in which it had a gradient. A group whose lr is 0 now is named only if its
+    def _unchanged_and_frozen(self, had_grad: list[bool]) -> tuple[dict[str, str], list[str]]:
+        """({parameter: why it did not move}, [parameters frozen on purpose]) over the epoch. `had_grad`: per
+        parameter, whether it had a gradient in some step. A group whose lr is 0 now is named only if its
         parameters did not move either (a schedule that ends at 0 moved them until then)."""
         declared = self.frozen_prefixes
         groups = {id(p): g for g in self.optimizer.param_groups for p in g["params"]} if self.optimizer else None
-        trained = self._step_losses or any(counts) or self._epoch_taken
+        trained = self._step_losses or any(had_grad) or self._epoch_taken
         unchanged, frozen = {}, []
         for i, (name, p) in enumerate(zip(self.names, self.params)):
             if not p.requires_grad:
@@ -434,8 +438,8 @@ class TrainingMonitor:
                 else:
                     unchanged[name] = "requires_grad is False"
             elif groups is not None and id(p) not in groups:
-                unchanged[name] = "not in the optimizer" + ("" if counts[i] else " (and no gradient in any step)")
-            elif trained and not counts[i] and not (self.hooked and not self._epoch_taken):
+                unchanged[name] = "not in the optimizer" + ("" if had_grad[i] else " (and no gradient in any step)")
+            elif trained and not had_grad[i] and not (self.hooked and not self._epoch_taken):
                 unchanged[name] = "no gradient in any step (forward does not use it)"
             elif groups is not None and groups[id(p)]["lr"] == 0 and not self._ratio_sum[i]:
                 unchanged[name] = "its parameter group's lr is 0"
@@ -553,33 +557,3 @@ class TrainingMonitor:
                               "last_findings": self.last_findings, "steps": self.steps,
                               "lr": dict(self._lr, low=0), "first_loss": self.first_loss})
         return verdict
-
-
-def check_arguments(model, writer, log_interval, classes, optimizer, frozen) -> None:
-    """TrainingMonitor's arguments, each checked with a line that says what it takes (TypeError/ValueError)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"TrainingMonitor(model, ...): model must be an nn.Module, not {type(model).__name__}")
-    if writer is not None and not (hasattr(writer, "add_scalar") or hasattr(writer, "file_writer")
-                                   or hasattr(writer, "_get_file_writer")):
-        raise TypeError(f"TrainingMonitor(writer=...): a SummaryWriter (or RunWriter), or None; not {type(writer).__name__}")
-    if isinstance(log_interval, bool) or not isinstance(log_interval, int) or log_interval < 1:
-        raise ValueError(f"TrainingMonitor(log_interval=...): a whole number of steps >= 1, not {log_interval!r}")
-    if classes is not None and (isinstance(classes, bool) or not (isinstance(classes, int) and classes >= 1 or
-                                         isinstance(classes, (list, tuple)) and len(classes) >= 1)):
-        raise ValueError(f"TrainingMonitor(classes=...): their number (>= 1), a list of their names, or None, "
-                         f"not {classes!r}")
-    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"TrainingMonitor(optimizer=...): a torch.optim.Optimizer, not {type(optimizer).__name__}")
-    if frozen is not None and (isinstance(frozen, str) or not all(isinstance(f, str) for f in frozen)):
-        raise TypeError(f"TrainingMonitor(frozen=...): a list of parameter-name prefixes (['conv1']), not {frozen!r}")
-
-
-def check_epoch_arguments(train_loss, train_acc, valid) -> dict:
-    """end_epoch's figures checked (TypeError with what it takes); returns `valid` as a dict."""
-    for name, value in (("train_loss", train_loss), ("train_acc", train_acc)):
-        if value is not None and not isinstance(value, (int, float, torch.Tensor)):
-            raise TypeError(f"end_epoch({name}=...): a number, not {type(value).__name__}")
-    if valid is not None and not isinstance(valid, dict):
-        raise TypeError(f"end_epoch(valid=...): a dict such as {{'loss': 0.4, 'acc': 0.9, 'confusion': matrix}} "
-                        f"(evaluate's), not {type(valid).__name__}")
-    return valid or {}

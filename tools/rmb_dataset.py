@@ -7,9 +7,7 @@ Write a raw folder's 80/10/10 split to disk, as the course does:
 import os
 import random
 import signal
-import tempfile
 import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from torch.utils.data import Dataset
 
 from tools.data_checks import missing_classes
 from tools.errors import UserError
+from tools.image_cache import cache_key, cache_path, path_of, read_cache, write_cache
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # Image files we recognise but cannot read: skipped with a warning. Anything else (.DS_Store, Thumbs.db,
@@ -172,28 +171,6 @@ def decode_resized(path: str, size: int = IMAGE_SIZE) -> torch.Tensor:
     return torch.from_numpy(decode_array(path, size)).permute(2, 0, 1).contiguous()
 
 
-FINGERPRINT_BYTES = 1024  # the cache key reads a file's first and last kilobyte: a photo replaced by another
-                          # of the same size with its time restored (cp -p, rsync -t) is seen as changed
-
-
-def _cache_key(path: str) -> str:
-    """path|size|mtime|a BLAKE2b digest of the first and last FINGERPRINT_BYTES of its content."""
-    import hashlib
-
-    stat = os.stat(path)
-    with open(path, "rb") as f:
-        head = f.read(FINGERPRINT_BYTES)
-        if stat.st_size > 2 * FINGERPRINT_BYTES:
-            f.seek(-FINGERPRINT_BYTES, os.SEEK_END)
-        tail = f.read(FINGERPRINT_BYTES)
-    digest = hashlib.blake2b(head + tail, digest_size=8).hexdigest()
-    return f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{digest}"
-
-
-def _cache_path_of(key: str) -> str:
-    return key.rsplit("|", 3)[0]
-
-
 def decode_into(images: np.ndarray, index: int, path: str, size: int = IMAGE_SIZE) -> str | None:
     """Decode `path` into images[index], a uint8 (3, size, size) slot; None, or the error's text. What every
     decoder runs: numpy and PIL only (torch's threads do not survive a fork)."""
@@ -297,14 +274,14 @@ def decode_all(paths: list[str], size: int = IMAGE_SIZE, cache_dir: Path | None 
 
     Photos not in the cache are decoded by `workers` processes (0: one per core). With `cache_dir`,
     results are kept on disk keyed by path, file size, mtime and a digest of the first and last
-    kilobyte (`_cache_key`), so a second run decodes nothing; entries of files gone or changed are
+    kilobyte (`tools.image_cache.cache_key`), so a second run decodes nothing; entries of files gone or changed are
     dropped; the
     cache file is replaced atomically (safe when several processes build it). Unreadable files (zero
     bytes, truncated, not an image) are returned in the second list, or raise UserError when `strict`.
     """
     cache_file = cache_path(cache_dir, paths, size) if cache_dir and paths else None
     cache = read_cache(cache_file)
-    keys = [_cache_key(path) for path in paths] if cache_file else paths  # a key: a stat and 2 KB read
+    keys = [cache_key(path) for path in paths] if cache_file else paths  # a key: a stat and 2 KB read
     missing = [index for index, key in enumerate(keys) if key not in cache]
     decoded, errors = decode_many([paths[index] for index in missing], size, workers)
     bad = []
@@ -318,71 +295,13 @@ def decode_all(paths: list[str], size: int = IMAGE_SIZE, cache_dir: Path | None 
             cache[keys[index]] = decoded[position]
     if cache_file:
         # forget what is gone or changed: a file no longer there, or these paths under older keys
-        now = {_cache_path_of(key) for key in keys}
+        now = {path_of(key) for key in keys}
         kept = {key: img for key, img in cache.items() if key in set(keys)
-                or (_cache_path_of(key) not in now and os.path.exists(_cache_path_of(key)))}
+                or (path_of(key) not in now and os.path.exists(path_of(key)))}
         if len(missing) > len(bad) or len(kept) < len(cache):
             write_cache(kept, cache_file)
         cache = kept
     return [cache.get(key) for key in keys], bad
-
-
-def cache_path(cache_dir: Path, paths: list[str], size: int) -> Path:
-    """The cache file of one data folder (the photos' common folder): images_<size>px_<digest>.pt, so
-    that a run reads only its own photos' decoded images."""
-    import hashlib
-
-    folder = os.path.commonpath([os.path.abspath(p) for p in paths])
-    return Path(cache_dir) / f"images_{size}px_{hashlib.sha1(folder.encode()).hexdigest()[:12]}.pt"
-
-
-def _images_digest(keys: list[str], images: torch.Tensor) -> str:
-    """A BLAKE2b digest of the cache's keys and images: a byte changed on disk is seen (torch.load does
-    not check its archive's checksums), and the cache is rebuilt. 30 ms for 8000 images."""
-    import hashlib
-
-    digest = hashlib.blake2b("\n".join(keys).encode(), digest_size=16)
-    digest.update(images.contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def read_cache(cache_file: Path | None) -> dict:
-    """key -> uint8 image (views of one tensor), from `write_cache`'s file; {} when there is none, or
-    it is of another version or damaged (it is then rebuilt)."""
-    if not cache_file or not cache_file.is_file():
-        return {}
-    try:
-        saved = torch.load(cache_file, map_location="cpu", weights_only=True)
-        keys, images = saved["keys"], saved["images"]
-        size = int(cache_file.name.split("_")[1].removesuffix("px"))
-        if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4
-                and tuple(images.shape[1:]) == (3, size, size) and isinstance(keys, list) and len(keys) == len(images)
-                and all(isinstance(k, str) for k in keys) and saved.get("digest") == _images_digest(keys, images)):
-            raise ValueError("not this version's images, or bytes changed")
-        return dict(zip(keys, images))
-    except Exception:  # noqa: BLE001 - damaged, of another version or size: rebuilt, never a traceback
-        warnings.warn(f"the image cache {cache_file} is damaged or of another version: it is rebuilt", stacklevel=2)
-        return {}
-
-
-def write_cache(cache: dict, cache_file: Path) -> None:
-    """torch.save the decoded images atomically (a temporary file, then a rename), as one tensor and
-    their keys (one tensor loads much faster than thousands). A folder that cannot be written or a full
-    disk costs only the cache: a warning, and the run goes on."""
-    tmp = None
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            keys, images = list(cache), torch.stack(list(cache.values()))
-            torch.save({"keys": keys, "images": images, "digest": _images_digest(keys, images)}, f)
-        os.replace(tmp, cache_file)
-    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError of its zip writer
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
-        warnings.warn(f"cannot write the image cache {cache_file} ({reason}); going on without it "
-                      "(pass --cache-dir '' for none, or a writable folder)", stacklevel=2)
 
 
 class RMBDataset(Dataset):
