@@ -17,7 +17,7 @@ from torch import nn
 
 from model import MLP
 from model.init import kaiming_normal_manual_, xavier_uniform_manual_
-from tools.cli import (
+from tools.cli.arguments import (
     ArgumentParser,
     add_common_args,
     int_between,
@@ -26,9 +26,9 @@ from tools.cli import (
     select_device,
     tensorboard_command,
 )
-from tools.errors import UserError
-from tools.run_folder import new_run_dir
-from tools.tensor_stats import grad_norms
+from tools.cli.errors import UserError
+from tools.monitor.tensor_stats import grad_norms
+from tools.training.run_dirs import new_run_dir
 
 TANH_GAIN = nn.init.calculate_gain("tanh")  # 5/3
 # mode -> (activation after every layer, init of every weight given its fan-in n)
@@ -143,8 +143,8 @@ def main(args) -> dict:
         print(f"tanh gain: empirical x.std() / tanh(x).std() = {stats['gain']['empirical']:.4f}, "
               f"nn.init.calculate_gain('tanh') = {TANH_GAIN:.4f}")
 
-    from tools.plots import plot_activation_std
-    from tools.tb_logging import log_args, open_writer
+    from tools.pictures.plots import plot_activation_std
+    from tools.tb.writer import log_args, open_writer
 
     if results:
         plot_activation_std({m: r["std"] for m, r in results.items()}, run_dir / "activation_std.png")

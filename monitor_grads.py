@@ -8,7 +8,7 @@
 One forward and backward per sample; gradients add up and, every --accumulate samples, are printed (per-parameter
 L2 norms in forward order, histograms as counts and bin edges) before optimizer.step() and zero_grad().
 Writes grad_histograms.png, gradient_flow.png and TensorBoard events into runs/<time>_<run-name>/.
-A --scenario trains for a few epochs as tools/scenarios.py says (on the RMB data) and prints the verdict's
+A --scenario trains for a few epochs as tools/suites/scenarios.py says (on the RMB data) and prints the verdict's
 findings every epoch; its TensorBoard events go to the run folder too.
 """
 import json
@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from model import LeNet, ToyModel
-from tools.activations import activation_stats
-from tools.cli import (
+from tools.cli.arguments import (
     REPO_ROOT,
     ArgumentParser,
     add_common_args,
@@ -33,9 +32,10 @@ from tools.cli import (
     tensorboard_command,
 )
 from tools.monitor import TrainingMonitor
-from tools.run_folder import new_run_dir
-from tools.scenarios import BY_NAME, SCENARIOS, run_scenario
-from tools.tensor_stats import grad_flow, grad_norms, histograms
+from tools.monitor.activations import activation_stats
+from tools.monitor.tensor_stats import grad_flow, grad_norms, histograms
+from tools.suites.scenarios import BY_NAME, SCENARIOS, run_scenario
+from tools.training.run_dirs import new_run_dir
 
 MAX_SAMPLES = 1000    # the toy's inputs are 3x224x224: 1000 of them take 600 MB
 
@@ -64,7 +64,7 @@ def build_experiment(args, device: torch.device):
         model = ToyModel(in_channels=3, out_channels=64, classes=2)
         inputs, labels = torch.randn(n, 3, 224, 224), torch.randint(0, 2, (n,))
         return model.to(device), inputs, labels, ["0", "1"]
-    from tools.rmb_dataset import default_data_dir, load_splits
+    from tools.data.image_folder import default_data_dir, load_splits
 
     data_dir = args.data_dir or default_data_dir(REPO_ROOT / "data")[0]
     train = load_splits(data_dir, args.norm, args.cache_dir or None, args.strict)["train"]
@@ -98,8 +98,8 @@ def main(args) -> dict:
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
 
-    from tools.plots import plot_grad_flow, plot_histograms, png_to_array
-    from tools.tb_logging import LOSS, PICTURES, RunWriter, log_args
+    from tools.pictures.plots import plot_grad_flow, plot_histograms, png_to_array
+    from tools.tb.writer import LOSS, PICTURES, RunWriter, log_args
 
     writer = RunWriter(run_dir)
     log_args(writer, vars(args) | {"device": device})
@@ -156,8 +156,8 @@ def scenario(args) -> dict:
         for s in SCENARIOS:
             print(f"{s.name:<20} expected {s.expected:<22} {s.story}")
         return {"scenarios": [s.name for s in SCENARIOS]}
-    from tools.rmb_dataset import default_data_dir, load_splits
-    from tools.tb_logging import RunWriter
+    from tools.data.image_folder import default_data_dir, load_splits
+    from tools.tb.writer import RunWriter
 
     chosen, device = BY_NAME[args.scenario], select_device(args.device)
     data = load_splits(args.data_dir or default_data_dir(REPO_ROOT / "data")[0], args.norm, args.cache_dir or None,
@@ -168,7 +168,7 @@ def scenario(args) -> dict:
     with RunWriter(run_dir) as writer:
         result = run_scenario(chosen, data, device, args.epochs, writer, say=print,
                               after_training=lambda epoch, model: flows.append((epoch, grad_flow(model))))
-        from tools.plots import plot_grad_flow
+        from tools.pictures.plots import plot_grad_flow
 
         plot_grad_flow(flows, run_dir / "gradient_flow.png", x_label="epoch")
     verdicts = result["verdicts"]

@@ -15,9 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from model import INIT_SCHEMES, LeNet
-from tools.activations import DIAGNOSED, activation_stats
-from tools.checkpoint import Checkpointer
-from tools.cli import (
+from tools.cli.arguments import (
     ArgumentParser,
     add_common_args,
     add_data_args,
@@ -32,18 +30,20 @@ from tools.cli import (
     run_script,
     seed_everything,
 )
-from tools.batches import eval_batches, training_batches
-from tools.distributed import check_weights_agree, distributed, wrap
-from tools.engine import evaluate, train_one_epoch
-from tools.interrupt import stop_on_signals
-from tools.lr_schedules import SCHEDULERS, build_scheduler, step_scheduler
+from tools.data.image_folder import class_weights, load_splits, split_tensors
 from tools.monitor import TrainingMonitor
-from tools.optim import OPTIMIZERS, build_optimizer, freeze_for_epoch, load_matching, parameter_groups
-from tools.report import report
-from tools.rmb_dataset import class_weights, load_splits, split_tensors
-from tools.run_folder import RunFolder
-from tools.swa import WeightAveraging
-from tools.train_state import TrainState
+from tools.monitor.activations import DIAGNOSED, activation_stats
+from tools.training.batches import eval_batches, training_batches
+from tools.training.checkpoint import Checkpointer
+from tools.training.distributed import check_weights_agree, distributed, wrap
+from tools.training.engine import evaluate, train_one_epoch
+from tools.training.interrupt import stop_on_signals
+from tools.training.optim import OPTIMIZERS, build_optimizer, freeze_for_epoch, load_matching, parameter_groups
+from tools.training.report import report
+from tools.training.run_folder import RunFolder
+from tools.training.schedules import SCHEDULERS, build_scheduler, step_scheduler
+from tools.training.swa import WeightAveraging
+from tools.training.train_state import TrainState
 
 # A resumed run goes on with these flags as it was started (it says so when yours differ); a flag you give
 # on resume wins, except those of FIXED_ON_RESUME, which the saved state pins.

@@ -1,5 +1,5 @@
 """How good the verdict is: every run of both labelled suites, run and judged: LeNet on the RMB data
-(tools/scenarios.py) and users' own loops on four model families (tools/user_loops.py).
+(tools/suites/scenarios.py) and users' own loops on four model families (tools/suites/user_loops.py).
 
     python bench/bench_diagnosis.py                    # the generated set, and the real photos when present
     python bench/bench_diagnosis.py --data-dir DIR     # another image folder for the healthy real-data runs
@@ -22,9 +22,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.rmb_dataset import default_data_dir, load_splits  # noqa: E402
-from tools.scenarios import SCENARIOS, false_alarm, found, run_scenario  # noqa: E402
-from tools.user_loops import USER_RUNS, run_user_loop  # noqa: E402
+from tools.data.image_folder import default_data_dir, load_splits
+from tools.suites.scenarios import SCENARIOS, false_alarm, found, run_scenario  # noqa: E402
+from tools.suites.user_loops import USER_RUNS, run_user_loop  # noqa: E402
 
 REAL_DATA = ROOT.parent / "shared" / "data" / "rmb_real" / "RMB_data"
 REAL_HEALTHY = ("healthy", "healthy-adam", "healthy-seed1")  # also run on the real photos when present

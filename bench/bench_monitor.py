@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from model import LeNet  # noqa: E402
 from tools.monitor import TrainingMonitor  # noqa: E402
-from tools.tensor_stats import grad_norms  # noqa: E402
-from tools.tb_logging import open_writer, write_event  # noqa: E402
+from tools.monitor.tensor_stats import grad_norms  # noqa: E402
+from tools.tb.writer import open_writer, write_event  # noqa: E402
 
 # The targets of the monitor's issue, for a 2-core CPU: histograms 5x (LeNet) and 4x (resnet18) faster than
 # the add_histogram loop; gradient norms every step at most 3% of train_rmb.py's step; all of the monitor at
@@ -72,7 +72,7 @@ def tensorboards_own_checksums():
     from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as own
     from tensorboard.summary.writer import record_writer
 
-    from tools.event_crc import masked_crc32c as fast
+    from tools.tb.event_crc import masked_crc32c as fast
 
     record_writer.masked_crc32c = own
     try:
@@ -204,7 +204,7 @@ def run_train_rmb(data_dir: Path, device: str, epochs: int, wrap_epoch) -> None:
     import io
 
     import train_rmb
-    from tools.cli import run_script
+    from tools.cli.arguments import run_script
 
     original, argv = train_rmb.train_one_epoch, sys.argv
     train_rmb.train_one_epoch = lambda *args, **kwargs: wrap_epoch(original, *args, **kwargs)
@@ -256,8 +256,8 @@ def measure_epoch_in_train(data_dir: Path, device: str, epochs: int = 100) -> No
        in each monitored epoch is divided by that epoch's wall time. This over-counts a little: the
        first code after backward runs with caches that backward has just filled with its own data.
     """
-    from tools import activations as A
-    from tools import monitor as M
+    from tools.monitor import activations as A
+    from tools.monitor import training_monitor as M
 
     spent = [0.0]
 
@@ -330,7 +330,7 @@ def main():
     if not args.skip_train:
         data_dir = args.data_dir
         if not data_dir.is_dir():
-            from tools.rmb_dataset import default_data_dir
+            from tools.data.image_folder import default_data_dir
             data_dir, _ = default_data_dir(ROOT / "data")
         epochs = [args.epochs] if args.epochs else []
         measure_step_in_train(data_dir, args.device, *epochs)

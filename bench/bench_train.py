@@ -126,7 +126,8 @@ def first_decode(data_dir: Path, repeats: int = 3) -> dict[int, float]:
     """Seconds to decode every photo of `data_dir` (no cache) on 1 process and on one per core: the
     median of `repeats` timings of each, taken in turns (1, N, 1, N, ...) so that both see the machine
     alike."""
-    from tools.rmb_dataset import decode_all, find_splits
+    from tools.data.decode import decode_all
+    from tools.data.image_folder import find_splits
 
     _, splits, _ = find_splits(data_dir)
     paths = [path for samples in splits.values() for path, _ in samples]
@@ -200,7 +201,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="runs of each end-to-end command")
     parser.add_argument("--skip-end-to-end", action="store_true")
     args = parser.parse_args()
-    from tools.synthetic_rmb import generate, is_generated
+    from tools.data.synthetic import generate, is_generated
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, {args.device}")
     if not is_generated(GENERATED):

@@ -1,6 +1,6 @@
 """Small networks of four families, the kinds of models users bring to the monitor: an MLP for tabular
 data, a CNN with batch norm, a residual net, and an embedding-and-attention model for token sequences.
-The wider labelled suite (`tools/user_loops.py`) trains each on data made in a fraction of a second."""
+The wider labelled suite (`tools/suites/user_loops.py`) trains each on data made in a fraction of a second."""
 import torch
 from torch import nn
 

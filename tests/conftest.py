@@ -14,7 +14,7 @@ requires_real_data = pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"real ph
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """<tmp>/tiny/{1,100}/*.jpg: 12 synthetic notes per class (split 10/1/1)."""
-    from tools.synthetic_rmb import generate
+    from tools.data.synthetic import generate
 
     return generate(tmp_path_factory.mktemp("data") / "tiny", per_class=12, seed=3)
 
@@ -69,7 +69,7 @@ def sigterm_mid_run(flags: list[str], logdir: Path, after_epoch: int = 0, sig=No
 
 def line(run_dir: Path, tag: str, name: str) -> list:
     """The scalar events of one line of a chart: `tag` in the sub-run <run_dir>/<name> (see
-    tools.tb_logging: train and valid loss are the tag 1_training/loss in the sub-runs train and valid)."""
+    tools.tb.writer: train and valid loss are the tag 1_training/loss in the sub-runs train and valid)."""
     return read_events(Path(run_dir) / name).Scalars(tag)
 
 

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from tools import rmb_dataset
-from tools.batches import CROP_PADDING, GRAYSCALE_P, DeviceBatches, grayscale, grayscale_coins, normalize, random_crop
-from tools.rmb_dataset import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from tools.data import decode as decoding
+from tools.training.batches import CROP_PADDING, GRAYSCALE_P, DeviceBatches, grayscale, grayscale_coins, normalize, random_crop
+from tools.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
 
 def images(n=64, seed=0) -> torch.Tensor:
@@ -115,7 +115,7 @@ def test_training_batches_cover_the_split_once_per_epoch_and_resume_from_the_gen
 
 
 def test_a_split_too_big_for_the_device_stays_on_the_host_and_gives_the_same_batches(monkeypatch):
-    from tools import batches as B
+    from tools.training import batches as B
 
     class Split:
         images = images(40)
@@ -148,31 +148,31 @@ def write_photos(folder, n):
 def test_the_first_decode_gives_the_same_images_on_one_process_or_several(tmp_path, strict, workers):
     paths = write_photos(tmp_path / "photos", 40)
     if strict:
-        with pytest.raises(rmb_dataset.UserError, match="broken"):
-            rmb_dataset.decode_all(paths, workers=workers, strict=True)
+        with pytest.raises(decoding.UserError, match="broken"):
+            decoding.decode_all(paths, workers=workers, strict=True)
         return
-    one, bad_one = rmb_dataset.decode_all(paths, workers=1)
-    two, bad_two = rmb_dataset.decode_all(paths, workers=workers, cache_dir=tmp_path / "cache")
+    one, bad_one = decoding.decode_all(paths, workers=1)
+    two, bad_two = decoding.decode_all(paths, workers=workers, cache_dir=tmp_path / "cache")
     assert bad_one == bad_two == [str(tmp_path / "photos" / name) for name in ("broken.jpg", "broken2.jpg")]
     assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(one, two))
-    assert torch.equal(one[0], rmb_dataset.decode_resized(paths[0]))  # the one-image path gives the same
-    assert torch.equal(one[39], rmb_dataset.decode_resized(paths[39]))
-    cached, _ = rmb_dataset.decode_all(paths, workers=workers, cache_dir=tmp_path / "cache")  # from the cache now
+    assert torch.equal(one[0], decoding.decode_resized(paths[0]))  # the one-image path gives the same
+    assert torch.equal(one[39], decoding.decode_resized(paths[39]))
+    cached, _ = decoding.decode_all(paths, workers=workers, cache_dir=tmp_path / "cache")  # from the cache now
     assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(one, cached))
 
 
 def test_a_decoding_process_that_dies_is_one_line_not_a_hang(tmp_path, monkeypatch):
     paths = write_photos(tmp_path / "photos", 20)
-    monkeypatch.setattr(rmb_dataset, "_decoding_process", lambda *args: os._exit(9))  # as if killed mid-way
-    with pytest.raises(rmb_dataset.UserError, match=r"ended without its photos \(exit code 9.*--workers 1"):
-        rmb_dataset.decode_many(paths, workers=2)
+    monkeypatch.setattr(decoding, "_decoding_process", lambda *args: os._exit(9))  # as if killed mid-way
+    with pytest.raises(decoding.UserError, match=r"ended without its photos \(exit code 9.*--workers 1"):
+        decoding.decode_many(paths, workers=2)
 
 
 def test_ctrl_c_while_the_photos_decode_leaves_no_decoding_process(tmp_path, monkeypatch):
     import multiprocessing
     import time
 
-    paths, parent, decode = write_photos(tmp_path / "photos", 40), os.getpid(), rmb_dataset.decode_into
+    paths, parent, decode = write_photos(tmp_path / "photos", 40), os.getpid(), decoding.decode_into
 
     def interrupted_here(images, index, path, size):
         if os.getpid() == parent and index >= 4:
@@ -180,7 +180,7 @@ def test_ctrl_c_while_the_photos_decode_leaves_no_decoding_process(tmp_path, mon
         time.sleep(0.05)
         return decode(images, index, path, size)
 
-    monkeypatch.setattr(rmb_dataset, "decode_into", interrupted_here)
+    monkeypatch.setattr(decoding, "decode_into", interrupted_here)
     with pytest.raises(KeyboardInterrupt):
-        rmb_dataset.decode_many(paths, workers=2)
+        decoding.decode_many(paths, workers=2)
     assert multiprocessing.active_children() == []

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from model import LeNet
-from tools import checkpoint as ckpt
-from tools.checkpoint import load_checkpoint, load_model_state, restore_rng_states, rng_states, save_checkpoint
-from tools.errors import UserError
+from tools.training import checkpoint as ckpt
+from tools.training.checkpoint import load_checkpoint, load_model_state, restore_rng_states, rng_states, save_checkpoint
+from tools.cli.errors import UserError
 
 
 def test_save_is_atomic_a_failure_leaves_the_old_file(tmp_path, monkeypatch):

@@ -7,10 +7,10 @@ import torch
 from conftest import line, read_events, sigterm_mid_run, train, write_images
 
 from model import LeNet
-from tools.errors import UserError
-from tools.optim import OPTIMIZERS, build_optimizer, load_matching, parameter_groups
-from tools.tb_logging import ACCURACY, LR
-from tools.rmb_dataset import IMAGENET_MEAN, IMAGENET_STD, RMBDataset, class_weights, find_splits
+from tools.cli.errors import UserError
+from tools.training.optim import OPTIMIZERS, build_optimizer, load_matching, parameter_groups
+from tools.tb.writer import ACCURACY, LR
+from tools.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, RMBDataset, class_weights, find_splits
 
 FLAGS = ["--batch-size", "4", "--device", "cpu"]
 

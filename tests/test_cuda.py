@@ -15,8 +15,8 @@ from torch import nn
 
 from model import LeNet
 from tools.monitor import TrainingMonitor
-from tools.tb_logging import GRAD_NORM
-from tools.tensor_stats import grad_flow, grad_norms, histograms
+from tools.tb.writer import GRAD_NORM
+from tools.monitor.tensor_stats import grad_flow, grad_norms, histograms
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 

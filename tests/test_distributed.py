@@ -14,9 +14,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from model import LeNet
-from tools.engine import evaluate
-from tools.tb_logging import ACCURACY, LOSS
-from tools.rmb_dataset import RMBDataset, build_transforms, find_splits
+from tools.training.engine import evaluate
+from tools.tb.writer import ACCURACY, LOSS
+from tools.data.image_folder import RMBDataset, build_transforms, find_splits
 
 BATCH = 4
 
@@ -68,7 +68,7 @@ def test_logged_valid_accuracy_equals_a_single_process_evaluation(ddp_run, tiny_
 def test_shards_cover_every_image_once_and_training_shards_are_equal():
     from types import SimpleNamespace
 
-    from tools.batches import DeviceBatches
+    from tools.training.batches import DeviceBatches
 
     images = SimpleNamespace(images=torch.arange(11, dtype=torch.uint8).view(11, 1, 1, 1).expand(11, 3, 2, 2),
                              targets=list(range(11)))

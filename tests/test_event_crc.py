@@ -5,7 +5,7 @@ import pytest
 
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_masked_crc32c
 
-from tools.event_crc import masked_crc32c, speed_up_event_writing
+from tools.tb.event_crc import masked_crc32c, speed_up_event_writing
 
 MAX_LEN = 4096  # lengths around a few kilobytes: event records of histograms, text and images
 
@@ -39,7 +39,7 @@ def test_buffered_events_reach_the_file_at_a_flush_and_when_python_exits_unclose
     import sys
 
     from conftest import ROOT, line, read_events
-    from tools.tb_logging import LOSS, RunWriter, write_lines
+    from tools.tb.writer import LOSS, RunWriter, write_lines
 
     writer = RunWriter(tmp_path / "flushed")
     for step in range(3):
@@ -49,7 +49,7 @@ def test_buffered_events_reach_the_file_at_a_flush_and_when_python_exits_unclose
     assert [e.value for e in line(tmp_path / "flushed", LOSS, "train")] == pytest.approx([0.0, 0.1, 0.2])
     writer.close()
     script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-              "from tools.tb_logging import LOSS, RunWriter, write_lines\n"
+              "from tools.tb.writer import LOSS, RunWriter, write_lines\n"
               f"writer = RunWriter({str(tmp_path / 'unclosed')!r})\n"
               "for step in range(5):\n    write_lines(writer, step, {LOSS: {'train': 0.5}})\n")
     subprocess.run([sys.executable, "-c", script], check=True)

@@ -9,7 +9,6 @@ import contextlib
 import io
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ import init_demo
 import monitor_grads
 import train_rmb
 from tools import inspect_run, loss_lab, lr_schedules, readme_pictures, rmb_dataset, synthetic_rmb, tb_screenshots
-from tools.cli import run_script
+from tools.cli.arguments import run_script
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0"))
 FUZZ = settings(deadline=None, derandomize=not EXAMPLES, suppress_health_check=list(HealthCheck))
@@ -143,7 +142,8 @@ def test_a_damaged_checkpoint_is_one_line(flips, cut, saved_run, tiny_data, tmp_
        cut=st.none() | st.floats(0, 1))
 def test_a_damaged_cache_is_rebuilt(flips, cut, tiny_data, tmp_path_factory):
     """The decoded-image cache with bytes changed or cut: the run rebuilds it and trains, exit 0."""
-    from tools.rmb_dataset import decode_all, find_splits
+    from tools.data.decode import decode_all
+    from tools.data.image_folder import find_splits
 
     tmp = tmp_path_factory.mktemp("cache")
     _, splits, _ = find_splits(tiny_data)

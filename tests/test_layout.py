@@ -1,5 +1,6 @@
-"""The shape of the code that the five-steps issue asks for, kept: scripts short enough to read top to
-bottom, no arrow from tools/ or model/ up into a script, model/ free of file access."""
+"""The shape of the house, kept: scripts short enough to read top to bottom; tools/ laid out by concern
+(the commands a user runs at its top, the machinery in wings), every import going down the wings' order;
+no module past about 400 lines; model/ free of file access."""
 import ast
 
 import pytest
@@ -7,6 +8,24 @@ from conftest import ROOT
 
 SCRIPTS = ("train_rmb.py", "monitor_grads.py", "init_demo.py")
 MAX_SCRIPT_FUNCTION_LINES = 60
+MAX_MODULE_LINES = 400  # past this a module is doing two jobs
+MAX_MONITOR_LINES = 350
+# tools/'s wings, lowest first: a module imports from its own wing or a lower one, never a higher one.
+# The commands (python -m tools.<name>) stand above every wing, and never import one another.
+WINGS = ("cli", "tb", "data", "monitor", "pictures", "training", "suites")
+COMMANDS = len(WINGS)
+
+
+def rank(module: str) -> int | None:
+    """A tools module's place in the order: its wing's index, COMMANDS for a command; None outside tools."""
+    parts = module.split(".")
+    if parts[0] != "tools" or len(parts) < 2:
+        return None
+    return WINGS.index(parts[1]) if parts[1] in WINGS else COMMANDS
+
+
+def module_name(path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
 
 
 def imported_modules(path) -> set[str]:
@@ -33,8 +52,38 @@ def test_script_functions_are_short(script):
 
 def test_nothing_in_tools_or_model_imports_a_script():
     scripts = {s.removesuffix(".py") for s in SCRIPTS}
-    for path in [*ROOT.glob("tools/*.py"), *ROOT.glob("model/*.py")]:
+    for path in [*ROOT.rglob("tools/**/*.py"), *ROOT.glob("model/*.py")]:
         assert not imported_modules(path) & scripts, path
+
+
+def test_every_module_of_tools_is_a_command_or_in_a_wing():
+    top = {p.stem for p in ROOT.glob("tools/*.py")} - {"__init__"}
+    assert all("__main__" in (ROOT / "tools" / f"{name}.py").read_text() for name in top), top
+    assert {p.name for p in (ROOT / "tools").iterdir() if p.is_dir() and p.name != "__pycache__"} == set(WINGS)
+
+
+def test_imports_only_go_down_the_wings():
+    upward = []
+    for path in ROOT.rglob("tools/**/*.py"):
+        me = rank(module_name(path))
+        for imported in imported_modules(path):
+            theirs = rank(imported)
+            if theirs is not None and (theirs > me or (me == COMMANDS and theirs == COMMANDS)):
+                upward.append(f"{module_name(path)} -> {imported}")
+    assert not upward, upward
+
+
+def test_the_wings_are_told_apart_by_this_test():
+    # the check above would pass on a flat folder: make sure it sees a wing's import as one
+    assert rank("tools.monitor.steps") == WINGS.index("monitor") < rank("tools.training.engine") < rank("tools.loss_lab")
+    assert rank("torch") is None and rank("tools") is None
+
+
+def test_no_module_is_doing_two_jobs():
+    sizes = {module_name(p): len(p.read_text().splitlines())
+             for p in [*ROOT.rglob("tools/**/*.py"), *ROOT.glob("model/*.py"), *(ROOT / s for s in SCRIPTS)]}
+    assert {m: n for m, n in sizes.items() if n > MAX_MODULE_LINES} == {}
+    assert sizes["tools.monitor.training_monitor"] <= MAX_MONITOR_LINES
 
 
 def test_model_is_pure_modules():
@@ -46,5 +95,5 @@ def test_model_is_pure_modules():
 
 
 def test_train_one_epoch_takes_at_most_eight_parameters():
-    (function,) = [f for f in functions(ROOT / "tools" / "engine.py") if f.name == "train_one_epoch"]
+    (function,) = [f for f in functions(ROOT / "tools" / "training" / "engine.py") if f.name == "train_one_epoch"]
     assert len(function.args.args) + len(function.args.kwonlyargs) <= 8

@@ -7,11 +7,11 @@ import torch.distributed as dist
 from torch import nn
 
 from model import LeNet, mlp_classifier
-from tools.activations import activation_stats
-from tools.hooks import forward_order
+from tools.monitor.activations import activation_stats
+from tools.monitor.hooks import forward_order
 from tools.monitor import TrainingMonitor
-from tools.tensor_stats import grad_flow, grad_norms, histograms, histograms_in_one_pass, unwrap
-from tools.verdict import diagnose
+from tools.monitor.tensor_stats import grad_flow, grad_norms, histograms, histograms_in_one_pass, unwrap
+from tools.monitor.verdict import diagnose
 
 
 def lenet_with_grads(seed=0):
@@ -76,10 +76,10 @@ def test_one_pass_histograms_the_gpu_path_equal_numpy_on_a_cpu_too():
 
 
 def test_small_tensors_in_groups_big_ones_alone_give_the_same_histograms(monkeypatch):
-    import tools.tensor_stats
+    import tools.monitor.tensor_stats
 
-    monkeypatch.setattr(tools.tensor_stats, "ONE_PASS_TENSOR", 1000)  # tensors over 1000 values: one by one
-    monkeypatch.setattr(tools.tensor_stats, "ONE_PASS_GROUP", 600)    # groups of at most 600 values
+    monkeypatch.setattr(tools.monitor.tensor_stats, "ONE_PASS_TENSOR", 1000)  # tensors over 1000 values: one by one
+    monkeypatch.setattr(tools.monitor.tensor_stats, "ONE_PASS_GROUP", 600)    # groups of at most 600 values
     torch.manual_seed(0)
     tensors = [torch.randn(n) for n in (10, 5000, 300, 400, 1200, 5, 250)]
     grouped = histograms(tensors, one_pass=True)
@@ -89,7 +89,7 @@ def test_small_tensors_in_groups_big_ones_alone_give_the_same_histograms(monkeyp
 
 
 def test_nan_gradient_is_named_without_a_crash(tmp_path):
-    from tools.tb_logging import open_writer
+    from tools.tb.writer import open_writer
 
     model = lenet_with_grads()
     model.fc1.weight.grad[0, 0] = float("nan")
@@ -131,7 +131,7 @@ def test_update_ratio_equals_the_norm_of_the_change_over_the_norm_of_the_weights
     for name, p in model.named_parameters():
         change = torch.linalg.vector_norm(p.detach() - before[name])
         expected = (change / torch.linalg.vector_norm(before[name]).clamp_min(1e-12)).item()
-        assert monitor._ratio_sum[monitor.names.index(name)] == pytest.approx(expected, rel=1e-5)
+        assert monitor.grads.ratio_sum[monitor.names.index(name)] == pytest.approx(expected, rel=1e-5)
 
 
 def test_activation_stats_match_a_direct_computation_and_hooks_are_removed():

@@ -7,7 +7,7 @@ from conftest import line, read_events
 from PIL import Image
 
 import monitor_grads
-from tools.tb_logging import GRAD_NORM, LOSS, PICTURES
+from tools.tb.writer import GRAD_NORM, LOSS, PICTURES
 from model import ToyModel
 
 
@@ -73,7 +73,7 @@ def test_gradient_scenarios_name_their_problem_from_the_first_epoch(scenario, tm
 
 
 def test_scenario_list_names_every_scenario(tmp_path, capsys):
-    from tools.scenarios import SCENARIOS
+    from tools.suites.scenarios import SCENARIOS
 
     result = run(tmp_path, "--scenario", "list")
     out = capsys.readouterr().out

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, write_images
 
-from tools.output_folder import MANIFEST
+from tools.cli.output_folder import MANIFEST
 
 
 def command(*argv, cwd=ROOT) -> subprocess.CompletedProcess:
@@ -61,7 +61,7 @@ def test_synthetic_rmb_replaces_its_own_set_and_fills_an_empty_folder(tmp_path):
 
 
 def test_a_split_written_twice_is_replaced_not_merged_and_a_users_folder_is_left_alone(tmp_path):
-    from tools.rmb_dataset import find_splits
+    from tools.data.image_folder import find_splits
 
     data = tmp_path / "raw"
     for c in ("1", "100"):
@@ -126,7 +126,7 @@ def test_a_photo_of_any_shape_gives_a_picture_of_bounded_size(tmp_path, tiny_dat
     from conftest import train
     from PIL import Image
 
-    from tools.visualize import overlay_on_photo
+    from tools.pictures.visualize import overlay_on_photo
 
     strip = tmp_path / "strip.jpg"
     Image.new("RGB", (1, 10000), "green").save(strip)

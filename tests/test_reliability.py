@@ -14,12 +14,12 @@ import torch
 from conftest import ROOT, read_events, sigterm_mid_run, train, write_images
 
 import train_rmb
-from tools.checkpoint import save_checkpoint
-from tools.cli import run_script
-from tools.errors import UserError
-from tools.rmb_dataset import find_splits, load_splits
-from tools.run_folder import RunLock, find_resume_checkpoint, resume_command
-from tools.tb_logging import open_writer
+from tools.training.checkpoint import save_checkpoint
+from tools.cli.arguments import run_script
+from tools.cli.errors import UserError
+from tools.data.image_folder import find_splits, load_splits
+from tools.training.run_dirs import RunLock, find_resume_checkpoint, resume_command
+from tools.tb.writer import open_writer
 
 FLAGS = ["--batch-size", "4", "--device", "cpu"]
 
@@ -209,7 +209,7 @@ def test_a_class_missing_from_valid_or_test_is_a_warning(tmp_path):
 
 def test_end_of_run_pictures_survive_photos_that_vanished(tiny_data, tmp_path):
     from model import LeNet
-    from tools.report import report
+    from tools.training.report import report
 
     data = load_splits(tiny_data)  # then the photos are gone; their decoded images are in memory
     data["test"].samples = [(str(tmp_path / "gone.jpg"), label) for _, label in data["test"].samples]
@@ -265,7 +265,7 @@ def test_an_unwritable_cache_dir(tiny_data, tmp_path, capsys):
 
 
 def test_a_full_disk_keeps_the_old_checkpoint_and_says_so(tmp_path, monkeypatch):
-    from tools import checkpoint
+    from tools.training import checkpoint
 
     path = save_checkpoint({"epoch": 1}, tmp_path / "checkpoint_last.pt")
 
@@ -281,14 +281,14 @@ def test_a_full_disk_keeps_the_old_checkpoint_and_says_so(tmp_path, monkeypatch)
 
 
 def test_a_full_disk_costs_only_the_image_cache(tmp_path, monkeypatch, recwarn):
-    from tools import rmb_dataset
+    from tools.data import decode as decoding
 
     def disk_full(obj, f):
         raise RuntimeError("[enforce fail at inline_container.cc] PytorchStreamWriter failed writing file")
 
-    monkeypatch.setattr(rmb_dataset.torch, "save", disk_full)
+    monkeypatch.setattr(decoding.torch, "save", disk_full)
     write_images(tmp_path / "d" / "1", 3)
-    images, bad = rmb_dataset.decode_all(sorted(str(p) for p in (tmp_path / "d" / "1").iterdir()),
+    images, bad = decoding.decode_all(sorted(str(p) for p in (tmp_path / "d" / "1").iterdir()),
                                          cache_dir=tmp_path / "cache")
     assert len(images) == 3 and bad == [] and list((tmp_path / "cache").iterdir()) == []
     assert "cannot write the image cache" in str(recwarn.pop(UserWarning).message)
@@ -331,7 +331,7 @@ def test_after_a_divergence_the_advice_resumes_only_from_weights_worth_resuming(
     weights were thrown far off too, or when there is no best checkpoint (None)."""
     from types import SimpleNamespace
 
-    from tools.run_folder import RunFolder
+    from tools.training.run_folder import RunFolder
 
     args = train_rmb.get_args_parser().parse_args(["--lr", "0.5", "--epochs", "3"])
     if best_loss is not None:
@@ -374,7 +374,7 @@ def test_a_run_folder_is_locked_while_a_process_trains_in_it(tmp_path):
     lock.release()
     RunLock(tmp_path).release()
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
-                               "from pathlib import Path; from tools.run_folder import RunLock; "
+                               "from pathlib import Path; from tools.training.run_dirs import RunLock; "
                                "lock = RunLock(Path(sys.argv[2])); print('locked', flush=True); time.sleep(60)",
                                str(ROOT), str(tmp_path)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
@@ -470,7 +470,7 @@ def test_hostile_values_past_the_parser_are_one_line_and_exit_2(argv, match, tmp
 
 
 def test_the_default_set_in_a_read_only_checkout_is_one_clear_error(tmp_path):
-    from tools.rmb_dataset import default_data_dir
+    from tools.data.image_folder import default_data_dir
 
     blocker = tmp_path / "data"
     blocker.write_text("a file where the data folder should be")
@@ -560,11 +560,11 @@ def test_a_run_folder_deleted_while_training_is_one_line(tiny_data, tmp_path):
 def test_a_full_disk_when_the_writer_opens_is_one_line(tiny_data, tmp_path, capsys, monkeypatch):
     import errno
 
-    import tools.tb_logging
+    import tools.tb.writer
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(tools.tb_logging, "open_writer", full)
+    monkeypatch.setattr(tools.tb.writer, "open_writer", full)
     err = one_line_exit_2(capsys, lambda: cli(tmp_path, "--data-dir", str(tiny_data), *FLAGS, "--epochs", "1"))
     assert "No space left on device" in err and "TensorBoard" in err

@@ -6,21 +6,20 @@ import torch
 from conftest import REAL_DATA, requires_real_data
 from PIL import Image
 
-from tools import rmb_dataset
-from tools.errors import UserError
-from tools.rmb_dataset import (
+from tools.data import decode as decoding
+from tools.cli.errors import UserError
+from tools.data.decode import decode_all, decode_resized
+from tools.data.image_folder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     RMBDataset,
     build_transforms,
     channel_stats,
-    decode_all,
-    decode_resized,
     find_splits,
     split_samples,
-    write_split,
 )
-from tools.synthetic_rmb import generate
+from tools.rmb_dataset import write_split
+from tools.data.synthetic import generate
 
 
 def make_folder(root, counts: dict, size=(40, 20)):
@@ -109,7 +108,7 @@ def test_disk_cache_decodes_once_and_notices_changes(tmp_path, monkeypatch):
 
     def no_decoding(*_):
         raise AssertionError("decoded although cached")
-    monkeypatch.setattr(rmb_dataset, "decode_array", no_decoding)
+    monkeypatch.setattr(decoding, "decode_array", no_decoding)
     second, _ = decode_all(paths, cache_dir=tmp_path / "cache")
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
@@ -181,8 +180,8 @@ def test_the_cache_checks_content_and_forgets_what_is_gone(tmp_path):
     import warnings
     from pathlib import Path
 
-    from tools.image_cache import cache_path
-    from tools.rmb_dataset import decode_all, decode_resized
+    from tools.data.image_cache import cache_path
+    from tools.data.decode import decode_all, decode_resized
 
     folder = tmp_path / "photos"
     folder.mkdir()

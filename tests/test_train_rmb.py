@@ -11,8 +11,8 @@ from conftest import REAL_DATA, ROOT, line, read_events, requires_real_data, tra
 from PIL import Image
 
 from model import LeNet
-from tools.tb_logging import ACCURACY, DEAD_UNITS, GRAD_NORM, LOSS, LR, PICTURES, UPDATE_RATIO
-from tools.rmb_dataset import IMAGENET_MEAN, IMAGENET_STD, RMBDataset, default_data_dir, find_splits
+from tools.tb.writer import ACCURACY, DEAD_UNITS, GRAD_NORM, LOSS, LR, PICTURES, UPDATE_RATIO
+from tools.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, RMBDataset, default_data_dir, find_splits
 
 PARAMS = [f"{layer}.{kind}" for layer in ("conv1", "conv2", "fc1", "fc2", "fc3") for kind in ("weight", "bias")]
 
@@ -184,7 +184,7 @@ def test_cuda_without_cuda_is_one_clear_line(tmp_path):
 
 
 def test_tensorboard_server_serves_the_story_in_a_few_cards(two_epochs):
-    from tools.tb_screenshots import cards, get_json, serve
+    from tools.tb.browser import cards, get_json, serve
 
     _, run_dir = two_epochs
     server, base = serve(run_dir)  # a free port, retried if another process takes it first
@@ -206,7 +206,7 @@ def test_tensorboard_server_serves_the_story_in_a_few_cards(two_epochs):
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium here (CI has none)")
 def test_screenshots_of_each_tab_in_a_real_browser(two_epochs, tmp_path):
-    from tools.tb_screenshots import take
+    from tools.tb.browser import take
 
     _, run_dir = two_epochs
     result = take(run_dir, tmp_path)

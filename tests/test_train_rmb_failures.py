@@ -14,8 +14,8 @@ from conftest import ROOT, line, read_events, train, write_images
 from PIL import Image
 
 import train_rmb
-from tools.cli import run_script as run
-from tools.tb_logging import ACCURACY, LOSS
+from tools.cli.arguments import run_script as run
+from tools.tb.writer import ACCURACY, LOSS
 
 FLAGS = ["--batch-size", "4", "--device", "cpu", "--seed", "7"]
 EPOCHS = 40
@@ -168,7 +168,7 @@ def test_broken_images_are_skipped_with_one_warning(tmp_path, capsys, messy_data
         assert path in warnings[0]
     assert "DS_Store" not in err and "Thumbs" not in err and "README" not in err
     assert metrics["valid_acc"] is not None
-    from tools.rmb_dataset import find_splits
+    from tools.data.image_folder import find_splits
     _, splits, _ = find_splits(root)
     n_images = sum(len(v) for v in splits.values())
     assert n_images == 16 + 5 + 3  # 16 JPEGs, 5 odd modes, and the 3 broken files with image extensions

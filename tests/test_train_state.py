@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from model import LeNet
-from tools.checkpoint import Checkpointer, load_checkpoint, restore_rng_states, save_checkpoint
+from tools.training.checkpoint import Checkpointer, load_checkpoint, restore_rng_states, save_checkpoint
 from tools.monitor import TrainingMonitor
-from tools.train_state import TrainState
+from tools.training.train_state import TrainState
 
 
 DATA = {"classes": ["1", "100"], "mean": [0.5] * 3, "std": [0.25] * 3}  # what the checkpointer keeps of the data
@@ -130,7 +130,7 @@ def test_restoring_draws_no_random_number_after_setting_the_random_states(tmp_pa
     generator = torch.Generator().manual_seed(5)
     state.epoch_rng = None
     if mid_epoch:  # where the interrupted epoch began, then a few draws until the interruption
-        from tools.checkpoint import rng_states
+        from tools.training.checkpoint import rng_states
 
         state.epoch_rng = rng_states(generator)
         draws(generator)

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from model.families import TinyTransformer
-from tools.data_checks import split_findings
-from tools.family_data import make_splits
+from tools.monitor.data_findings import split_findings
+from tools.suites.family_data import make_splits
 from tools.monitor import TrainingMonitor
-from tools.user_loops import USER_BY_NAME, USER_RUNS, run_user_loop
+from tools.suites.user_loops import USER_BY_NAME, USER_RUNS, run_user_loop
 
 
 @pytest.mark.parametrize("name", [r.name for r in USER_RUNS])
@@ -78,7 +78,7 @@ def test_every_step_skipped_is_named():
 def test_the_two_line_form_reads_gradients_at_the_optimizers_step_and_logs_them(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from tools.tb_logging import open_writer
+    from tools.tb.writer import open_writer
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2))
@@ -143,7 +143,7 @@ def test_the_monitor_says_what_it_needs():
 
 
 def test_a_mistake_in_the_loss_is_seen_in_its_graph_and_correct_losses_are_not():
-    from tools.loop_checks import loss_mistake
+    from tools.monitor.loop_checks import loss_mistake
 
     torch.manual_seed(0)
     x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 1])
@@ -165,7 +165,7 @@ def test_a_mistake_in_the_loss_is_seen_in_its_graph_and_correct_losses_are_not()
 
 
 def test_a_transformer_thrown_off_by_a_high_lr_stays_named_until_it_recovers():
-    from tools.user_loops import UserRun
+    from tools.suites.user_loops import UserRun
 
     verdicts = run_user_loop(UserRun("t", "transformer", "lr-too-high", "", 6, settings={"optimizer": "adam", "lr": 0.5}))
     statuses = [v.status for v in verdicts["verdicts"]]
@@ -261,14 +261,14 @@ def test_epochs_of_two_steps_are_not_called_stuck():
     assert set(statuses) <= {"healthy", "converged"}, statuses
 
 
-def test_the_readme_table_of_families_counts_the_suite_as_it_is():
-    """The README's per-family table against the suite (every run there passes the test above, so each
+def test_the_docs_table_of_families_counts_the_suite_as_it_is():
+    """The per-family table of docs/monitor.md against the suite (every run there passes the test above, so each
     family's numbers are n/n named, n/n first, 0/k false alarms)."""
     from conftest import ROOT
 
     rows = {"MLP, tabular": "mlp", "CNN with batch norm": "bn-cnn", "residual net": "resnet",
             "embedding and attention": "transformer"}
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "monitor.md").read_text()
     for label, family in rows.items():
         runs = [r for r in USER_RUNS if r.family == family]
         broken, healthy = sum(r.expected != "healthy" for r in runs), sum(r.expected == "healthy" for r in runs)

@@ -11,14 +11,15 @@ from conftest import REAL_DATA, requires_real_data
 from torch import nn
 
 from model import LeNet
-from tools.activations import DIAGNOSED, activation_stats
-from tools.data_checks import leaks, missing_classes, split_findings
-from tools.loop_checks import LoopWatch, softmax_feeds_log_softmax
+from tools.monitor.activations import DIAGNOSED, activation_stats
+from tools.data.checks import leaks, missing_classes
+from tools.monitor.data_findings import split_findings
+from tools.monitor.loop_checks import LoopWatch, softmax_feeds_log_softmax
 from tools.monitor import TrainingMonitor
-from tools.scenarios import BY_NAME, SCENARIOS, found, run_scenario
-from tools.epoch_figures import ACCUMULATION_EXCESS, OVERFIT_EPOCHS, PLATEAU_EPOCHS, EpochFigures
-from tools.verdict import judge
-from tools.verdict_rules import slope
+from tools.suites.scenarios import BY_NAME, SCENARIOS, found, run_scenario
+from tools.monitor.epoch_figures import ACCUMULATION_EXCESS, OVERFIT_EPOCHS, PLATEAU_EPOCHS, EpochFigures
+from tools.monitor.verdict import judge
+from tools.monitor.verdict_rules import slope
 
 NORMS = {"a.weight": 0.1, "b.weight": 0.2}
 
@@ -112,8 +113,8 @@ def test_a_persisting_finding_is_shortened_and_names_when_it_began():
     monitor = TrainingMonitor(LeNet(), classes=2)
     history = []
     for epoch in range(2):
-        monitor._ratio_sum = [1e-8] * len(monitor.params)  # every parameter barely moves
-        monitor._ratio_steps = [1] * len(monitor.params)
+        monitor.grads.ratio_sum = [1e-8] * len(monitor.params)  # every parameter barely moves
+        monitor.grads.ratio_steps = [1] * len(monitor.params)
         history.append(monitor.end_epoch(epoch + 1, 0.69))
     first, second = (v.lines()[0] for v in history)
     assert first.startswith("lr-too-low:") and "Fix:" in first
@@ -249,8 +250,8 @@ def test_leaks_and_missing_classes_against_a_brute_force_comparison():
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     """The generated set the project uses by default (200 images), loaded."""
-    from tools.rmb_dataset import load_splits
-    from tools.synthetic_rmb import generate
+    from tools.data.image_folder import load_splits
+    from tools.data.synthetic import generate
 
     return load_splits(generate(tmp_path_factory.mktemp("suite") / "rmb"))
 
@@ -270,7 +271,7 @@ def test_every_scenario_is_named_first_in_the_epoch_its_evidence_appears(name, g
 @requires_real_data
 @pytest.mark.parametrize("name", ["healthy", "healthy-adam"])
 def test_healthy_runs_on_the_real_photos_raise_no_alarm(name):
-    from tools.rmb_dataset import load_splits
+    from tools.data.image_folder import load_splits
 
     result = run_scenario(BY_NAME[name], load_splits(REAL_DATA), torch.device("cpu"), epochs=30)
     assert all(found(v, "healthy") for v in result["verdicts"]), [str(v) for v in result["verdicts"]]
@@ -281,7 +282,7 @@ def test_monitor_grads_scenario_prints_one_line_per_finding_and_writes_the_diagn
     from conftest import read_events
 
     data_dir = tmp_path / "data"
-    from tools.synthetic_rmb import generate
+    from tools.data.synthetic import generate
 
     generate(data_dir)
     args = monitor_grads.get_args_parser().parse_args(["--scenario", "raw-pixels", "--logdir", str(tmp_path),

@@ -9,11 +9,12 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from model import LeNet
-from tools.engine import evaluate
-from tools.gradcam import gradcam, last_conv
-from tools.lr_schedules import build_scheduler, lr_curves
-from tools.tb_logging import LR, PICTURES
-from tools.visualize import (
+from tools.training.engine import evaluate
+from tools.pictures.gradcam import gradcam, last_conv
+from tools.training.schedules import build_scheduler
+from tools.lr_schedules import lr_curves
+from tools.tb.writer import LR, PICTURES
+from tools.pictures.visualize import (
     feature_map_sheets,
     feature_maps,
     kernel_sheets,

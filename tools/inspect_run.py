@@ -10,15 +10,16 @@ import torch
 from torch import nn
 
 from model import CLASSIFIERS
-from tools.checkpoint import load_checkpoint, load_model_state
-from tools.cli import ArgumentParser, run_script, select_device
-from tools.errors import UserError
-from tools.gradcam import gradcam, last_conv
-from tools.output_folder import OutputFolder
-from tools.report import report
-from tools.run_folder import check_writable
-from tools.rmb_dataset import Normalized, RMBDataset, decode_resized, find_splits
-from tools.visualize import class_label, denormalize, gradcam_sheet, overlay, overlay_on_photo, save_png
+from tools.cli.arguments import ArgumentParser, run_script, select_device
+from tools.cli.errors import UserError
+from tools.cli.output_folder import OutputFolder
+from tools.data.decode import decode_resized
+from tools.data.image_folder import Normalized, RMBDataset, find_splits
+from tools.pictures.gradcam import gradcam, last_conv
+from tools.pictures.visualize import class_label, denormalize, gradcam_sheet, overlay, overlay_on_photo, save_png
+from tools.training.checkpoint import load_checkpoint, load_model_state
+from tools.training.report import report
+from tools.training.run_dirs import check_writable
 
 
 def get_args_parser() -> ArgumentParser:
@@ -82,8 +83,8 @@ def main(args) -> dict:
 
     data_dir = args.data_dir or (Path(checkpoint["args"]["data_dir"]) if checkpoint["args"].get("data_dir") else None)
     if data_dir is None:
-        from tools.cli import REPO_ROOT
-        from tools.rmb_dataset import default_data_dir
+        from tools.cli.arguments import REPO_ROOT
+        from tools.data.image_folder import default_data_dir
         data_dir = default_data_dir(REPO_ROOT / "data")[0]
     classes, splits, _ = find_splits(data_dir)
     if classes != checkpoint["classes"]:

@@ -171,7 +171,7 @@ def smooth_l1_curves(points: int = 500) -> tuple[list[float], list[float], list[
 
 
 def plot_smooth_l1(path) -> None:
-    from tools.plots import pyplot
+    from tools.pictures.plots import pyplot
 
     plt = pyplot()
     x, smooth, l1 = smooth_l1_curves()
@@ -190,16 +190,16 @@ def plot_smooth_l1(path) -> None:
 
 
 def get_args_parser():
-    from tools.cli import ArgumentParser, add_common_args
+    from tools.cli.arguments import ArgumentParser, add_common_args
 
     parser = ArgumentParser(description=__doc__.splitlines()[0], prog="python -m tools.loss_lab")
     return add_common_args(parser, name="loss_lab")
 
 
 def main(args) -> dict:
-    from tools.plots import png_to_array
-    from tools.run_folder import new_run_dir
-    from tools.tb_logging import open_writer
+    from tools.pictures.plots import png_to_array
+    from tools.tb.writer import open_writer
+    from tools.training.run_dirs import new_run_dir
 
     run_dir = new_run_dir(args.logdir, args.run_name)
     results = lab(args.seed)
@@ -212,13 +212,13 @@ def main(args) -> dict:
         for step, (s, a) in enumerate(zip(smooth, l1)):
             writer.add_scalars("smooth_l1_vs_l1", {"SmoothL1": s, "L1": a}, step)
         writer.add_image("smooth_l1_vs_l1", png_to_array(run_dir / "smooth_l1.png"), 0, dataformats="HWC")
-    from tools.cli import tensorboard_command
+    from tools.cli.arguments import tensorboard_command
 
     print(f"wrote {run_dir / 'smooth_l1.png'}\nsee them with: {tensorboard_command(run_dir)}")
     return {"run_dir": str(run_dir), "results": results}
 
 
 if __name__ == "__main__":
-    from tools.cli import run_script
+    from tools.cli.arguments import run_script
 
     run_script(main, get_args_parser())

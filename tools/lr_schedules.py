@@ -9,44 +9,6 @@ from pathlib import Path
 import torch
 from torch.optim import lr_scheduler
 
-SCHEDULERS = ("step", "multistep", "exponential", "cosine", "plateau")
-PLATEAU_PATIENCE = 2   # epochs without a better valid loss before ReduceLROnPlateau cuts the rate
-
-
-def build_scheduler(name: str, optimizer, epochs: int, step_size: int, gamma: float):
-    """The scheduler behind train_rmb.py --scheduler, stepped once per epoch.
-
-    step: x gamma every step_size epochs (the course's StepLR); multistep: x gamma at 50% and 75% of the
-    epochs; exponential: x gamma ** (1 / step_size) every epoch, so x gamma over step_size epochs like
-    step, but smoothly; cosine: cosine annealing to 0 over the epochs; plateau: x gamma when the valid
-    loss has not improved for PLATEAU_PATIENCE epochs (step it with the valid loss).
-    """
-    if name == "step":
-        return lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
-    if name == "multistep":
-        return lr_scheduler.MultiStepLR(optimizer, milestones=[max(1, epochs // 2), max(2, epochs * 3 // 4)],
-                                        gamma=gamma)
-    if name == "exponential":
-        return lr_scheduler.ExponentialLR(optimizer, gamma=gamma ** (1 / step_size))
-    if name == "cosine":
-        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    if name == "plateau":
-        return lr_scheduler.ReduceLROnPlateau(optimizer, factor=gamma, patience=PLATEAU_PATIENCE)
-    raise ValueError(f"unknown scheduler {name!r}; choose from {', '.join(SCHEDULERS)}")
-
-
-def step_scheduler(scheduler, valid_loss: float) -> dict[str, float]:
-    """Step a scheduler at the end of an epoch (ReduceLROnPlateau with the valid loss); returns the
-    learning rates the epoch trained with: parameter group name -> lr."""
-    from tools.optim import learning_rates
-
-    rates = learning_rates(scheduler.optimizer)
-    if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
-        scheduler.step(valid_loss)
-    else:
-        scheduler.step()
-    return rates
-
 
 def course_schedulers(epochs: int) -> dict:
     """The course's settings of each scheduler: name -> a function of the optimizer. The optimizer has
@@ -91,7 +53,7 @@ def lr_curves(epochs: int = 100, lr: float = 0.1) -> dict[str, dict[str, list[tu
 
 def plot_lr_curves(curves: dict, path: Path) -> Path:
     """One panel per scheduler, lr against epoch (a line per group where they differ), into a PNG."""
-    from tools.plots import pyplot
+    from tools.pictures.plots import pyplot
 
     plt = pyplot()
     cols = 3
@@ -116,7 +78,7 @@ def plot_lr_curves(curves: dict, path: Path) -> Path:
 
 
 def get_args_parser():
-    from tools.cli import ArgumentParser, add_common_args, int_between, positive_float
+    from tools.cli.arguments import ArgumentParser, add_common_args, int_between, positive_float
 
     parser = ArgumentParser(description="Plot lr against epoch for the course's schedulers, with its settings.",
                             prog="python -m tools.lr_schedules")
@@ -126,10 +88,10 @@ def get_args_parser():
 
 
 def main(args) -> dict:
-    from tools.plots import png_to_array
-    from tools.cli import tensorboard_command
-    from tools.run_folder import new_run_dir
-    from tools.tb_logging import open_writer
+    from tools.cli.arguments import tensorboard_command
+    from tools.pictures.plots import png_to_array
+    from tools.tb.writer import open_writer
+    from tools.training.run_dirs import new_run_dir
 
     run_dir = new_run_dir(args.logdir, args.run_name)
     curves = lr_curves(args.epochs, args.lr)
@@ -145,6 +107,6 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    from tools.cli import run_script
+    from tools.cli.arguments import run_script
 
     run_script(main, get_args_parser())

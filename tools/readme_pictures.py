@@ -1,4 +1,5 @@
-"""Regenerate the README's pictures in docs/ from real runs of the scripts (about half a minute).
+"""Regenerate every picture in docs/ from real runs of the scripts on the current code (about a minute), and
+say which command and which data drew each.
 
     python -m tools.readme_pictures                    # the real photos in ../shared/data/rmb_real/RMB_data
     python -m tools.readme_pictures --data-dir data/RMB_data
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tools.output_folder import OutputFolder
+from tools.cli.output_folder import OutputFolder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_PHOTOS = REPO_ROOT.parent / "shared" / "data" / "rmb_real" / "RMB_data"
@@ -53,8 +54,8 @@ PICTURES = ["gradcam.png", "confusion_test.png", "loss_curve.png", "kernels_conv
 
 
 def main(args) -> list[Path]:
-    from tools.errors import UserError
-    from tools.rmb_dataset import find_splits
+    from tools.cli.errors import UserError
+    from tools.data.image_folder import find_splits
 
     if not args.data_dir.is_dir():
         raise UserError(f"no real photos at {args.data_dir}: the README shows its pictures as real photos; pass "
@@ -64,37 +65,43 @@ def main(args) -> list[Path]:
     out.claim(PICTURES + ["tensorboard_time_series.png"])  # never over a picture it did not write, before any work
     tmp = Path(tempfile.mkdtemp(prefix="readme_pictures_"))
     data = ["--data-dir", str(args.data_dir)]
-    run_command("train_rmb.py", *data, "--epochs", "10", "--device", "cpu", "--logdir", str(tmp / "train"))
-    run_dir = newest(tmp / "train", "*_lenet")
-    run_command("monitor_grads.py", "--scenario", "vanishing", "--device", "cpu", "--logdir", str(tmp / "grads"))
-    run_command("init_demo.py", "--device", "cpu", "--logdir", str(tmp / "init"))
-    run_command("-m", "tools.lr_schedules", "--logdir", str(tmp / "lr"))
-    args.out.mkdir(parents=True, exist_ok=True)
-    pictures = {
-        "gradcam.png": run_dir / "gradcam.png",
-        "confusion_test.png": run_dir / "confusion_test.png",
-        "loss_curve.png": run_dir / "loss_curve.png",
-        "kernels_conv1.png": run_dir / "kernels_conv1.png",
-        "gradient_flow_vanishing.png": newest(tmp / "grads", "*_grads_vanishing") / "gradient_flow.png",
-        "activation_std.png": newest(tmp / "init", "*_init") / "activation_std.png",
-        "lr_schedules.png": newest(tmp / "lr", "*_lr_schedules") / "lr_schedules.png",
+    commands = {  # what draws each picture, and the data it shows
+        "train": (["train_rmb.py", *data, "--epochs", "10", "--device", "cpu"], f"the photos in {args.data_dir}"),
+        "grads": (["monitor_grads.py", "--scenario", "vanishing", *data, "--device", "cpu"],
+                  f"a 20-layer sigmoid MLP on the photos in {args.data_dir}"),
+        "init": (["init_demo.py", "--device", "cpu"], "random inputs to a 100-layer MLP (no photos)"),
+        "lr": (["-m", "tools.lr_schedules"], "the course's schedulers (no photos)"),
     }
-    from tools.tb_screenshots import chromium, take
+    for name, (argv, _) in commands.items():
+        run_command(*argv, "--logdir", str(tmp / name))
+    run_dir = newest(tmp / "train", "*_lenet")
+    pictures = {
+        "gradcam.png": ("train", run_dir / "gradcam.png"),
+        "confusion_test.png": ("train", run_dir / "confusion_test.png"),
+        "loss_curve.png": ("train", run_dir / "loss_curve.png"),
+        "kernels_conv1.png": ("train", run_dir / "kernels_conv1.png"),
+        "gradient_flow_vanishing.png": ("grads", newest(tmp / "grads", "*_grads_vanishing") / "gradient_flow.png"),
+        "activation_std.png": ("init", newest(tmp / "init", "*_init") / "activation_std.png"),
+        "lr_schedules.png": ("lr", newest(tmp / "lr", "*_lr_schedules") / "lr_schedules.png"),
+    }
+    from tools.tb.browser import chromium, take
 
     if chromium():  # the first screen a user sees, from the same run
-        pictures["tensorboard_time_series.png"] = take(run_dir, tmp / "shots")["pngs"]["timeseries"]
+        pictures["tensorboard_time_series.png"] = ("train", take(run_dir, tmp / "shots")["pngs"]["timeseries"])
     else:
         print("no Chromium here: docs/tensorboard_time_series.png is left as it is", file=sys.stderr)
-    written = [shrink_into(source, args.out / name) for name, source in pictures.items()]
-    out.done([p.name for p in written])
-    for path in written:
-        print(f"{path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}  "
-              f"{path.stat().st_size // 1024} KB")
-    return written
+    args.out.mkdir(parents=True, exist_ok=True)
+    written = {name: shrink_into(source, args.out / name) for name, (_, source) in pictures.items()}
+    out.done(list(written))
+    for name, path in written.items():
+        argv, shows = commands[pictures[name][0]]
+        shown = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+        print(f"{shown}  {path.stat().st_size // 1024} KB  from `python {' '.join(argv)}`: {shows}")
+    return list(written.values())
 
 def get_args_parser():
     """The command's flags."""
-    from tools.cli import ArgumentParser, folder_path
+    from tools.cli.arguments import ArgumentParser, folder_path
 
     parser = ArgumentParser(description=__doc__.splitlines()[0], prog="python -m tools.readme_pictures")
     parser.add_argument("--data-dir", type=folder_path, default=REAL_PHOTOS, help="real photos of the notes, in class folders")
@@ -103,6 +110,6 @@ def get_args_parser():
 
 
 if __name__ == "__main__":
-    from tools.cli import run_script
+    from tools.cli.arguments import run_script
 
     run_script(main, get_args_parser())

@@ -1,0 +1,128 @@
+"""The docs cannot go stale: every output the README, README.zh-CN.md and docs/ quote from a deterministic
+command is that command's output now, the test count is the suite's, every link leads to a file, and
+every finding the verdict can give is explained in English and in Chinese.
+
+A quoted output is a block marked with the command that prints it:
+
+    <!-- printed by: python init_demo.py -->
+    ```text
+    ...the lines, in the order printed; … stands for any text (a time)...
+    ```
+"""
+import ast
+import importlib
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+DOCS = [ROOT / "README.md", ROOT / "README.zh-CN.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"<!-- printed by: (?P<command>[^>]+?) -->\n(?P<indent>[ \t]*)```text\n(?P<body>.*?)\n(?P=indent)```",
+                   re.S)
+# what each page quotes; a block lost in an edit (or a marker the pattern stops reading) fails here
+QUOTED = {"python init_demo.py", "python -m tools.loss_lab", "python monitor_grads.py",
+          "python monitor_grads.py --scenario no-zero-grad", "python train_rmb.py"}
+
+
+def quoted_blocks() -> dict[str, list[tuple[str, list[str]]]]:
+    """command -> [(the page, the quoted lines)], from every page."""
+    blocks = {}
+    for page in DOCS:
+        for match in BLOCK.finditer(page.read_text()):
+            lines = [line.removeprefix(match["indent"]).rstrip() for line in match["body"].splitlines()]
+            blocks.setdefault(match["command"], []).append((page.relative_to(ROOT).as_posix(), lines))
+    return blocks
+
+
+BLOCKS = quoted_blocks()
+
+
+def run_command(command: str, tmp_path: Path, capsys) -> list[str]:
+    """What `command` prints, run in this process as a user runs it (main of its parser's arguments), its
+    run folder in tmp_path. `python train_rmb.py` without photos trains on the generated set: here it is
+    drawn into tmp_path (the same images, whatever the checkout's data/ holds)."""
+    argv = shlex.split(command)
+    assert argv[0] == "python", command
+    module = importlib.import_module(argv[2] if argv[1] == "-m" else Path(argv[1]).stem)
+    rest = argv[3:] if argv[1] == "-m" else argv[2:]
+    if module.__name__ == "train_rmb" and "--data-dir" not in rest:
+        from tools.data.synthetic import generate
+
+        rest += ["--data-dir", str(generate(tmp_path / "RMB_synthetic")), "--cache-dir", ""]
+    capsys.readouterr()
+    module.main(module.get_args_parser().parse_args([*rest, "--logdir", str(tmp_path / "runs")]))
+    return [line.rstrip() for line in capsys.readouterr().out.splitlines()]
+
+
+def missing_lines(quoted: list[str], printed: list[str]) -> list[str]:
+    """The quoted lines not found in `printed` in the same order (… matches any text)."""
+    missing, at = [], 0
+    for line in quoted:
+        pattern = re.compile(".*".join(re.escape(part) for part in line.split("…")) + r"\Z")
+        found = next((i for i in range(at, len(printed)) if pattern.match(printed[i])), None)
+        if found is None:
+            missing.append(line)
+        else:
+            at = found + 1
+    return missing
+
+
+def test_every_quoted_command_has_its_block():
+    assert set(BLOCKS) == QUOTED, "a page quotes a command this test does not know, or lost a block"
+
+
+@pytest.mark.parametrize("command", sorted(QUOTED))
+def test_quoted_output_is_what_the_command_prints_now(command, tmp_path, capsys):
+    printed = run_command(command, tmp_path, capsys)
+    for page, quoted in BLOCKS.get(command, []):
+        assert not missing_lines(quoted, printed), (page, missing_lines(quoted, printed), printed)
+
+
+def test_the_matcher_needs_the_lines_in_order_and_exact():
+    printed = ["epoch 1 acc 60%  0.5 s", "epoch 2 acc 70%  0.4 s"]
+    assert missing_lines(["epoch 1 acc 60%  … s", "epoch 2 acc 70%  … s"], printed) == []
+    assert missing_lines(["epoch 2 acc 70%  … s", "epoch 1 acc 60%  … s"], printed) == ["epoch 1 acc 60%  … s"]
+    assert missing_lines(["epoch 1 acc 61%  … s"], printed) == ["epoch 1 acc 61%  … s"]
+    assert missing_lines(["epoch 1 acc 60%"], printed) == ["epoch 1 acc 60%"]  # a line is quoted whole
+
+
+def test_the_readme_gives_the_suites_test_count(request):
+    """README: 'N tests'. Checked when the whole suite runs (python -m pytest), where the count is known."""
+    collected = {Path(str(item.path)).name for item in request.session.items}
+    if collected != {p.name for p in (ROOT / "tests").glob("test_*.py")}:
+        pytest.skip("only part of the suite was collected")
+    (count,) = re.findall(r"(\d+) tests", (ROOT / "README.md").read_text())
+    assert int(count) == len(request.session.items)
+
+
+def test_every_link_leads_to_a_file():
+    for page in DOCS:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), (page.name, target)
+
+
+def finding_names() -> set[str]:
+    """Every name a Finding can have: the first argument of each Finding(...) in tools/monitor/."""
+    names = set()
+    for path in (ROOT / "tools" / "monitor").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Finding" and node.args \
+                    and isinstance(node.args[0], ast.Constant):
+                names.add(node.args[0].value)
+    return names
+
+
+@pytest.mark.parametrize("page", ["README.zh-CN.md", "docs/monitor.md"])
+def test_every_finding_is_explained(page):
+    names = finding_names()
+    assert {"healthy", "lr-too-high", "data-leak", "dead-units"} <= names  # the walk above finds them
+    text = (ROOT / page).read_text()
+    assert {name for name in names if name not in text} == set()
+
+
+def test_the_readme_is_read_in_five_minutes():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 150
+    assert "README.zh-CN.md" in readme.split("\n## ")[0]  # the Chinese quick start linked at the top

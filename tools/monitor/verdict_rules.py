@@ -1,0 +1,385 @@
+"""The rules of the verdict: each one small function that reads an `EpochFigures` and returns a `Finding`
+(a short name, the evidence in numbers, the parameter or layer it concerns, and the fix to try) or None.
+`RULES` lists them root causes first: a mistake in the loop or the data, then the learning rate, then
+what they cause (non-finite values, exploding or vanishing gradients, saturated or dead units), then slow
+or unchanged weights, overfitting and plateaus. A new rule is one function and one line in RULES."""
+import math
+
+from tools.monitor.epoch_figures import (
+    DEAD_RELU_FRACTION,
+    DIVERGED_LOSS_FACTOR,
+    EXPLODING_GROWTH,
+    EXPLODING_RATIO,
+    IGNORED_EPOCHS,
+    IGNORED_RECALL,
+    INPUT_SCALE_MAX,
+    LARGE_UPDATE_RATIO,
+    LOW_LOSS_FRACTION,
+    LR_COLLAPSED_SHARE,
+    ONE_CLASS_SHARE,
+    OVERFIT_EPOCHS,
+    OVERFIT_GAP,
+    PLATEAU_EPOCHS,
+    PLATEAU_NEAR,
+    PLATEAU_SLOPE,
+    ROUNDED_TO_ZERO,
+    SATURATED_FRACTION,
+    SPIKES_MIN,
+    UPDATE_RATIO_HIGH,
+    UPDATE_RATIO_LOW,
+    UPDATE_RATIO_SLOW,
+    VANISHING_RATIO,
+    EpochFigures,
+    Finding,
+    few,
+    layers,
+)
+
+# ---- the loop and the data -------------------------------------------------------------------------
+
+def data_problems(e: EpochFigures) -> Finding | None:
+    """What `check_data` found in the splits: the same image in train and valid/test, a class missing."""
+    return e.data[0] if e.data else None
+
+
+def unnormalised_inputs(e: EpochFigures) -> Finding | None:
+    """Training inputs whose batch mean or spread is far from a normalised input's (mean ~0, std ~1), e.g.
+    pixels 0-255. Read from the spread, not the extremes: a standardised feature that is rarely active
+    reaches 20 or more in the samples where it is."""
+    inputs = e.loop.get("inputs")
+    if inputs is None or not all(math.isfinite(v) for v in inputs.values()):
+        return None  # NaN/Inf inputs: non-finite names them
+    if abs(inputs["mean"]) <= INPUT_SCALE_MAX and inputs["std"] <= INPUT_SCALE_MAX:
+        return None
+    return Finding("inputs-not-normalised",
+                   f"training inputs span [{inputs['min']:.3g}, {inputs['max']:.3g}], mean {inputs['mean']:.3g}, "
+                   f"std {inputs['std']:.3g} (normalised inputs have mean ~0, std ~1)", "inputs",
+                   "scale to [0, 1] (ToTensor) and Normalize(mean, std), in training and in evaluation alike")
+
+
+def softmax_before_loss(e: EpochFigures) -> Finding | None:
+    """CrossEntropyLoss given probabilities (a softmax before it) instead of logits."""
+    if not e.loop.get("softmax"):
+        return None
+    return Finding("softmax-before-loss", "the loss's log_softmax takes the output of a softmax: the loss sees "
+                   "probabilities, whose log_softmax varies by at most 1, so gradients are tiny", "output",
+                   "drop the softmax: CrossEntropyLoss takes logits (apply softmax only to show probabilities)")
+
+
+def wrong_loss(e: EpochFigures) -> Finding | None:
+    """A loss given what it does not expect (seen in the loss's autograd graph): a regression loss on
+    class indices, probabilities given to a loss that takes logits, NLLLoss on raw scores."""
+    wrong = e.loop.get("wrong_loss")
+    if not wrong:
+        return None
+    return Finding("wrong-loss", wrong["evidence"], "loss", wrong["fix"])
+
+
+def train_in_eval_mode(e: EpochFigures) -> Finding | None:
+    """Training steps (a backward followed) taken with the model in eval mode: dropout off, batch norm
+    frozen at its running statistics (a model.eval() with no model.train() after it)."""
+    count = e.loop.get("train_eval_mode", 0)
+    if not count:
+        return None
+    return Finding("train-in-eval-mode", f"{count} training forward passes (a backward followed) ran in eval mode, "
+                   f"with {e.loop.get('train_mode_layers') or 'dropout/batch-norm layers'} in it: dropout is off and "
+                   "batch norm uses its running statistics", "model.training",
+                   "call model.train() at the start of every epoch (after any validation that calls model.eval())")
+
+
+def gradients_accumulate(e: EpochFigures) -> Finding | None:
+    """A step's gradient holds earlier steps' gradients too: zero_grad is missing."""
+    accumulated = e.loop.get("accumulated")
+    if not accumulated or accumulated["steps"] < max(1, accumulated["checked"] // 2):
+        return None
+    return Finding("gradients-accumulate",
+                   f"in {accumulated['steps']} of {accumulated['checked']} steps the gradient held "
+                   f"{accumulated['excess']:.1f}x more than the step's own backward (median)", accumulated["where"],
+                   "call optimizer.zero_grad() before each backward (or after each optimizer.step())")
+
+
+def eval_in_train_mode(e: EpochFigures) -> Finding | None:
+    """Evaluation passes (no backward follows) with dropout or batch norm still in training mode."""
+    count, total = e.loop.get("eval_train_mode", 0), e.loop.get("evaluations", 0)
+    if not count:
+        return None
+    return Finding("eval-in-train-mode", f"{count} of {total} evaluation forward passes ran with "
+                   f"{e.loop.get('train_mode_layers', 'dropout/batch-norm layers')} in training mode: the valid "
+                   "figures are noisy (dropout) or move the batch-norm statistics", "model.training",
+                   "call model.eval() before validating and model.train() before training again")
+
+
+def eval_with_autograd(e: EpochFigures) -> Finding | None:
+    """Evaluation passes that build an autograd graph no backward ever uses."""
+    count, total = e.loop.get("eval_autograd", 0), e.loop.get("evaluations", 0)
+    if not count:
+        return None
+    return Finding("eval-with-autograd", f"{count} of {total} evaluation forward passes recorded an autograd graph "
+                   "that no backward used: memory and time spent for nothing", "torch.is_grad_enabled()",
+                   "wrap validation in `with torch.no_grad():` (or decorate it with @torch.no_grad())")
+
+
+# ---- the learning rate -----------------------------------------------------------------------------
+
+def lr_too_high(e: EpochFigures) -> Finding | None:
+    """Updates a large share of the weights, or a loss that spikes again and again; and when units died
+    or the loss stuck at chance after large updates, the learning rate is named as their cause."""
+    if e.broken_at_start:  # large updates then are a symptom
+        return None
+    median, spikes = e.median_update_ratio, e.steps.get("spikes", 0)
+    largest = max((r for r in e.series("median_ratio") if r is not None), default=None)
+    if median is not None and median > UPDATE_RATIO_HIGH and (median >= 1.0 or not e.learning_well and not e.falling):
+        evidence = f"each step changes the weights by {median:.1e} of their norm (median; healthy ~1e-3)"
+    elif spikes >= SPIKES_MIN:
+        evidence = (f"the loss spiked {spikes} times this epoch (up to {e.steps['max']:.3g}, median "
+                    f"{e.steps['median']:.3g}): it oscillates")
+    elif largest is not None and largest > LARGE_UPDATE_RATIO and (dead_relu(e) or e.stuck_at_chance) and not e.learning_well:
+        after = "units died" if dead_relu(e) else f"the loss stuck at chance ({e.loss:.3f} ~ ln {e.classes})"
+        evidence = f"{after} after updates of {largest:.1e} of the weights per step (healthy ~1e-3)"
+    else:
+        return None
+    return Finding("lr-too-high", evidence, "", "divide the learning rate by 10 (and resume from the best checkpoint)")
+
+
+def lr_collapsed(e: EpochFigures) -> Finding | None:
+    """The learning rate driven to almost nothing (below LR_COLLAPSED x the run's highest for most of the
+    epoch) while the net has not learned: e.g. a per-epoch scheduler stepped every batch. A schedule that
+    ends near zero once the net has learned (cosine to zero) is not it."""
+    lr = e.lr
+    if not lr or not lr.get("max") or lr.get("low_share", 0.0) < LR_COLLAPSED_SHARE or e.learning_well:
+        return None
+    return Finding("lr-collapsed", f"the learning rate is {lr['now']:.1e}, {lr['now'] / lr['max']:.0e}x the run's "
+                   f"highest ({lr['max']:.1e}), for {lr['low_share']:.0%} of this epoch's steps, while "
+                   + (f"the accuracy is {e.accuracy:.1%}" if e.accuracy is not None else f"the loss is {e.loss:.3f}"),
+                   "scheduler", "step a per-epoch scheduler once per epoch, not per batch (or set its step_size "
+                   "and milestones in steps); check gamma and the schedule's length")
+
+
+def weight_decay_too_high(e: EpochFigures) -> Finding | None:
+    """Weight decay alone shrinks the weights by a large share every step: they are held near zero."""
+    if e.decay is None or e.decay <= LARGE_UPDATE_RATIO:
+        return None
+    median = e.median_update_ratio
+    return Finding("weight-decay-too-high", f"weight decay alone shrinks the weights by {e.decay:.1e} of themselves "
+                   "per step (lr x weight_decay, / (1 - momentum) for SGD)"
+                   + (f"; the median update is {median:.1e} of the weights" if median is not None else ""), "",
+                   "lower weight_decay (1e-4 to 5e-4 is usual with SGD)")
+
+
+# ---- gradients and activations ---------------------------------------------------------------------
+
+def nonfinite_values(e: EpochFigures) -> Finding | None:
+    """A non-finite loss or gradient."""
+    taken = e.train_steps
+    if taken and taken["forwards"] and not taken["steps"] and not e.nonfinite:
+        return Finding("non-finite", f"no optimizer step was taken in this epoch's {taken['forwards']} training "
+                       "forward passes: a GradScaler skips every step whose gradients overflow (or optimizer.step() "
+                       "is never called)", "", "lower the learning rate; check the inputs for NaN and the loss for "
+                       "log(0); call optimizer.step() (scaler.step(optimizer)) after each backward")
+    if e.nonfinite or (e.loss is not None and not math.isfinite(e.loss)) or not math.isfinite(e.total_norm):
+        where = e.nonfinite.split("first parameter with a non-finite gradient: ")[-1].split(" (")[0] \
+            if e.nonfinite and "first parameter" in e.nonfinite else ""
+        inputs = e.loop.get("inputs") or {}
+        bad_inputs = "; the epoch's first training batch already holds NaN/Inf" \
+            if any(not math.isfinite(v) for v in inputs.values()) else ""
+        return Finding("non-finite", f"{e.nonfinite or 'non-finite loss or gradient'}{bad_inputs}", where,
+                       "lower the learning rate; check the inputs for NaN and the loss for log(0)")
+    return None
+
+
+def exploding(e: EpochFigures) -> Finding | None:
+    """A loss far above chance, a gradient norm that grew 100x, or a first layer's gradient 1000x the last's."""
+    total, weights = e.total_norm, list(e.weight_norms)
+    fix = "lower the learning rate or clip gradients (clip_grad_norm_); check the init's scale"
+    if e.broken_at_start:
+        return Finding("exploding", f"the loss of the very first step, before any update, was {e.first_loss:.3g} "
+                       f"(chance ln({e.classes}) = {e.chance:.2f}): the outputs are huge from the start", "init",
+                       "initialise with the layers' fan-in in mind (kaiming for ReLU, xavier for tanh/sigmoid)")
+    if e.loss_finite and e.chance is not None and e.loss > DIVERGED_LOSS_FACTOR * e.chance:
+        return Finding("exploding", f"loss {e.loss:.3g} is {e.loss / e.chance:.0f}x the chance level ln({e.classes}) "
+                       f"= {e.chance:.2f}: training diverged", "", fix)
+    if e.first_total_norm and total > EXPLODING_GROWTH * e.first_total_norm:
+        return Finding("exploding", f"total gradient norm grew {total / e.first_total_norm:.0f}x since the first "
+                       f"verdict ({e.first_total_norm:.3g} -> {total:.3g})", "", fix)
+    if len(weights) >= 2 and e.norms[weights[-1]] > 0 and e.norms[weights[0]] / e.norms[weights[-1]] > EXPLODING_RATIO:
+        first, last = e.norms[weights[0]], e.norms[weights[-1]]
+        return Finding("exploding", f"{weights[0]}'s gradient {first:.2e} is {first / last:.0e}x {weights[-1]}'s "
+                       f"{last:.2e}: it grows layer by layer on the way back", weights[0],
+                       "initialise with the layers' fan-in in mind (kaiming for ReLU, xavier for tanh)")
+    return None
+
+
+def saturated(e: EpochFigures) -> Finding | None:
+    """Over half of a tanh or sigmoid layer's outputs pinned at its limits: their gradient is ~0."""
+    pinned = {n: s["saturated"] for n, s in e.activations.items() if s.get("saturated", 0.0) > SATURATED_FRACTION}
+    if not pinned:
+        return None
+    worst = max(pinned, key=pinned.get)
+    return Finding("saturated", f"{pinned[worst]:.0%} of {worst}'s outputs are within 1% of its limits "
+                   f"({len(pinned)} layer(s) over {SATURATED_FRACTION:.0%})", worst,
+                   "a smaller init (xavier for tanh/sigmoid), normalised inputs, or ReLU")
+
+
+def vanishing(e: EpochFigures) -> Finding | None:
+    """The first layer's gradient far smaller than the last layer's, while the loss is not low."""
+    weights = list(e.weight_norms)
+    if len(weights) < 2 or not math.isfinite(e.total_norm) or e.loss_is_low or not e.loss_finite \
+            or e.chance is not None and e.loss > DIVERGED_LOSS_FACTOR * e.chance:
+        return None  # a low loss: small gradients are success; a diverged one: the gradients were thrown off
+    first, last = e.norms[weights[0]], e.norms[weights[-1]]
+    if last > 0 and first / last < VANISHING_RATIO:
+        return Finding("vanishing", f"{weights[0]}'s gradient {first:.2e} is {last / max(first, 1e-45):.0e}x smaller "
+                       f"than {weights[-1]}'s {last:.2e} while the loss {e.loss:.3f} is not low", weights[0],
+                       "ReLU instead of sigmoid/tanh in deep nets, kaiming init, batch norm or residual connections")
+    return None
+
+
+def dead_relu(e: EpochFigures) -> Finding | None:
+    """Over half of a ReLU layer's units never fire over the evaluation pass, in a net that has not learned
+    (in one that learns well they are information: `dead_units`)."""
+    dead = dead_layers(e)
+    if not dead or e.learning_well:
+        return None
+    worst = max(dead, key=dead.get)
+    return Finding("dead-relu", f"{dead[worst]:.0%} of {worst}'s units never fire over the valid pass "
+                   f"({len(dead)} layer(s) over {DEAD_RELU_FRACTION:.0%})", worst,
+                   "a lower learning rate; biases not negative at init; LeakyReLU")
+
+
+def dead_layers(e: EpochFigures) -> dict:
+    """ReLU layer -> the share of its units that never fire, for layers over DEAD_RELU_FRACTION."""
+    return {name: stats["dead"] for name, stats in e.activations.items() if stats.get("dead", 0.0) > DEAD_RELU_FRACTION}
+
+
+def dead_units(e: EpochFigures) -> Finding | None:
+    """Dead units in a net that learns well: a note (no fix), never a problem."""
+    dead = dead_layers(e)
+    if not dead or not e.learning_well:
+        return None
+    worst = max(dead, key=dead.get)
+    return Finding("dead-units", f"{dead[worst]:.0%} of {worst}'s units never fire over the valid pass, while the net "
+                   f"learns well (accuracy {e.accuracy:.1%}): information, not a problem", worst)
+
+
+# ---- slow or unchanged weights ---------------------------------------------------------------------
+
+def lr_too_low(e: EpochFigures) -> Finding | None:
+    """The weights barely move while there is still something to learn: the median update/weight ratio
+    far below the healthy 1e-3, or below the healthy band with the loss still at chance. Once the loss
+    is low, small updates are what a decayed learning rate at convergence gives: not a finding."""
+    median = e.median_update_ratio
+    largest = max((r for r in e.series("median_ratio") if r is not None), default=0.0)
+    if median is None or e.loss_is_low or not (median < UPDATE_RATIO_LOW or e.stalled and median < UPDATE_RATIO_SLOW):
+        return None
+    if largest > LARGE_UPDATE_RATIO or lr_collapsed(e):
+        return None  # tiny updates after large ones (units a high lr killed), or a collapsed schedule: not the cause
+    return Finding("lr-too-low", f"each step changes the weights by {median:.1e} of their norm (median; "
+                   "healthy ~1e-3)" + (f"; loss {e.loss:.3f}" if e.loss_finite else "")
+                   + (f" ~ chance ln({e.classes}): not learning" if e.at_chance else
+                      ", falling by under 1%: not learning" if e.stalled else ""),
+                   "", "raise the learning rate (x10 at a time, or a learning-rate range test)")
+
+
+def unchanged_weights(e: EpochFigures) -> Finding | None:
+    """Parameters that should train but did not move over the epoch, for a reason in the loop: left out of
+    the optimizer, requires_grad off, unused by forward, a group at lr 0 (a root cause, named early)."""
+    if not any(why != ROUNDED_TO_ZERO for why in e.unchanged.values()):
+        return None
+    return unchanged_finding(e.unchanged)
+
+
+def updates_rounded_to_zero(e: EpochFigures) -> Finding | None:
+    """Parameters whose every measured update was 0 (below their float precision), with no reason in the
+    loop: named after lr-too-low, whose effect it usually is."""
+    if not e.unchanged or any(why != ROUNDED_TO_ZERO for why in e.unchanged.values()):
+        return None
+    return unchanged_finding(e.unchanged)
+
+
+def unchanged_finding(unchanged: dict) -> Finding:
+    why = dict.fromkeys(unchanged.values())
+    return Finding("unchanged-weights", f"{len(unchanged)} parameter(s) did not move: "
+                   + "; ".join(f"{few(layers(n for n, w in unchanged.items() if w == reason))}: {reason}" for reason in why),
+                   few(layers(unchanged)), "give them to the optimizer with a learning rate > 0 and requires_grad "
+                   "True (or, if frozen on purpose, tell the monitor: frozen=[...])")
+
+
+# ---- the course of the loss and accuracy -----------------------------------------------------------
+
+def overfitting(e: EpochFigures) -> Finding | None:
+    """The training set learned (a low train loss) while the valid loss rises epoch after epoch, to well
+    above the train loss. A noisy valid loss that jumps once, or while the train loss is still high, or
+    that stays near it, is not it."""
+    train, valid = e.series("train_loss"), e.series("valid_loss")
+    if len(valid) < OVERFIT_EPOCHS or None in valid[-OVERFIT_EPOCHS:] or None in train[-OVERFIT_EPOCHS:]:
+        return None
+    recent = valid[-OVERFIT_EPOCHS:]
+    best = min(v for v in valid if v is not None)
+    rising = all(b > a for a, b in zip(recent, recent[1:])) and train[-1] < train[-OVERFIT_EPOCHS]
+    if not (e.loss_is_low and rising and valid[-1] >= max(LOW_LOSS_FRACTION * e.chance, OVERFIT_GAP * train[-1])):
+        return None  # a valid loss still low (1e-6 -> 2e-6), or near the train loss, is noise on a small split
+    return Finding("overfitting", f"valid loss {' -> '.join(f'{v:.3f}' for v in recent)} (best {best:.3f}) while "
+                   f"the train loss fell to {train[-1]:.3g}", "valid",
+                   "more data or augmentation, weight decay, dropout, or stop at the best epoch (checkpoint_best.pt)")
+
+
+def slope(values: list[float]) -> float:
+    """The least-squares slope of values over 0, 1, 2, ... (per epoch)."""
+    n = len(values)
+    mean_x, mean_y = (n - 1) / 2, sum(values) / n
+    return sum((x - mean_x) * (y - mean_y) for x, y in enumerate(values)) / sum((x - mean_x) ** 2 for x in range(n))
+
+
+def plateau(e: EpochFigures) -> Finding | None:
+    """The valid accuracy far from 100% and flat for several epochs (e.g. the majority class, or labels
+    the inputs do not carry), whether the train accuracy is flat too or climbs by memorising."""
+    train, valid = e.series("train_acc")[-PLATEAU_EPOCHS:], e.series("valid_acc")[-PLATEAU_EPOCHS:]
+    if len(valid) < PLATEAU_EPOCHS or None in valid or None in train or not e.classes:
+        return None
+    far, near = e.far_from_chance, 1 / e.classes + PLATEAU_NEAR * (1 - 1 / e.classes)
+    if max(valid) >= far or slope(valid) > PLATEAU_SLOPE:
+        return None
+    if max(train) < far and slope(train) <= PLATEAU_SLOPE:
+        memorising = ""
+    elif max(valid) < near:  # the train accuracy climbs while the valid one stays near chance: memorising noise
+        memorising = f" (train accuracy {train[0]:.1%} -> {train[-1]:.1%}: it memorises what does not generalise)"
+    else:  # a small valid split that lags a learning train set: noise, not a plateau
+        return None
+    one = ""
+    if e.predicted and sum(e.predicted):
+        top = max(range(len(e.predicted)), key=e.predicted.__getitem__)
+        share = e.predicted[top] / sum(e.predicted)
+        one = f"; it predicts class {top} for {share:.0%} of the valid images" if share >= ONE_CLASS_SHARE else ""
+    return Finding("plateau", f"valid accuracy {valid[-1]:.1%}, train {train[-1]:.1%}: valid below {far:.0%} and flat "
+                   f"(trend under {PLATEAU_SLOPE:.0%} an epoch) for {PLATEAU_EPOCHS} epochs{memorising}{one}", "",
+                   "check that the inputs carry the labels; then a higher learning rate, less weight decay, a bigger model")
+
+
+def class_ignored(e: EpochFigures) -> Finding | None:
+    """A class the net (almost) never recognises, IGNORED_EPOCHS epochs running, while the accuracy looks
+    fine: the majority classes carry it (an imbalanced data set)."""
+    series = [h.get("recalls") for h in e.history[-IGNORED_EPOCHS:]]
+    if len(series) < IGNORED_EPOCHS or None in series or not e.learning_well:
+        return None
+    ignored = [c for c in range(len(series[-1]))
+               if all(r[c] is not None and r[c] <= IGNORED_RECALL for r in series)]
+    if not ignored:
+        return None
+    names = e.class_names or [str(c) for c in range(len(series[-1]))]
+    rows = e.confusion or []
+    counts = ", ".join(f"{names[c]}: {series[-1][c]:.0%} of {sum(rows[c])}" if rows else names[c] for c in ignored)
+    return Finding("class-ignored", f"class {counts} valid images recognised, for {IGNORED_EPOCHS} epochs, while the "
+                   f"accuracy is {e.accuracy:.1%}: the other classes carry it", ", ".join(names[c] for c in ignored),
+                   "weight the loss by class (CrossEntropyLoss(weight=...)) or sample the classes evenly "
+                   "(WeightedRandomSampler); judge by per-class recall, not accuracy")
+
+
+RULES = (  # root causes first: the loop and the data, the learning rate, then what they cause
+    data_problems, unnormalised_inputs, wrong_loss, softmax_before_loss, unchanged_weights, train_in_eval_mode,
+    gradients_accumulate, eval_in_train_mode, lr_collapsed, weight_decay_too_high, lr_too_high, exploding,
+    nonfinite_values, saturated, dead_relu, vanishing, lr_too_low, updates_rounded_to_zero, class_ignored,
+    overfitting, plateau,
+    eval_with_autograd,
+)
+
+

@@ -1,0 +1,1 @@
+"""Pictures of a run: curves, confusion matrices, kernels, feature maps, Grad-CAM."""

@@ -1,0 +1,314 @@
+"""Pictures of what a conv net learned: confusion matrix, feature maps, kernels, Grad-CAM overlays.
+
+Images come back as uint8 arrays (H, W, 3) or PIL images, ready for PNG files and for
+SummaryWriter.add_image(..., dataformats="HWC"). The confusion matrix is drawn with PIL alone (about a
+millisecond), so that it can be logged every epoch without slowing training.
+"""
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import nn
+
+from tools.monitor.hooks import hooks
+from tools.tb.writer import PICTURES
+
+MAP_LAYERS = (nn.Conv2d, nn.ReLU)  # feature maps are drawn before the ReLU (conv) and after it, as in the course
+
+
+def precision_recall(confusion: torch.Tensor, classes: list[str]) -> dict:
+    """Per-class precision and recall from a confusion matrix (rows true, columns predicted).
+
+    Returns {class: {'precision', 'recall', 'support'}}; a ratio with nothing to count is None.
+    """
+    cm = confusion.double()
+    result = {}
+    for i, name in enumerate(classes):
+        predicted, actual = cm[:, i].sum().item(), cm[i].sum().item()
+        result[name] = {"precision": cm[i, i].item() / predicted if predicted else None,
+                        "recall": cm[i, i].item() / actual if actual else None, "support": int(actual)}
+    return result
+
+
+@lru_cache(maxsize=8)
+def _font(size: int):
+    return ImageFont.load_default(size=size)  # loaded once per size: it parses a font file
+
+
+def _blues(value: float) -> tuple:
+    """White (0) to dark blue (1)."""
+    light, dark = np.array([247, 251, 255]), np.array([8, 48, 107])
+    return tuple(int(c) for c in light + (dark - light) * min(max(value, 0.0), 1.0))
+
+
+def render_confusion_matrix(confusion: torch.Tensor, classes: list[str], title: str = "",
+                            cell: int = 90) -> Image.Image:
+    """Rows: true class, columns: predicted; the count in each cell, colour = share of its row."""
+    cm = confusion.cpu().long()
+    n = len(classes)
+    rows = cm.sum(1, keepdim=True).clamp_min(1).double()
+    share = (cm / rows).tolist()
+    font, small = _font(max(cell // 5, 11)), _font(max(cell // 7, 10))
+    left, top = cell + 30, cell // 2 + 40
+    img = Image.new("RGB", (max(left + n * cell + 20, 260), top + n * cell + 50), "white")
+    draw = ImageDraw.Draw(img)
+    if title:
+        draw.text((10, 6), title, fill="black", font=font)
+    for j, name in enumerate(classes):
+        draw.text((left + j * cell + cell // 2, top - 8), name, fill="black", font=small, anchor="md")
+    draw.text((left + n * cell // 2, top - 8 - cell // 5), "predicted", fill="gray", font=small, anchor="md")
+    for i, name in enumerate(classes):
+        draw.text((left - 8, top + i * cell + cell // 2), name, fill="black", font=small, anchor="rm")
+        for j in range(n):
+            box = [left + j * cell, top + i * cell, left + (j + 1) * cell - 1, top + (i + 1) * cell - 1]
+            draw.rectangle(box, fill=_blues(share[i][j]), outline="gray")
+            draw.text((box[0] + cell // 2, box[1] + cell // 2), str(int(cm[i, j])), font=font, anchor="mm",
+                      fill="white" if share[i][j] > 0.5 else "black")
+    draw.text((10, top + n * cell // 2), "true", fill="gray", font=small, anchor="lm")
+    draw.text((left, top + n * cell + 12), f"{int(cm.sum())} images; colour: share of the row", fill="gray", font=small)
+    return img
+
+
+def enlarge(image: np.ndarray, factor: int = 4) -> np.ndarray:
+    """(H, W, 3) -> (factor H, factor W, 3), each pixel a factor x factor block (tiny images stay sharp)."""
+    return np.kron(image, np.ones((factor, factor, 1), dtype=image.dtype))
+
+
+def feature_maps(model: nn.Module, image: torch.Tensor, types=(nn.Conv2d,)) -> dict[str, torch.Tensor]:
+    """Outputs of every module of `types` for one image (3, H, W): name -> (channels, h, w), in forward
+    order; modules whose output is not a stack of maps (a ReLU after a linear layer) are left out.
+
+    Caught with forward hooks during one ordinary forward pass, so every layer sees exactly what
+    `forward` gives it (ReLU and pooling included). The hooks are removed before returning.
+    """
+    maps = {}
+
+    def keep(name):
+        def record(_module, _inputs, output):
+            if output.dim() == 4:  # maps (N, C, h, w) only: a ReLU after a linear layer has none
+                maps[name] = output.detach()[0]
+        return record
+
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
+    was_training = model.training
+    model.eval()
+    try:
+        with hooks([m.register_forward_hook(keep(n)) for n, m in layers]), torch.no_grad():
+            model(image.unsqueeze(0))
+    finally:
+        model.train(was_training)
+    return maps
+
+
+def denormalize(image: torch.Tensor, mean, std) -> np.ndarray:
+    """Undo Normalize and ToTensor: (3, H, W) normalised -> uint8 (H, W, 3)."""
+    mean, std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    pixels = (image.detach().cpu().float() * std + mean).clamp(0, 1)
+    return (pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def jet(values: np.ndarray) -> np.ndarray:
+    """The jet colour map (blue, cyan, yellow, red) of values in [0, 1]: (..., 3) floats in [0, 1]."""
+    return np.clip(1.5 - np.abs(4 * values[..., None] - np.array([3.0, 2.0, 1.0])), 0, 1)
+
+
+def overlay(rgb: np.ndarray, cam: torch.Tensor, alpha: float = 0.5) -> np.ndarray:
+    """A Grad-CAM heat map (H, W) in [0, 1] over an RGB image (H, W, 3): uint8 (H, W, 3)."""
+    heat = jet(cam.detach().cpu().numpy()) * 255
+    return (rgb * (1 - alpha) + heat * alpha).round().clip(0, 255).astype(np.uint8)
+
+
+def overlay_on_photo(path: str, cam: torch.Tensor, width: int = 120) -> np.ndarray:
+    """The Grad-CAM map over the original photo, fitted into a `width` x `width` box (its longer side
+    `width` pixels, whatever its shape: a 1 x 10000 photo gives a 1 x 120 strip, not a 120 x 1,200,000
+    one): the model saw the whole photo resized to a square, so the map stretched back to the photo's
+    shape lies on what it looked at."""
+    from torch.nn import functional as F
+
+    from tools.data.decode import open_rgb
+
+    photo = open_rgb(path, width)  # a JPEG decoded at a reduced scale
+    scale = width / max(photo.width, photo.height)
+    size = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
+    width, height = size
+    rgb = np.asarray(photo.resize(size, Image.BILINEAR))
+    big = F.interpolate(cam[None, None].float().cpu(), size=(height, width), mode="bilinear", align_corners=False)
+    return overlay(rgb, big[0, 0].clamp(0, 1))
+
+
+def save_png(array_or_image, path: Path) -> Path:
+    image = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
+    image.save(path)
+    return Path(path)
+
+
+def gradcam_sheet(items: list[dict], title: str = "Grad-CAM", per_line: int = 4) -> np.ndarray:
+    """Grad-CAM of a few images in one labelled picture, legible at TensorBoard's card width: for each
+    line of `per_line` images, their inputs captioned with prediction, truth and confidence, their
+    Grad-CAM overlays and, where the photos could be read, the overlays on the photos. Drawn with PIL
+    (a tenth of matplotlib's time). items: [{'image', 'overlay': uint8 (H, W, 3), 'title': str,
+    'photo': (H, W, 3) or None}]. Returns uint8 (H, W, 3)."""
+    rows = []
+    with_photos = all(item.get("photo") is not None for item in items)
+    for start in range(0, len(items), per_line):
+        line = items[start:start + per_line]
+        rows.append(("input", [item["image"] for item in line], [item["title"] for item in line]))
+        rows.append(("Grad-CAM", [item["overlay"] for item in line], [""] * len(line)))
+        if with_photos:
+            rows.append(("on the photo", [item["photo"] for item in line], [""] * len(line)))
+    return labelled_sheet(title, rows, tile=120, per_line=per_line)
+
+
+def class_label(name: str) -> str:
+    """'100' -> '100 Yuan' for the RMB data's numeric folders; any other class name as it is."""
+    return f"{name} Yuan" if name.isdigit() else name
+
+
+def explain(model: nn.Module, dataset, classes: list[str], mean, std, count: int = 8) -> dict:
+    """Pictures of a trained model on a data set whose items are (normalised image, label).
+
+    Returns {'gradcam': [{'image', 'overlay', 'title', 'path', 'cam', 'photo'}] for up to `count` images
+    (wrong predictions first), 'input': the first image (H, W, 3), 'maps': layer -> its feature maps
+    (channels, h, w) for that image, 'model', 'unreadable': photos that could not be opened again (they vanished or
+    changed since they were decoded: their Grad-CAM is drawn on the decoded 32x32 image only)}.
+    Everything is computed with hooks that are removed afterwards.
+    """
+    from tools.pictures.gradcam import gradcam, last_conv
+
+    device = next(model.parameters()).device
+    layer = last_conv(model)
+    found, seen_per_class = [], {}
+    for index in range(min(len(dataset), 64)):  # enough to find the wrong predictions among the first
+        image, label = dataset[index]
+        cam, predicted, probs = gradcam(model, layer, image.to(device))
+        rank = seen_per_class[label] = seen_per_class.get(label, -1) + 1
+        found.append((predicted == label, rank, label, index, image, cam, predicted, probs))
+    found.sort(key=lambda item: item[:3])  # wrong predictions first, then the classes in turn
+    items, unreadable = [], []
+    for _, _, label, index, image, cam, predicted, probs in found[:count]:
+        rgb = denormalize(image, mean, std)
+        path = dataset.samples[index][0] if hasattr(dataset, "samples") else None
+        try:
+            photo = overlay_on_photo(path, cam) if path else None
+        except (OSError, ValueError, SyntaxError):  # the photo vanished or changed since it was decoded
+            photo = None
+            unreadable.append(path)
+        items.append({"image": rgb, "overlay": overlay(rgb, cam), "cam": cam.cpu(), "path": path, "photo": photo,
+                      "title": f"{type(model).__name__} got {class_label(classes[predicted])},\n"
+                               f"truth {class_label(classes[label])} ({probs[predicted]:.0%})"})
+    first = dataset[0][0].to(device)
+    return {"gradcam": items, "input": denormalize(first, mean, std), "unreadable": unreadable,
+            "maps": feature_maps(model, first, MAP_LAYERS), "model": model}
+
+
+def tiles_of(stack: torch.Tensor) -> list[np.ndarray]:
+    """(N, h, w) or (N, 3, h, w) -> N uint8 (h, w, 3) tiles, each scaled to [0, 1] on its own."""
+    stack = stack.detach().float().cpu()
+    stack = stack.unsqueeze(1).expand(-1, 3, -1, -1) if stack.dim() == 3 else stack
+    low = stack.amin(dim=(1, 2, 3), keepdim=True)
+    span = (stack.amax(dim=(1, 2, 3), keepdim=True) - low).clamp_min(1e-12)
+    return list(((stack - low) / span * 255).round().byte().permute(0, 2, 3, 1).numpy())
+
+
+def labelled_sheet(title: str, rows: list[tuple[str, list[np.ndarray], list[str]]], tile: int = 56,
+                   per_line: int = 8) -> np.ndarray:
+    """One picture of labelled tiles, legible at TensorBoard's card size: `title` on top, then for each
+    (row label, tiles, captions) a row of tiles enlarged with nearest neighbour to about `tile` pixels
+    (integer factors: every pixel stays a sharp block; a tile already that big stays as it is), a
+    caption above each (several lines allowed), at most `per_line` tiles to a line, in columns as wide
+    as their widest tile or caption. Returns uint8 (H, W, 3)."""
+    font, small = _font(14), _font(11)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines_of_caption = max(caption.count("\n") + 1 for _, _, captions in rows for caption in captions)
+    gap, label_width, caption_height, title_height = 6, 100, 13 * lines_of_caption + 2, 26
+    lines = []  # (label, [(caption, enlarged tile)])
+    for label, images, captions in rows:
+        big = [enlarge(img, max(1, tile // max(img.shape[:2]))) for img in images]
+        for start in range(0, len(big), per_line):
+            lines.append((label if start == 0 else "", list(zip(captions[start:start + per_line],
+                                                                 big[start:start + per_line]))))
+    columns = [0] * max(len(line) for _, line in lines)
+    for _, line in lines:
+        for k, (caption, image) in enumerate(line):
+            text = measure.multiline_textbbox((0, 0), caption, font=small)[2] if caption else 0
+            columns[k] = max(columns[k], image.shape[1], text)
+    width = label_width + sum(c + gap for c in columns) + gap
+    heights = [caption_height + max(t.shape[0] for _, t in line) + gap for _, line in lines]
+    sheet = Image.new("RGB", (max(width, 8 * len(title) + 20), title_height + sum(heights)), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((8, 5), title, fill="black", font=font)
+    y = title_height
+    for (label, line), height in zip(lines, heights):
+        draw.text((8, y + caption_height + 4), label, fill="black", font=font)
+        x = label_width
+        for (caption, image), column in zip(line, columns):
+            draw.multiline_text((x, y), caption, fill="dimgray", font=small, spacing=1)
+            sheet.paste(Image.fromarray(image), (x, y + caption_height))
+            x += column + gap
+        y += height
+    return np.asarray(sheet)
+
+
+def feature_map_sheets(visuals: dict) -> dict[str, np.ndarray]:
+    """Labelled sheets of what each layer sees in the sample image: name -> uint8 (H, W, 3), and 'all':
+    the input and every layer in one picture."""
+    rows = {name: (name, tiles_of(fmap), [f"ch {k}" for k in range(len(fmap))])
+            for name, fmap in visuals["maps"].items()}
+    sheets = {name: labelled_sheet(f"{name}: each channel's map of the sample image", [row])
+              for name, row in rows.items()}
+    sheets["all"] = labelled_sheet("feature maps of the sample image, layer by layer (brighter: stronger)",
+                                   [("input", [visuals["input"]], ["32x32"]), *rows.values()])
+    return sheets
+
+
+def kernel_sheets(model: nn.Module) -> dict[str, np.ndarray]:
+    """Labelled sheets of every conv layer's kernels: name -> uint8 (H, W, 3), and 'all'. A layer
+    that reads RGB shows each kernel in colour; a deeper one, a row per output channel, a gray tile
+    per input channel."""
+    rows = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Conv2d):
+            continue
+        weight = module.weight.detach()                             # (out, in, k, k)
+        if weight.shape[1] == 3:
+            rows[name] = [(name, tiles_of(weight), [f"out {k}" for k in range(len(weight))])]
+        else:
+            rows[name] = [(f"{name} out {k}", tiles_of(weight[k]), [f"in {j}" for j in range(weight.shape[1])])
+                          for k in range(len(weight))]
+    sheets = {name: labelled_sheet(f"{name} kernels", layer_rows, tile=40) for name, layer_rows in rows.items()}
+    sheets["all"] = labelled_sheet("conv kernels", [row for layer_rows in rows.values() for row in layer_rows],
+                                   tile=40)
+    return sheets
+
+
+def write_explanation(visuals: dict, out_dir: Path, writer=None, step: int = 0) -> list[Path]:
+    """The pictures of `explain` as PNGs in out_dir (gradcam.png, feature_maps_<layer>.png,
+    kernels_<layer>.png, each titled and labelled) and, with a writer, in TensorBoard: the Grad-CAM
+    sheet, one feature-map sheet and one kernel sheet. Returns the PNG paths."""
+    out_dir = Path(out_dir)
+    paths = []
+    sheet = gradcam_sheet(visuals["gradcam"]) if visuals["gradcam"] else None
+    if sheet is not None:
+        paths.append(save_png(sheet, out_dir / "gradcam.png"))
+    maps, kernels = feature_map_sheets(visuals), kernel_sheets(visuals["model"])
+    paths += [save_png(sheet, out_dir / f"feature_maps_{name}.png") for name, sheet in maps.items() if name != "all"]
+    paths += [save_png(sheet, out_dir / f"kernels_{name}.png") for name, sheet in kernels.items() if name != "all"]
+    if writer is not None:
+        log_pictures(writer, visuals, step)
+        if sheet is not None:
+            writer.add_image(f"{PICTURES}/gradcam", sheet, step, dataformats="HWC")
+    return paths
+
+
+def log_pictures(writer, visuals: dict, step: int) -> None:
+    """The feature maps and kernels of `explain` (or of `snapshot`) as two labelled TensorBoard images."""
+    writer.add_image(f"{PICTURES}/feature_maps", feature_map_sheets(visuals)["all"], step, dataformats="HWC")
+    writer.add_image(f"{PICTURES}/kernels", kernel_sheets(visuals["model"])["all"], step, dataformats="HWC")
+
+
+def snapshot(model: nn.Module, image: torch.Tensor, mean, std) -> dict:
+    """Input, feature maps and kernels without Grad-CAM: what train_rmb.py logs at the start."""
+    return {"input": denormalize(image, mean, std), "maps": feature_maps(model, image, MAP_LAYERS), "model": model,
+            "gradcam": [], "unreadable": []}

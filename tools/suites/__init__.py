@@ -1,0 +1,1 @@
+"""The labelled suites of broken and healthy runs the verdict is measured on."""

@@ -1,0 +1,1 @@
+"""TensorBoard writing (one event per step, checked) and reading it back in a browser."""
