@@ -126,3 +126,19 @@ def test_the_readme_is_read_in_five_minutes():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 150
     assert "README.zh-CN.md" in readme.split("\n## ")[0]  # the Chinese quick start linked at the top
+
+
+def test_the_docs_table_of_scenarios_is_the_suite_as_defined():
+    """docs/monitor.md's LeNet table: a row per scenario with its story, the finding named first and the epoch
+    its evidence appears (tests/test_verdict.py asserts each run meets it), and the totals."""
+    from tools.suites.scenarios import SCENARIOS
+
+    text = (ROOT / "docs" / "monitor.md").read_text()
+    for s in SCENARIOS:
+        when = ("no problem in any epoch | " if s.expected == "healthy"
+                else f"epoch {s.evidence_epoch} | epoch {s.evidence_epoch} ")
+        assert f"| {s.name} | {s.story} | {s.expected} | {when}|" in text, s.name
+    broken = sum(s.expected != "healthy" for s in SCENARIOS)
+    healthy = len(SCENARIOS) - broken + text.count(", real photos | ")
+    assert (f"detection recall {broken}/{broken}; root-cause accuracy (named first, in the epoch its evidence "
+            f"appears) {broken}/{broken}; false alarms 0/{healthy} healthy runs") in text

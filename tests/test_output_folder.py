@@ -1,7 +1,7 @@
 """No command deletes, overwrites or merges into what a user has: each writes into a new or empty folder,
-or over files it wrote itself (its manifest). Run as a user runs them, in a subprocess; every file the
+or over files it wrote itself (its manifest). Run as a user runs them (each module as __main__); every file the
 user had is compared byte for byte afterwards."""
-import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +12,24 @@ from conftest import ROOT, write_images
 from tools.cli.output_folder import MANIFEST
 
 
-def command(*argv, cwd=ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env=os.environ | {"PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"})
+@pytest.fixture
+def command(capsys, monkeypatch):
+    """`python -m tools.<name> ...` as a user runs it: the module run as __main__ with that command line
+    and working folder (its own `run_script` call: the exit code, stdout and stderr it gives), in this
+    process, which spares the interpreter's start (a few seconds each)."""
+    def run(*argv, cwd=ROOT) -> subprocess.CompletedProcess:
+        assert argv[0] == "-m", argv
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", [argv[1], *argv[2:]])
+        capsys.readouterr()
+        try:
+            runpy.run_module(argv[1], run_name="__main__")
+            code = 0
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, code, out, err)
+    return run
 
 
 def snapshot(folder: Path) -> dict:
@@ -36,7 +51,7 @@ def refused(result, *words):
 
 
 @pytest.mark.parametrize("where", ["folder", "cwd"])
-def test_synthetic_rmb_never_empties_a_users_folder(tmp_path, where):
+def test_synthetic_rmb_never_empties_a_users_folder(tmp_path, where, command):
     mine = users_folder(tmp_path)
     before = snapshot(mine)
     if where == "folder":
@@ -47,7 +62,7 @@ def test_synthetic_rmb_never_empties_a_users_folder(tmp_path, where):
     assert snapshot(mine) == before
 
 
-def test_synthetic_rmb_replaces_its_own_set_and_fills_an_empty_folder(tmp_path):
+def test_synthetic_rmb_replaces_its_own_set_and_fills_an_empty_folder(tmp_path, command):
     out = tmp_path / "gen"
     assert command("-m", "tools.synthetic_rmb", str(out), "--per-class", "3").returncode == 0
     assert command("-m", "tools.synthetic_rmb", str(out), "--per-class", "2", "--seed", "5").returncode == 0
@@ -60,7 +75,7 @@ def test_synthetic_rmb_replaces_its_own_set_and_fills_an_empty_folder(tmp_path):
     assert (empty / "1" / "000.jpg").is_file() and (empty / ".complete").is_file()
 
 
-def test_a_split_written_twice_is_replaced_not_merged_and_a_users_folder_is_left_alone(tmp_path):
+def test_a_split_written_twice_is_replaced_not_merged_and_a_users_folder_is_left_alone(tmp_path, command):
     from tools.data.image_folder import find_splits
 
     data = tmp_path / "raw"
@@ -81,7 +96,7 @@ def test_a_split_written_twice_is_replaced_not_merged_and_a_users_folder_is_left
     refused(command("-m", "tools.rmb_dataset", str(data), "--out", str(data / "split")), "inside the data folder")
 
 
-def test_readme_pictures_and_screenshots_never_overwrite_a_users_picture(tmp_path):
+def test_readme_pictures_and_screenshots_never_overwrite_a_users_picture(tmp_path, command):
     mine = users_folder(tmp_path)
     (mine / "gradcam.png").write_bytes(b"my picture")
     (mine / "timeseries.png").write_bytes(b"my screenshot")
@@ -102,7 +117,7 @@ def test_the_docs_pictures_are_the_project_own(tmp_path):
     assert set(PICTURES) <= listed and all((ROOT / "docs" / name).is_file() for name in listed)
 
 
-def test_inspect_run_never_overwrites_a_users_picture_and_records_its_own(tmp_path, tiny_data):
+def test_inspect_run_never_overwrites_a_users_picture_and_records_its_own(tmp_path, tiny_data, command):
     from conftest import train
 
     run_dir = Path(train(tmp_path, tiny_data, "--epochs", "1")["run_dir"])
@@ -119,7 +134,7 @@ def test_inspect_run_never_overwrites_a_users_picture_and_records_its_own(tmp_pa
     assert "confusion_all.png" in (out / MANIFEST).read_text()
 
 
-def test_a_photo_of_any_shape_gives_a_picture_of_bounded_size(tmp_path, tiny_data):
+def test_a_photo_of_any_shape_gives_a_picture_of_bounded_size(tmp_path, tiny_data, command):
     """A 1 x 10000 photo: its Grad-CAM overlay fits the 120-pixel box (it once asked for 120 x 1,200,000
     pixels and 22 GB), and inspect_run over a folder holding it ends, with a sheet of bounded size."""
     import torch

@@ -478,7 +478,7 @@ def test_the_default_set_in_a_read_only_checkout_is_one_clear_error(tmp_path):
         default_data_dir(blocker)
 
 
-def test_printed_commands_paste_into_bash_as_they_read(tiny_data, tmp_path):
+def test_printed_commands_paste_into_bash_as_they_read(tiny_data, tmp_path, capsys):
     """A run with list flags stopped by SIGTERM: its resume command, pasted into bash, finishes it (every
     flag read back as given). A run named `x;touch PWNED`: its TensorBoard line, pasted, names the run
     folder and runs nothing else."""
@@ -491,10 +491,10 @@ def test_printed_commands_paste_into_bash_as_they_read(tiny_data, tmp_path):
     done = subprocess.run(["bash", "-c", pasted.replace("python ", f"{shlex.quote(sys.executable)} ", 1)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
-    named = subprocess.run([sys.executable, "train_rmb.py", "--data-dir", str(tiny_data), "--epochs", "1",
-                            "--cache-dir", "", "--logdir", str(tmp_path / "named"), "--run-name", "x;touch PWNED"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    line = next(s for s in named.stdout.splitlines() if s.startswith("see them with: "))
+    capsys.readouterr()
+    cli(tmp_path, "--data-dir", str(tiny_data), "--epochs", "1", "--cache-dir", "", "--logdir", str(tmp_path / "named"),
+        "--run-name", "x;touch PWNED")  # its flags given after cli's own: the later --logdir and --cache-dir win
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("see them with: "))
     shown = subprocess.run(["bash", "-c", "tensorboard() { printf '%s\\n' \"$@\"; }; " + line.removeprefix("see them with: ")],
                            cwd=tmp_path, capture_output=True, text=True)
     (run_dir,) = (tmp_path / "named").iterdir()
