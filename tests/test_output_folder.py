@@ -21,6 +21,7 @@ def command(capsys, monkeypatch):
         assert argv[0] == "-m", argv
         monkeypatch.chdir(cwd)
         monkeypatch.setattr(sys, "argv", [argv[1], *argv[2:]])
+        monkeypatch.delitem(sys.modules, argv[1], raising=False)  # run afresh, as python -m does
         capsys.readouterr()
         try:
             runpy.run_module(argv[1], run_name="__main__")
