@@ -2,12 +2,15 @@
 
     python init_demo.py                                   # every mode: table, JSON, PNG, TensorBoard
     python init_demo.py --mode tanh --mode tanh-xavier    # just these two
+    python init_demo.py --all-layers                      # the std after each of the 100 layers
     tensorboard --logdir runs                             # activation std against layer, one line per mode
 
 An MLP of --layers Linear(width, width, bias=False) layers on a batch of torch.randn inputs; after every
-layer the std of the activations is recorded, up to the first NaN or Inf. Each mode reseeds, builds the
-network (PyTorch's default init draws first), applies its own init, then draws the input, so its numbers
-are the same whichever modes run, and match the course's tables for the same seed.
+layer the std of the activations is recorded (in float64: float32's std() overflows near 1e37, though
+the activations are still finite there), up to the first layer whose activations overflow float32. Each
+mode reseeds, builds the network (PyTorch's default init draws first), applies its own init, then draws
+the input, so its numbers are the same whichever modes run, and match the course's tables for the same
+seed, down to the std-1 normal init's last finite std (layer 31: 2.0787e+37, the course's 2.0786820e+37).
 """
 import json
 import math
@@ -57,6 +60,8 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--layers", type=int_between(1, 10_000), default=100, help="Linear layers in the MLP")
     parser.add_argument("--width", type=int_between(1, 16_384), default=256, help="units per layer")
     parser.add_argument("--batch", type=int_between(1, 65_536), default=16, help="inputs in the batch")
+    parser.add_argument("--all-layers", action="store_true",
+                        help="print the std after every layer (default: layers 1, 2, 3, 10, 50 and the last)")
     return add_common_args(parser, name="init")
 
 
@@ -73,10 +78,10 @@ def run_mode(mode: str, args, device: torch.device) -> dict:
     stds, kept, blew_up = [], {}, None
     for index, (layer, act) in enumerate(zip(model.layers, model.activations), start=1):
         out = act(layer(x))
-        std = out.std()
-        if not torch.isfinite(std):  # one sync per layer is fine here: 100 tiny layers
-            blew_up = index
+        if not torch.isfinite(out).all():  # one sync per layer is fine here: 100 tiny layers
+            blew_up = index  # the activations themselves overflow float32
             break
+        std = out.double().std()  # float32's std() overflows once |x| nears 1e37, before the activations do
         x = out
         stds.append(std.item())
         if index in HISTOGRAM_LAYERS:
@@ -106,15 +111,26 @@ def empirical_tanh_gain(seed: int) -> dict:
     return {"empirical": (x.std() / torch.tanh(x).std()).item(), "calculate_gain": TANH_GAIN}
 
 
+def cell(result: dict, layer: int, width: int = 12) -> str:
+    """The std after `layer`, or where the activations overflowed (Inf@32: at layer 32)."""
+    value = result["std"][layer - 1]
+    return f"{value:{width}.4g}" if value is not None else f"{'Inf@' + str(result['blew_up']):>{width}}"
+
+
 def format_table(results: dict, layers: int) -> str:
+    """A row per mode, a column per layer of TABLE_LAYERS (and the last), and the verdict."""
     columns = sorted({n for n in TABLE_LAYERS if n < layers} | {layers})
     lines = [f"{'mode':<20}" + "".join(f"{'layer ' + str(n):>12}" for n in columns) + "  verdict"]
     for mode, result in results.items():
-        cells = []
-        for n in columns:
-            value = result["std"][n - 1]
-            cells.append(f"{value:12.4g}" if value is not None else f"{'NaN@' + str(result['blew_up']):>12}")
-        lines.append(f"{mode:<20}" + "".join(cells) + f"  {verdict(result)}")
+        lines.append(f"{mode:<20}" + "".join(cell(result, n) for n in columns) + f"  {verdict(result)}")
+    return "\n".join(lines)
+
+
+def format_all_layers(results: dict, layers: int) -> str:
+    """A row per layer, a column per mode: every std the lab measured."""
+    width = max(12, *(len(m) + 1 for m in results))
+    lines = [f"{'layer':>5}" + "".join(f"{m:>{width}}" for m in results)]
+    lines += [f"{n:>5}" + "".join(cell(r, n, width) for r in results.values()) for n in range(1, layers + 1)]
     return "\n".join(lines)
 
 
@@ -135,10 +151,12 @@ def main(args) -> dict:
     (run_dir / "init_stats.json").write_text(json.dumps(stats, indent=1) + "\n")
 
     if results:
-        print(format_table(results, args.layers))
+        print(format_all_layers(results, args.layers) if args.all_layers else format_table(results, args.layers))
     for mode, result in results.items():
         if result["blew_up"]:
-            print(f"{mode}: the activations became NaN/Inf at layer {result['blew_up']}")
+            last = result["blew_up"] - 1
+            print(f"{mode}: the activations overflow float32 (Inf) at layer {result['blew_up']}"
+                  + (f"; the last finite std, after layer {last}: {result['std'][last - 1]:.4e}" if last else ""))
     if "gain" in stats:
         print(f"tanh gain: empirical x.std() / tanh(x).std() = {stats['gain']['empirical']:.4f}, "
               f"nn.init.calculate_gain('tanh') = {TANH_GAIN:.4f}")

@@ -1,7 +1,8 @@
-"""Train LeNet to tell 1-yuan from 100-yuan banknotes, and watch it learn in TensorBoard.
+"""Train LeNet (or the course's ResNet) to tell 1-yuan from 100-yuan banknotes, and watch it learn in TensorBoard.
 
     python train_rmb.py                                    # generated data (or data/RMB_data), 10 epochs
     python train_rmb.py --data-dir data/RMB_data --epochs 20 --device cuda
+    python train_rmb.py --model resnet18 --lr 0.01         # the course's ResNet-18 for 32x32 images
     python train_rmb.py --resume auto                      # continue the latest run of this --run-name
     tensorboard --logdir runs                              # curves, histograms, graph, diagnosis
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
-from model import INIT_SCHEMES, LeNet
+from model import INIT_SCHEMES, MODELS
 from tools.cli.arguments import (
     ArgumentParser,
     add_common_args,
@@ -47,21 +48,23 @@ from tools.training.train_state import TrainState
 
 # A resumed run goes on with these flags as it was started (it says so when yours differ); a flag you give
 # on resume wins, except those of FIXED_ON_RESUME, which the saved state pins.
-RESUMED_FLAGS = ("data_dir", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "nesterov", "scheduler",
+RESUMED_FLAGS = ("model", "pipeline", "data_dir", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "nesterov", "scheduler",
                  "step_size", "gamma", "init", "norm", "seed", "label_smoothing", "class_weights", "head_lr_mult",
                  "freeze", "freeze_epochs", "swa_start", "swa_lr")
 FIXED_ON_RESUME = {
     **dict.fromkeys(("scheduler", "step_size", "gamma"), "the schedule's progress is saved with the run"),
     **dict.fromkeys(("optimizer", "nesterov", "head_lr_mult"), "the optimizer's state is saved with the run"),
     **dict.fromkeys(("swa_start", "swa_lr"), "the averaged weights are saved with the run"),
-    "init": "the weights come from the checkpoint",
+    **dict.fromkeys(("init", "model"), "the weights come from the checkpoint"),
 }
-HPARAMS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "scheduler", "step_size", "gamma",
+HPARAMS = ("model", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "scheduler", "step_size", "gamma",
            "init", "norm", "seed", "label_smoothing", "class_weights", "head_lr_mult", "freeze", "swa_start")
 
 
 def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=MODELS, default="lenet",
+                        help="LeNet, or the course's ResNet-18 for 32x32 images (BatchNorm, residual blocks)")
     parser.add_argument("--epochs", type=positive_int, default=10, help="passes over the train split")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="images per training step")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="the optimizers the course compares")
@@ -79,7 +82,11 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--step-size", type=positive_int, default=10, help="StepLR: epochs between lr decays")
     parser.add_argument("--gamma", type=positive_float, default=0.1, help="StepLR: lr factor at each decay")
     parser.add_argument("--init", choices=INIT_SCHEMES, default="course",
-                        help="weight init: the course's LeNet scheme, PyTorch's default, xavier, kaiming, normal")
+                        help="weight init: the course's (LeNet: its scheme; ResNet: PyTorch's default), PyTorch's "
+                             "default, xavier, kaiming, normal")
+    parser.add_argument("--pipeline", choices=("fast", "course"), default="fast",
+                        help="training batches: decoded once and augmented a batch at a time on the device, or the "
+                             "course's Dataset, transforms and DataLoader (edit tools/data/course_pipeline.py)")
     parser.add_argument("--workers", type=non_negative_int, default=0,
                         help="processes that decode the photos when they are not in the cache yet (0: one per core)")
     parser.add_argument("--log-interval", type=positive_int, default=10,
@@ -99,7 +106,7 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--swa-start", type=non_negative_int, default=0, metavar="EPOCH",
                         help="average the weights from this epoch on (SWA; 0: off)")
     parser.add_argument("--swa-lr", type=positive_float, default=None, help="SWALR's learning rate (default: --lr)")
-    return add_common_args(add_data_args(parser), name="lenet")
+    return add_common_args(add_data_args(parser), name=None)
 
 
 def main(args) -> dict:
@@ -110,12 +117,12 @@ def main(args) -> dict:
 
         # 1. Data: every photo decoded and resized once; only the random crop and grayscale run each epoch
         data = load_splits(args.data_dir, args.norm, args.cache_dir, args.strict, args.workers)
-        train_batches = training_batches(data, args.batch_size, device, args.seed)  # one tensor on the device
+        train_batches = training_batches(data, args.batch_size, device, args.seed, args.pipeline)  # or the course's
         valid_batches = eval_batches(data, "valid", device)
         num_classes = len(data["classes"])
 
-        # 2. Model: LeNet, initialised by --init; with --finetune, another model's weights wherever they fit
-        model = LeNet(classes=num_classes).initialize_weights(args.init).to(device)
+        # 2. Model: --model, initialised by --init; with --finetune, another model's weights wherever they fit
+        model = MODELS[args.model](classes=num_classes).initialize_weights(args.init).to(device)
         if args.finetune and not run.checkpoint:
             run.say_finetune(*load_matching(model, args.finetune))
         freeze_for_epoch(model, args.freeze, args.freeze_epochs, epoch=1)  # --freeze: checked now, set each epoch

@@ -10,7 +10,15 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from tools.data import decode as decoding
-from tools.training.batches import CROP_PADDING, GRAYSCALE_P, DeviceBatches, grayscale, grayscale_coins, normalize, random_crop
+from tools.training.batches import (
+    CROP_PADDING,
+    GRAYSCALE_P,
+    DeviceBatches,
+    grayscale,
+    grayscale_coins,
+    normalize,
+    random_crop,
+)
 from tools.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
 

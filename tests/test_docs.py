@@ -19,11 +19,13 @@ import pytest
 from conftest import ROOT
 
 DOCS = [ROOT / "README.md", ROOT / "README.zh-CN.md", *sorted((ROOT / "docs").glob("*.md"))]
-BLOCK = re.compile(r"<!-- printed by: (?P<command>[^>]+?) -->\n(?P<indent>[ \t]*)```text\n(?P<body>.*?)\n(?P=indent)```",
-                   re.S)
+BLOCK = re.compile(r"<!-- printed by: (?P<command>[^>]+?) -->\n(?P<indent>[ \t]*)```text\n"
+                   r"(?P<body>.*?)\n(?P=indent)```", re.S)
 # what each page quotes; a block lost in an edit (or a marker the pattern stops reading) fails here
 QUOTED = {"python init_demo.py", "python -m tools.loss_lab", "python monitor_grads.py",
-          "python monitor_grads.py --scenario no-zero-grad", "python train_rmb.py"}
+          "python monitor_grads.py --scenario no-zero-grad", "python train_rmb.py", "python -m tools.basics_lab",
+          "python -m tools.split_lab", "python -m tools.optim_lab", "python -m tools.lr_schedules"}
+NO_LOGDIR = {"basics_lab", "split_lab"}  # the commands that write no run folder
 
 
 def quoted_blocks() -> dict[str, list[tuple[str, list[str]]]]:
@@ -41,18 +43,21 @@ BLOCKS = quoted_blocks()
 
 def run_command(command: str, tmp_path: Path, capsys) -> list[str]:
     """What `command` prints, run in this process as a user runs it (main of its parser's arguments), its
-    run folder in tmp_path. `python train_rmb.py` without photos trains on the generated set: here it is
-    drawn into tmp_path (the same images, whatever the checkout's data/ holds)."""
+    run folder in tmp_path. A command that reads photos, given no --data-dir, reads the generated set: here
+    it is drawn into tmp_path (the same images, whatever the checkout's data/ holds)."""
     argv = shlex.split(command)
     assert argv[0] == "python", command
     module = importlib.import_module(argv[2] if argv[1] == "-m" else Path(argv[1]).stem)
     rest = argv[3:] if argv[1] == "-m" else argv[2:]
-    if module.__name__ == "train_rmb" and "--data-dir" not in rest:
+    name = module.__name__.rsplit(".", 1)[-1]
+    if name in ("train_rmb", "split_lab") and "--data-dir" not in rest:
         from tools.data.synthetic import generate
 
-        rest += ["--data-dir", str(generate(tmp_path / "RMB_synthetic")), "--cache-dir", ""]
+        rest += ["--data-dir", str(generate(tmp_path / "RMB_synthetic"))]
+        rest += ["--cache-dir", ""] if name == "train_rmb" else []
     capsys.readouterr()
-    module.main(module.get_args_parser().parse_args([*rest, "--logdir", str(tmp_path / "runs")]))
+    logdir = [] if name in NO_LOGDIR else ["--logdir", str(tmp_path / "runs")]
+    module.main(module.get_args_parser().parse_args([*rest, *logdir]))
     return [line.rstrip() for line in capsys.readouterr().out.splitlines()]
 
 

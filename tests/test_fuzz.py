@@ -20,8 +20,19 @@ from hypothesis import strategies as st
 import init_demo
 import monitor_grads
 import train_rmb
-from tools import inspect_run, loss_lab, lr_schedules, readme_pictures, rmb_dataset, synthetic_rmb, tb_screenshots
-from tools.cli.arguments import run_script
+from tools import (
+    basics_lab,
+    inspect_run,
+    loss_lab,
+    lr_schedules,
+    optim_lab,
+    readme_pictures,
+    rmb_dataset,
+    split_lab,
+    synthetic_rmb,
+    tb_screenshots,
+)
+from tools.cli.arguments import DefaultsOnceFormatter, run_script
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0"))
 FUZZ = settings(deadline=None, derandomize=not EXAMPLES, suppress_health_check=list(HealthCheck))
@@ -35,7 +46,8 @@ PARSERS = {"train_rmb.py": train_rmb.get_args_parser, "monitor_grads.py": monito
            "tools.loss_lab": loss_lab.get_args_parser, "tools.lr_schedules": lr_schedules.get_args_parser,
            "tools.synthetic_rmb": synthetic_rmb.get_args_parser, "tools.rmb_dataset": rmb_dataset.get_args_parser,
            "tools.tb_screenshots": tb_screenshots.get_args_parser,
-           "tools.readme_pictures": readme_pictures.get_args_parser}
+           "tools.readme_pictures": readme_pictures.get_args_parser, "tools.optim_lab": optim_lab.get_args_parser,
+           "tools.basics_lab": basics_lab.get_args_parser, "tools.split_lab": split_lab.get_args_parser}
 
 
 def flags(parser: argparse.ArgumentParser) -> list[str]:
@@ -170,3 +182,16 @@ def test_a_flag_given_dashes_as_its_value_is_one_line_and_list_flags_still_parse
     assert stop.value.code == 2 and "expected a value" in capsys.readouterr().err
     args = train_rmb.get_args_parser().parse_args(["--freeze", "conv1", "--class-weights", "1,2"])
     assert args.freeze == ["conv1"] and args.class_weights == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("script", list(PARSERS))
+def test_help_shows_each_default_once(script):
+    """Every flag that has a default (0 and 0.0 included) says it in --help, once."""
+    parser = PARSERS[script]()
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if not action.option_strings or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            continue
+        text = formatter._get_help_string(action) % {"default": action.default}
+        says = DefaultsOnceFormatter.SAYS_ITS_DEFAULT.findall(text)
+        assert len(says) >= 1 and text.count("(default: ") <= 1, (script, action.option_strings, text)

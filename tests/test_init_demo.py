@@ -55,7 +55,23 @@ def test_outputs_json_png_and_tensorboard(all_modes):
     assert len(vanished) == len(steady) == 100
     assert max(vanished) < 1e-10 and all(0.1 < g < 10 for g in steady)
     assert saved["grad_norms"]["normal"][0] is None  # the first layer's gradient overflows
-    assert len(read_events(run_dir / "normal").Scalars("activation_std")) == 30
+    assert len(read_events(run_dir / "normal").Scalars("activation_std")) == 31
+
+
+def test_the_std_1_init_gives_the_courses_last_finite_std_and_overflows_after(all_modes):
+    """The activations stay finite through layer 31 (float32's std() of them overflows, not they), whose
+    std is the course's last printed one, 2.0786820e+37; layer 32's overflow float32."""
+    normal = all_modes["stats"]["normal"]
+    assert normal[30] == pytest.approx(2.0786820e37, rel=1e-6) and normal[31] is None
+
+
+def test_all_layers_are_printed_on_request(tmp_path, capsys):
+    run(tmp_path, "--mode", "tanh", "--all-layers")
+    words = [line.split() for line in capsys.readouterr().out.splitlines()]
+    rows = [w for w in words if w and w[0].isdigit()]
+    saved = json.loads(next(tmp_path.glob("*_init/init_stats.json")).read_text())["tanh"]
+    assert [int(r[0]) for r in rows] == list(range(1, 101))
+    assert [float(r[1]) for r in rows] == pytest.approx(saved, rel=1e-3)  # printed at 4 significant digits
 
 
 def test_same_seed_same_json_and_one_mode_alone_matches_all(all_modes, tmp_path):

@@ -60,11 +60,11 @@ def test_each_scheme_sets_the_variance_it_promises():
 def test_train_rmb_init_flag_reaches_the_model(tiny_data, tmp_path, monkeypatch):
     from conftest import train
 
-    import train_rmb
+    from model import LeNet
 
     seen = []
-    original = train_rmb.LeNet.initialize_weights
-    monkeypatch.setattr(train_rmb.LeNet, "initialize_weights",
+    original = LeNet.initialize_weights
+    monkeypatch.setattr(LeNet, "initialize_weights",
                         lambda self, scheme="course": seen.append(scheme) or original(self, scheme))
     train(tmp_path, tiny_data, "--epochs", "1", "--init", "kaiming", "--no-monitor")
     assert seen == ["kaiming"]

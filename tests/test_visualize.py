@@ -157,13 +157,13 @@ def test_lr_curves_are_the_courses_schedulers_with_its_settings():
     assert base["CyclicLR"] == stepped_lrs(lambda o: lr_scheduler.CyclicLR(o, 0.01, 0.1, 25, 10), 100, momentum=0.9)
     assert base["StepLR"][29:31] == pytest.approx([0.1, 0.01]) and base["MultiStepLR"][45] == pytest.approx(0.0125)
     assert base["ExponentialLR"][:3] == pytest.approx([0.1, 0.09, 0.081])
-    # two parameter groups, two lambdas, two curves
+    # two parameter groups (fc at half the lr, the course's 0.05), two lambdas, two curves
     assert [v for _, v in curves["LambdaLR"]["base"]] == pytest.approx([0.1 * 0.1 ** (e // 20) for e in range(100)])
-    assert [v for _, v in curves["LambdaLR"]["fc"]] == pytest.approx([0.1 * 0.95 ** e for e in range(100)])
-    assert [v for _, v in curves["MultiplicativeLR"]["base"]] == pytest.approx([0.1 * 0.95 ** e for e in range(100)])
-    assert [v for _, v in curves["MultiplicativeLR"]["fc"]] == pytest.approx([0.1 * 0.9 ** e for e in range(100)])
-    plateau = base["ReduceLROnPlateau"]  # a loss that never improves: cut after 10 epochs, 10 of cooldown
-    assert plateau[:12] == [0.1] * 12 and plateau[12] == pytest.approx(0.01) and plateau[-1] == pytest.approx(1e-4)
+    assert [v for _, v in curves["LambdaLR"]["fc"]] == pytest.approx([0.05 * 0.95 ** e for e in range(100)])
+    assert [v for _, v in curves["MultiplicativeLR"]["base"]] == pytest.approx([0.1 * 0.5 ** (e // 10) for e in range(100)])
+    assert [v for _, v in curves["MultiplicativeLR"]["fc"]] == pytest.approx([0.05 * 0.8 ** (e // 10) for e in range(100)])
+    plateau = base["ReduceLROnPlateau"]  # a loss that never improves: cut once 10 epochs pass without a better one
+    assert plateau[:12] == [0.1] * 12 and plateau[12:23] == pytest.approx([0.01] * 11) and plateau[23] == pytest.approx(1e-3)
     assert "fc" not in curves["StepLR"]
 
 

@@ -4,8 +4,11 @@ and a check by hand beside PyTorch's value.
     python -m tools.loss_lab                 # the table, smooth_l1.png, and the same in TensorBoard
     tensorboard --logdir runs                # Text tab: the table; Scalars: SmoothL1 and L1 against x
 
-The inputs are the course's; where the course draws them at random (PoissonNLL), they are drawn after
-torch.manual_seed(--seed).
+The inputs are the course's. Where the course draws them at random (PoissonNLL), they are the course's
+draws: after torch.manual_seed(--seed), 1 as in the course, its script has drawn 8 numbers for earlier
+sections, so this lab draws those 8 first. Two of the course's examples are not how the losses are meant
+to be used, and the lab prints the right use beside each: NLLLoss on raw scores (it expects
+log-probabilities), and PoissonNLLLoss on negative targets (counts are never negative).
 """
 import math
 import warnings
@@ -40,11 +43,17 @@ def cross_entropy() -> list[dict]:
 
 
 def nll() -> list[dict]:
-    """NLLLoss takes -x[class]: on the same inputs (not log-probabilities, as in the course), weights [1, 1]."""
+    """NLLLoss takes -x[class]. The course's example gives it the raw scores (weights [1, 1]), so its losses
+    are negative; meant for log-probabilities, NLLLoss(log_softmax(x)) is CrossEntropyLoss(x)."""
     inputs = torch.tensor([[1.0, 2.0], [1.0, 3.0], [1.0, 3.0]])
     target = torch.tensor([0, 1, 1])
-    return [{"loss": "NLLLoss(weight=[1, 1])", "values": reductions(nn.NLLLoss, inputs, target, weight=torch.ones(2)),
-             "by_hand": {"none": [-1.0, -3.0, -3.0], "mean": -7 / 3}}]
+    cross_entropy_mean = nn.CrossEntropyLoss()(inputs, target).item()
+    return [{"loss": "NLLLoss(weight=[1, 1]), the course's: on raw scores",
+             "values": reductions(nn.NLLLoss, inputs, target, weight=torch.ones(2)),
+             "by_hand": {"none": [-1.0, -3.0, -3.0], "mean": -7 / 3}},
+            {"loss": "NLLLoss on log_softmax(scores), as meant: CrossEntropyLoss",
+             "values": reductions(nn.NLLLoss, F.log_softmax(inputs, dim=1), target),
+             "by_hand": {"mean": cross_entropy_mean}}]
 
 
 def binary() -> list[dict]:
@@ -56,6 +65,8 @@ def binary() -> list[dict]:
     return [
         {"loss": "BCELoss", "values": reductions(nn.BCELoss, p, target),
          "by_hand": {"none[0][0]": -math.log(p00), "none[0][1]": -math.log(1 - p01)}},
+        {"loss": "BCEWithLogitsLoss: sigmoid and BCELoss in one", "values": reductions(nn.BCEWithLogitsLoss, logits, target),
+         "by_hand": {"mean": nn.BCELoss()(p, target).item()}},
         {"loss": "BCEWithLogitsLoss(pos_weight=3)",
          "values": reductions(nn.BCEWithLogitsLoss, logits, target, pos_weight=torch.tensor([3.0])),
          "by_hand": {"none[0][0]": -3 * math.log(p00), "none[0][1]": -math.log(1 - p01)}},
@@ -74,10 +85,16 @@ def regression() -> list[dict]:
     ]
 
 
+COURSE_EARLIER_DRAWS = 8  # numbers the course's script draws after manual_seed before its PoissonNLL section
+
+
 def poisson_and_kl(seed: int) -> list[dict]:
-    """PoissonNLLLoss (log input: exp(x) - y x) on random tensors; KLDivLoss of log-probability inputs."""
+    """PoissonNLLLoss (log input: exp(x) - y x) on the course's random tensors, and on counts (what it is
+    meant for: a target that is never negative); KLDivLoss of log-probability inputs."""
     torch.manual_seed(seed)
+    torch.randn(COURSE_EARLIER_DRAWS)  # the course's earlier sections' draws, so that these tensors are its own
     inputs, target = torch.randn(2, 2), torch.randn(2, 2)
+    counts = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
     x, y = inputs[0, 0].item(), target[0, 0].item()
     kl_inputs = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
     kl_target = torch.tensor([[0.9, 0.05, 0.05], [0.1, 0.7, 0.2]])
@@ -87,8 +104,10 @@ def poisson_and_kl(seed: int) -> list[dict]:
         kl = {r: nn.KLDivLoss(reduction=r)(kl_inputs, kl_target).tolist() for r in ("none", "sum", "mean", "batchmean")}
     t, i = kl_target[0, 0].item(), kl_inputs[0, 0].item()
     return [
-        {"loss": "PoissonNLLLoss", "values": reductions(nn.PoissonNLLLoss, inputs, target),
+        {"loss": "PoissonNLLLoss, the course's: negative targets", "values": reductions(nn.PoissonNLLLoss, inputs, target),
          "by_hand": {"none[0][0]": math.exp(x) - y * x}},
+        {"loss": "PoissonNLLLoss on counts", "values": reductions(nn.PoissonNLLLoss, inputs, counts),
+         "by_hand": {"none[1][1]": math.exp(inputs[1, 1].item()) - 3.0 * inputs[1, 1].item()}},
         {"loss": "KLDivLoss", "values": kl,
          "by_hand": {"none[0][0]": t * (math.log(t) - i), "batchmean": kl_none.sum().item() / 2}},
     ]

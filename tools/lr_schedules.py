@@ -1,13 +1,27 @@
-"""Learning-rate schedules: the ones train_rmb.py offers, and the course's schedulers, with the course's
-settings, side by side.
+"""Learning-rate schedules: the course's schedulers, with the course's settings, side by side; the values
+printed, drawn and written to TensorBoard.
 
     python -m tools.lr_schedules                       # runs/<time>_lr_schedules/lr_schedules.png + TensorBoard
     python -m tools.lr_schedules --epochs 50 --lr 0.1
+
+Every scheduler is stepped once per epoch, after the optimizer's step, and the lr read from the optimizer
+before the step (the course's plot_lr steps first, so its curves start one epoch late). The optimizer has
+two parameter groups, base (--lr) and fc (--lr / 2, as the course's fc group: 0.05 at lr 0.1); LambdaLR and
+MultiplicativeLR give each its own factor, the others move both alike.
 """
 from pathlib import Path
 
 import torch
 from torch.optim import lr_scheduler
+
+
+FC_LR_SHARE = 0.5  # the fc group's lr: 0.05 beside the base group's 0.1
+PRINTED_EPOCHS = (0, 1, 9, 10, 19, 20, 30, 50, 99)  # the epochs whose lr the command prints
+
+
+def every_10_epochs(factor: float):
+    """MultiplicativeLR's lambda: x factor at every 10th epoch, x1 in between."""
+    return lambda epoch: factor if epoch % 10 == 0 else 1.0
 
 
 def course_schedulers(epochs: int) -> dict:
@@ -22,10 +36,10 @@ def course_schedulers(epochs: int) -> dict:
         "CyclicLR": lambda o: lr_scheduler.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=25, step_size_down=10),
         "OneCycleLR": lambda o: lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=epochs),
         "LambdaLR": lambda o: lr_scheduler.LambdaLR(o, lr_lambda=[lambda e: 0.1 ** (e // 20), lambda e: 0.95 ** e]),
-        "MultiplicativeLR": lambda o: lr_scheduler.MultiplicativeLR(o, lr_lambda=[lambda e: 0.95, lambda e: 0.9]),
-        # driven by a valid loss that never improves: cut x0.1 after 10 epochs, then 10 epochs of cooldown
-        "ReduceLROnPlateau": lambda o: lr_scheduler.ReduceLROnPlateau(o, factor=0.1, patience=10, cooldown=10,
-                                                                      min_lr=1e-4),
+        "MultiplicativeLR": lambda o: lr_scheduler.MultiplicativeLR(o, lr_lambda=[every_10_epochs(0.5),
+                                                                                   every_10_epochs(0.8)]),
+        # driven by a valid loss that never improves: cut x0.1 once 10 epochs pass without a better one
+        "ReduceLROnPlateau": lambda o: lr_scheduler.ReduceLROnPlateau(o, mode="min", factor=0.1, patience=10),
     }
 
 
@@ -38,7 +52,8 @@ def lr_curves(epochs: int = 100, lr: float = 0.1) -> dict[str, dict[str, list[tu
     stepped once per epoch and read from the optimizer (group 'base'; 'fc' too for PER_GROUP)."""
     curves = {}
     for name, make in course_schedulers(epochs).items():
-        groups = [{"params": [torch.zeros(1, requires_grad=True)], "name": g} for g in ("base", "fc")]
+        groups = [{"params": [torch.zeros(1, requires_grad=True)], "name": "base"},
+                  {"params": [torch.zeros(1, requires_grad=True)], "name": "fc", "lr": lr * FC_LR_SHARE}]
         optimizer = torch.optim.SGD(groups, lr=lr, momentum=0.9)
         scheduler = make(optimizer)
         points = {g["name"]: [] for g in optimizer.param_groups[:2 if name in PER_GROUP else 1]}
@@ -49,6 +64,17 @@ def lr_curves(epochs: int = 100, lr: float = 0.1) -> dict[str, dict[str, list[tu
             scheduler.step(PLATEAU_LOSS) if name == "ReduceLROnPlateau" else scheduler.step()
         curves[name] = points
     return curves
+
+
+def format_values(curves: dict, epochs: int) -> str:
+    """A row per scheduler (and group), the lr at each of PRINTED_EPOCHS within the run."""
+    shown = [e for e in PRINTED_EPOCHS if e < epochs]
+    lines = [f"{'scheduler':<32}" + "".join(f"{'epoch ' + str(e):>10}" for e in shown)]
+    for name, groups in curves.items():
+        for group, points in groups.items():
+            label = name + (f" ({group})" if len(groups) > 1 else "")
+            lines.append(f"{label:<32}" + "".join(f"{points[e][1]:>10.4g}" for e in shown))
+    return "\n".join(lines)
 
 
 def plot_lr_curves(curves: dict, path: Path) -> Path:
@@ -102,6 +128,7 @@ def main(args) -> dict:
                 for epoch, value in points:
                     writer.add_scalar(f"lr_schedule/{name}" + ("" if group == "base" else f"/{group}"), value, epoch)
         writer.add_image("lr_schedules", png_to_array(path), 0, dataformats="HWC")
+    print(format_values(curves, args.epochs))
     print(f"wrote {path}\nsee it with: {tensorboard_command(run_dir)}")
     return {"run_dir": str(run_dir), "curves": curves}
 

@@ -3,6 +3,7 @@ import argparse
 import gc
 import os
 import random
+import re
 import shlex
 import sys
 import warnings
@@ -23,12 +24,15 @@ class Args(argparse.Namespace):
 
 
 class DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help with each flag's default, once: not added where the help already says its default, nor
-    for a default of None (no value) or a switch's False."""
+    """--help with each flag's default, once: not added where the help already says its default ('(default
+    0.9', 'default: all', 'default data/...'), nor for a default of None (no value) or a switch's False. A
+    default of 0 is shown (0 == False, so an `in (None, False)` test once hid --weight-decay's 0.0)."""
+
+    SAYS_ITS_DEFAULT = re.compile(r"\(default\b|\bdefault:|\bdefault [^,)]")
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+        if self.SAYS_ITS_DEFAULT.search(text) or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
             return text
         return super()._get_help_string(action)
 
@@ -172,13 +176,15 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def add_common_args(parser: argparse.ArgumentParser, name: str, seed: int = 1) -> argparse.ArgumentParser:
-    """The flags every script shares: --seed, --device, --logdir, --run-name."""
+def add_common_args(parser: argparse.ArgumentParser, name: str | None, seed: int = 1) -> argparse.ArgumentParser:
+    """The flags every script shares: --seed, --device, --logdir, --run-name (default `name`; None: the
+    script names the run after its --model)."""
     parser.add_argument("--seed", type=seed_value, default=seed, help="seed of random, numpy and torch")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--logdir", type=folder_path, default=REPO_ROOT / "runs",
                         help="run folders go into <logdir>/<YYYYmmdd-HHMMSS>_<run-name>/")
-    parser.add_argument("--run-name", type=run_name, default=name, help="suffix of the run folder's name")
+    parser.add_argument("--run-name", type=run_name, default=name,
+                        help="suffix of the run folder's name" + ("" if name else " (default: the --model)"))
     return parser
 
 

@@ -7,7 +7,10 @@ from tools.monitor.hooks import hooks
 
 
 def last_conv(model: nn.Module) -> nn.Module:
-    """The model's last nn.Conv2d: Grad-CAM's usual target layer."""
+    """Grad-CAM's target layer: the one the model names (`gradcam_layer`, e.g. a ResNet's last stage,
+    whose output is the sum of its block and the shortcut), else its last nn.Conv2d."""
+    if getattr(model, "gradcam_layer", None):
+        return model.get_submodule(model.gradcam_layer)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError("Grad-CAM needs a model with at least one nn.Conv2d layer")

@@ -16,6 +16,8 @@ from tools.monitor.hooks import hooks
 from tools.tb.writer import PICTURES
 
 MAP_LAYERS = (nn.Conv2d, nn.ReLU)  # feature maps are drawn before the ReLU (conv) and after it, as in the course
+MAX_MAP_CHANNELS = 16     # a layer's first 16 channels are drawn (a deep net's 512 would be an unreadable sheet)
+MAX_KERNEL_TILES = 256    # a deeper conv's kernels (a tile per output x input channel) are drawn up to this many
 
 
 def precision_recall(confusion: torch.Tensor, classes: list[str]) -> dict:
@@ -80,8 +82,10 @@ def feature_maps(model: nn.Module, image: torch.Tensor, types=(nn.Conv2d,)) -> d
     """Outputs of every module of `types` for one image (3, H, W): name -> (channels, h, w), in forward
     order; modules whose output is not a stack of maps (a ReLU after a linear layer) are left out.
 
-    Caught with forward hooks during one ordinary forward pass, so every layer sees exactly what
-    `forward` gives it (ReLU and pooling included). The hooks are removed before returning.
+    A model may name the modules to draw (`picture_layers`, e.g. a ResNet's stem and stages: its 37 convs
+    and ReLUs would bury the few that tell the story); then those are drawn, whatever their type. Caught
+    with forward hooks during one ordinary forward pass, so every layer sees exactly what `forward` gives
+    it (ReLU and pooling included). The hooks are removed before returning.
     """
     maps = {}
 
@@ -91,7 +95,8 @@ def feature_maps(model: nn.Module, image: torch.Tensor, types=(nn.Conv2d,)) -> d
                 maps[name] = output.detach()[0]
         return record
 
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
+    chosen = getattr(model, "picture_layers", None)
+    layers = [(n, m) for n, m in model.named_modules() if (n in chosen if chosen else isinstance(m, types))]
     was_training = model.training
     model.eval()
     try:
@@ -254,7 +259,8 @@ def labelled_sheet(title: str, rows: list[tuple[str, list[np.ndarray], list[str]
 def feature_map_sheets(visuals: dict) -> dict[str, np.ndarray]:
     """Labelled sheets of what each layer sees in the sample image: name -> uint8 (H, W, 3), and 'all':
     the input and every layer in one picture."""
-    rows = {name: (name, tiles_of(fmap), [f"ch {k}" for k in range(len(fmap))])
+    rows = {name: (name if len(fmap) <= MAX_MAP_CHANNELS else f"{name}\n{MAX_MAP_CHANNELS} of {len(fmap)}",
+                   tiles_of(fmap[:MAX_MAP_CHANNELS]), [f"ch {k}" for k in range(min(len(fmap), MAX_MAP_CHANNELS))])
             for name, fmap in visuals["maps"].items()}
     sheets = {name: labelled_sheet(f"{name}: each channel's map of the sample image", [row])
               for name, row in rows.items()}
@@ -264,14 +270,16 @@ def feature_map_sheets(visuals: dict) -> dict[str, np.ndarray]:
 
 
 def kernel_sheets(model: nn.Module) -> dict[str, np.ndarray]:
-    """Labelled sheets of every conv layer's kernels: name -> uint8 (H, W, 3), and 'all'. A layer
-    that reads RGB shows each kernel in colour; a deeper one, a row per output channel, a gray tile
-    per input channel."""
+    """Labelled sheets of the conv layers' kernels: name -> uint8 (H, W, 3), and 'all'. A layer that reads
+    RGB shows each kernel in colour; a deeper one, a row per output channel, a gray tile per input
+    channel, when that is at most MAX_KERNEL_TILES tiles (LeNet's conv2: 96; a ResNet's 64x64 are left out)."""
     rows = {}
     for name, module in model.named_modules():
         if not isinstance(module, nn.Conv2d):
             continue
         weight = module.weight.detach()                             # (out, in, k, k)
+        if weight.shape[1] != 3 and weight.shape[0] * weight.shape[1] > MAX_KERNEL_TILES:
+            continue
         if weight.shape[1] == 3:
             rows[name] = [(name, tiles_of(weight), [f"out {k}" for k in range(len(weight))])]
         else:

@@ -181,8 +181,14 @@ class DeviceBatches:
         return f"{self.nbytes / 2**20:.1f} MB of {what} on {self.device if self.on_device else 'the host (pinned)'}"
 
 
-def training_batches(data: dict, batch_size: int, device: torch.device, seed: int) -> DeviceBatches:
-    """The train split of `load_splits`' data, shuffled and augmented a batch at once."""
+def training_batches(data: dict, batch_size: int, device: torch.device, seed: int, pipeline: str = "fast"):
+    """The train split of `load_splits`' data, shuffled and augmented a batch at once on the device; with
+    pipeline 'course', read the course's way instead (`tools.data.course_pipeline`: its Dataset, the
+    transforms a learner edits, a DataLoader)."""
+    if pipeline == "course":
+        from tools.data.course_pipeline import course_train_loader
+
+        return course_train_loader(data, batch_size, seed)
     return DeviceBatches(data["train"], batch_size, data["mean"], data["std"], device, seed, augment=True)
 
 
