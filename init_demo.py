@@ -181,7 +181,7 @@ def main(args) -> dict:
             for layer, values in result["activations"].items():
                 writer.add_histogram(f"activations/{mode}", values.float().cpu(), layer)  # the card names the mode
     print(f"results in {run_dir} (init_stats.json, activation_std.png)\n"
-          f"see them with: {tensorboard_command(run_dir)}")
+          f"see them with: {tensorboard_command(args.logdir, run_dir)}")
     return {"run_dir": str(run_dir), "stats": stats, "verdicts": {m: verdict(r) for m, r in results.items()}}
 
 

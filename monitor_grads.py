@@ -146,7 +146,7 @@ def main(args) -> dict:
     (run_dir / "grad_report.json").write_text(json.dumps(reports, indent=2) + "\n")
     print(f"final verdict: {verdicts[-1].status}")
     print(f"charts in {run_dir} (grad_histograms.png, gradient_flow.png)\n"
-          f"see them with: {tensorboard_command(run_dir)}")
+          f"see them with: {tensorboard_command(args.logdir, run_dir)}")
     return {"run_dir": str(run_dir), "reports": reports, "verdict": verdicts[-1].status}
 
 
@@ -174,7 +174,7 @@ def scenario(args) -> dict:
     verdicts = result["verdicts"]
     print(f"final verdict: {verdicts[-1].status}; " + (f"{chosen.expected} named first from epoch {result['detected']}"
                                                         if result["detected"] else f"{chosen.expected} not named first")
-          + f"\ngradient flow in {run_dir / 'gradient_flow.png'}; see the run with: {tensorboard_command(run_dir)}")
+          + f"\ngradient flow in {run_dir / 'gradient_flow.png'}; see the run with: {tensorboard_command(args.logdir, run_dir)}")
     return {"run_dir": str(run_dir), "verdict": verdicts[-1].status, "detected": result["detected"],
             "verdicts": [v.as_dict() for v in verdicts]}
 

@@ -68,9 +68,13 @@ def sigterm_mid_run(flags: list[str], logdir: Path, after_epoch: int = 0, sig=No
 
 
 def line(run_dir: Path, tag: str, name: str) -> list:
-    """The scalar events of one line of a chart: `tag` in the sub-run <run_dir>/<name> (see
-    tools.tb.writer: train and valid loss are the tag 1_training/loss in the sub-runs train and valid)."""
-    return read_events(Path(run_dir) / name).Scalars(tag)
+    """The scalar events of one line of a chart, where tools.tb.writer puts it: a split (train, valid) is
+    the tag in the sub-run <run_dir>/<name>; any other line (a layer, a parameter group, test) is the tag
+    <tag>/<name> of the run itself."""
+    from tools.tb.writer import line_location
+
+    sub, scalar = line_location(tag, name)
+    return read_events(Path(run_dir) / sub).Scalars(scalar)
 
 
 def read_events(run_dir: Path):

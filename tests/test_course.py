@@ -48,8 +48,8 @@ def test_optimizer_flags_that_do_not_apply_are_one_line(tiny_data, tmp_path):
 
 def test_the_head_gets_its_own_learning_rate_and_every_group_is_logged(tiny_data, tmp_path):
     metrics = train(tmp_path, tiny_data, *FLAGS, "--epochs", "2", "--head-lr-mult", "10", "--no-monitor")
-    assert [e.value for e in line(metrics["run_dir"], LR, "groups/body")] == pytest.approx([0.01, 0.01])
-    assert [e.value for e in line(metrics["run_dir"], LR, "groups/head")] == pytest.approx([0.1, 0.1])
+    assert [e.value for e in line(metrics["run_dir"], LR, "body")] == pytest.approx([0.01, 0.01])
+    assert [e.value for e in line(metrics["run_dir"], LR, "head")] == pytest.approx([0.1, 0.1])
     groups = weights(metrics["run_dir"])["optimizer"]["param_groups"]
     assert [g["name"] for g in groups] == ["body", "head"] and groups[1]["params"] == [8, 9]  # fc3's
 

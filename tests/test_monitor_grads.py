@@ -26,7 +26,7 @@ def test_toy_experiment_prints_norms_every_10_samples_and_writes_the_charts(tmp_
         with Image.open(run_dir / name) as img:
             assert img.size[0] > 400
     events = read_events(run_dir)  # one unit everywhere: the samples seen
-    assert [e.step for e in line(run_dir, GRAD_NORM, "layers/conv1")] == [10, 20, 30, 40]
+    assert [e.step for e in line(run_dir, GRAD_NORM, "conv1")] == [10, 20, 30, 40]
     assert [e.value for e in line(run_dir, LOSS, "train")] == pytest.approx([r["loss"] for r in result["reports"]])
     assert len(events.Histograms("grads/fc.weight")) == 4
     assert events.Tags()["images"] == [f"{PICTURES}/gradient_flow"]

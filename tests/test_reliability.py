@@ -492,13 +492,14 @@ def test_printed_commands_paste_into_bash_as_they_read(tiny_data, tmp_path, caps
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     capsys.readouterr()
-    cli(tmp_path, "--data-dir", str(tiny_data), "--epochs", "1", "--cache-dir", "", "--logdir", str(tmp_path / "named"),
+    logdir = tmp_path / "runs; touch PWNED"  # a hostile folder of runs, and a hostile run name
+    cli(tmp_path, "--data-dir", str(tiny_data), "--epochs", "1", "--cache-dir", "", "--logdir", str(logdir),
         "--run-name", "x;touch PWNED")  # its flags given after cli's own: the later --logdir and --cache-dir win
     line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("see them with: "))
     shown = subprocess.run(["bash", "-c", "tensorboard() { printf '%s\\n' \"$@\"; }; " + line.removeprefix("see them with: ")],
                            cwd=tmp_path, capture_output=True, text=True)
-    (run_dir,) = (tmp_path / "named").iterdir()
-    assert shown.stdout.splitlines() == ["--logdir", str(run_dir)] and not (tmp_path / "PWNED").exists()
+    assert shown.stdout.splitlines() == ["--logdir", str(logdir)] and not (tmp_path / "PWNED").exists()
+    assert line.endswith(f"# this run: {next(logdir.iterdir()).name}")  # named, in a comment the shell ignores
 
 
 def test_a_closed_terminal_saves_where_it_stopped_like_sigterm(tiny_data, tmp_path):

@@ -11,7 +11,7 @@ from conftest import REAL_DATA, ROOT, line, read_events, requires_real_data, tra
 from PIL import Image
 
 from model import LeNet
-from tools.tb.writer import ACCURACY, DEAD_UNITS, GRAD_NORM, LOSS, LR, PICTURES, UPDATE_RATIO
+from tools.tb.writer import ACCURACY, DEAD_UNITS, GRAD_NORM, LOSS, LR, PICTURES, UPDATE_RATIO, VERDICT
 from tools.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, RMBDataset, default_data_dir, find_splits
 
 PARAMS = [f"{layer}.{kind}" for layer in ("conv1", "conv2", "fc1", "fc2", "fc3") for kind in ("weight", "bias")]
@@ -46,12 +46,12 @@ def test_scalars_histograms_graph_and_text_read_back(two_epochs):
     events = read_events(run_dir)
     assert steps(run_dir, LOSS, "train") == list(range(1, 11))
     assert steps(run_dir, ACCURACY, "train") == list(range(1, 11))
-    for tag, name in ((LOSS, "valid"), (ACCURACY, "valid"), (LR, "groups/all")):
+    for tag, name in ((LOSS, "valid"), (ACCURACY, "valid"), (LR, "all")):
         assert steps(run_dir, tag, name) == [5, 10], tag
     for layer in ("conv1", "conv2", "fc1", "fc2", "fc3", "total"):  # a line per layer, in one chart
-        assert steps(run_dir, GRAD_NORM, f"layers/{layer}") == [2, 4, 6, 8, 10]
+        assert steps(run_dir, GRAD_NORM, layer) == [2, 4, 6, 8, 10]
     for layer in ("conv1", "conv2", "fc1", "fc2", "fc3"):
-        assert steps(run_dir, UPDATE_RATIO, f"layers/{layer}") == [2, 4, 6, 8, 10]
+        assert steps(run_dir, UPDATE_RATIO, layer) == [2, 4, 6, 8, 10]
     for name in PARAMS:
         for kind, expected in (("weights", [0, 5, 10]), ("grads", [5, 10])):  # weights: the initial ones too
             hists = events.Histograms(f"{kind}/{name}")
@@ -59,8 +59,13 @@ def test_scalars_histograms_graph_and_text_read_back(two_epochs):
             assert sum(hists[-1].histogram_value.bucket) == events.Histograms(f"weights/{name}")[0].histogram_value.num
     assert events.Tags()["graph"]
     text_tags = events.Tags()["tensors"]
-    assert "args/text_summary" in text_tags and "diagnosis/text_summary" in text_tags
-    assert [e.value for e in line(run_dir, LR, "groups/all")] == pytest.approx([0.01, 0.01])
+    assert "flags/text_summary" in text_tags and "diagnosis/text_summary" in text_tags  # diagnosis sorts first
+    assert "custom_scalars__config__" in text_tags  # the Custom Scalars tab: a chart per measure
+    assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == ["train", "valid"]  # a run, its two splits
+    assert [e.step for e in events.Images(VERDICT)][:2] == [5, 10]  # the verdict's picture, each epoch
+    (test,) = line(run_dir, ACCURACY, "test")  # the best checkpoint's test accuracy: a value of its own
+    assert test.step == 10 and 0 <= test.value <= 1
+    assert [e.value for e in line(run_dir, LR, "all")] == pytest.approx([0.01, 0.01])
 
 
 def test_metrics_json_matches_the_logged_values_and_an_independent_evaluation(two_epochs, tiny_data):
@@ -195,10 +200,16 @@ def test_tensorboard_server_serves_the_story_in_a_few_cards(two_epochs):
     finally:
         server.terminate()
         server.wait(timeout=30)
-    assert found["scalars"] == [ACCURACY, LOSS, LR, GRAD_NORM, UPDATE_RATIO, DEAD_UNITS]  # loss and accuracy first
+    assert found["scalars"][:4] == [ACCURACY, f"{ACCURACY}/test", LOSS, f"{LR}/all"]  # the story first
+    assert found["runs"] == [".", "train", "valid"]  # a run adds its two splits to the run list, nothing more
+    layers = ("conv1", "conv2", "fc1", "fc2", "fc3")
+    assert set(found["scalars"][4:]) == {f"{GRAD_NORM}/{layer}" for layer in (*layers, "total")} | {
+        f"{UPDATE_RATIO}/{layer}" for layer in (*layers, "healthy_low", "healthy_high")} | {
+        f"{DEAD_UNITS}/relu{k}" for k in range(1, 5)}
     assert {LOSS, ACCURACY} <= set(tags["train"]) and {LOSS, ACCURACY} <= set(tags["valid"])  # one chart each
-    assert found["images"] == [f"{PICTURES}/{name}" for name in ("confusion_test", "confusion_valid",
-                                                                 "feature_maps", "gradcam", "kernels")]
+    assert found["images"] == [VERDICT] + [f"{PICTURES}/{name}" for name in (
+        "confusion_test", "confusion_valid", "feature_maps_conv1", "feature_maps_conv2", "feature_maps_relu1",
+        "feature_maps_relu2", "gradcam", "kernels_conv1", "kernels_conv2")]  # a card per layer: none cut off
     assert {f"{k}/{p}" for k in ("weights", "grads") for p in PARAMS} <= set(found["histograms"])
     assert [p[1] for p in points] == [5, 10] and all(0 <= p[2] <= 1 for p in points)
     assert not any(t.startswith("hparam") for t in found["scalars"])  # hparams: the HParams tab only
@@ -214,4 +225,4 @@ def test_screenshots_of_each_tab_in_a_real_browser(two_epochs, tmp_path):
         with Image.open(png) as img:
             pixels = np.asarray(img.convert("L"), dtype=float)
         assert img.size == (1400, 1000) and pixels.std() > 20, tab  # a page was drawn, not a blank one
-    assert len(result["cards"]["scalars"]) <= 20
+    assert len(result["cards"]["runs"]) <= 3  # the run and its two splits: seven runs side by side stay readable

@@ -13,7 +13,7 @@ from tools.training.engine import evaluate
 from tools.pictures.gradcam import gradcam, last_conv
 from tools.training.schedules import build_scheduler
 from tools.lr_schedules import lr_curves
-from tools.tb.writer import LR, PICTURES
+from tools.tb.writer import LR, PICTURES, VERDICT
 from tools.pictures.visualize import (
     feature_map_sheets,
     feature_maps,
@@ -107,9 +107,8 @@ def test_labelled_sheets_enlarge_tiles_with_nearest_neighbour_and_keep_every_pix
     assert len(found) == 2  # both tiles, whole
     maps = feature_map_sheets({"maps": feature_maps(LeNet(), torch.randn(3, 32, 32), (nn.Conv2d, nn.ReLU)),
                                "input": np.zeros((32, 32, 3), np.uint8)})
-    assert list(maps) == ["conv1", "relu1", "conv2", "relu2", "all"]
+    assert list(maps) == ["conv1", "relu1", "conv2", "relu2"]  # a sheet per layer, the input on each
     assert maps["conv2"].shape[1] >= 90 + 8 * 56  # 16 maps of 10x10, 8 to a line, each at least 50 px
-    assert maps["all"].shape[0] > sum(maps[name].shape[0] for name in ("conv1", "conv2")) - 2 * 26
 
 
 def test_feature_maps_after_relu_too_as_in_the_course():
@@ -125,12 +124,11 @@ def test_feature_maps_after_relu_too_as_in_the_course():
 def test_kernel_sheets_show_every_kernel_labelled():
     model = LeNet()
     sheets = kernel_sheets(model)
-    assert list(sheets) == ["conv1", "conv2", "all"]
+    assert list(sheets) == ["conv1", "conv2"]
     conv1 = tiles_of(model.conv1.weight)
     assert len(conv1) == 6 and conv1[0].shape == (5, 5, 3)  # RGB kernels in colour
     assert len(tiles_of(model.conv2.weight[0])) == 6       # conv2: a gray tile per input channel
-    assert sheets["conv2"].shape[0] > 16 * 40                # a row of 40 px tiles per output channel
-    assert sheets["all"].shape[0] > sheets["conv2"].shape[0]
+    assert sheets["conv2"].shape[0] > 4 * 15 and sheets["conv2"].shape[1] > 4 * 6 * 6 * 3  # 16 tiles: 4 lines of 4
 
 
 def stepped_lrs(make_scheduler, steps: int, **sgd) -> list[float]:
@@ -171,7 +169,7 @@ def test_lr_curves_are_the_courses_schedulers_with_its_settings():
 def test_train_rmb_scheduler_flag(tiny_data, tmp_path, name):
     metrics = train(tmp_path, tiny_data, "--epochs", "4", "--batch-size", "4", "--scheduler", name,
                     "--step-size", "2", "--gamma", "0.5", "--no-monitor")
-    lrs = [e.value for e in line(metrics["run_dir"], LR, "groups/all")]
+    lrs = [e.value for e in line(metrics["run_dir"], LR, "all")]
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
     scheduler = build_scheduler(name, optimizer, 4, 2, 0.5)
     if name != "plateau":
@@ -194,10 +192,12 @@ def test_training_writes_the_pictures(tiny_data, tmp_path):
     events = read_events(run_dir)
     images = events.Tags()["images"]
     assert [e.step for e in events.Images(f"{PICTURES}/confusion_valid")] == [5, 10]
-    assert set(images) == {f"{PICTURES}/{name}" for name in ("confusion_valid", "confusion_test", "feature_maps",
-                                                             "kernels", "gradcam")}  # a handful of cards
-    assert [e.step for e in events.Images(f"{PICTURES}/kernels")] == [0, 10]  # start and end
-    assert [e.step for e in events.Images(f"{PICTURES}/feature_maps")] == [0, 10]
+    layers = ("conv1", "conv2", "relu1", "relu2")
+    assert set(images) == {VERDICT} | {f"{PICTURES}/{name}" for name in (
+        "confusion_valid", "confusion_test", "gradcam", *(f"feature_maps_{n}" for n in layers),
+        "kernels_conv1", "kernels_conv2")}  # a card per layer
+    assert [e.step for e in events.Images(f"{PICTURES}/kernels_conv1")] == [0, 10]  # start and end
+    assert [e.step for e in events.Images(f"{PICTURES}/feature_maps_relu2")] == [0, 10]
     assert set(metrics["per_class"]["test"]) == {"1", "100"}
 
 
@@ -216,3 +216,25 @@ def test_inspect_run_command(tiny_data, tmp_path, capsys):
     single = inspect_run.main(inspect_run.get_args_parser().parse_args([str(run_dir), "--image", str(photo)]))
     assert single["prediction"] in ("1", "100") and sum(single["probabilities"].values()) == pytest.approx(1)
     assert Path(single["png"]).is_file()
+
+
+def test_the_verdict_strip_names_each_status_with_its_epochs():
+    from tools.pictures.visualize import epochs_text, render_verdict_strip
+
+    assert epochs_text([1, 2, 3, 5]) == "epochs 1-3, 5" and epochs_text([4]) == "epoch 4"
+    strip = np.asarray(render_verdict_strip(["healthy", "lr-too-high", "healthy", "converged"], "test accuracy 95%"))
+    box = (strip.shape[1] - 20) / 4  # the boxes, a row of one colour per epoch, in order
+    colours = [tuple(strip[45, int(10 + (k + 0.5) * box)]) for k in range(4)]
+    assert colours[0] == colours[2] != colours[1] != colours[3] and strip.shape[0] > 120
+
+
+def test_hparams_are_the_flags_that_tell_runs_apart():
+    import train_rmb
+
+    from tools.training.run_folder import hparams_of
+
+    args = train_rmb.get_args_parser().parse_args(["--optimizer", "adam", "--lr", "0.001", "--epochs", "3",
+                                                   "--data-dir", "/some/where/RMB_data"])
+    chosen = hparams_of(args, train_rmb.HPARAMS)
+    assert list(chosen) == ["data_dir", "model", "optimizer", "lr", "epochs"]  # TensorBoard ticks the first five
+    assert chosen["data_dir"] == "RMB_data" and chosen["optimizer"] == "adam"

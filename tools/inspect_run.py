@@ -104,7 +104,8 @@ def main(args) -> dict:
     print(f"confusion (rows true {classes}, columns predicted):\n{torch.tensor(result['confusion']).numpy()}")
     print("worst predicted (lowest probability of the true class):")
     for item in result["worst"]:
-        print(f"  {item['probability']:6.1%} {class_label(item['truth'])}, taken for {class_label(item['predicted'])}: "
+        verdict = ("right" if item["predicted"] == item["truth"] else f"taken for {class_label(item['predicted'])}")
+        print(f"  {item['probability']:6.1%} {class_label(item['truth'])}, {verdict}: "
               f"{item['path']}")
     for warning in result["warnings"]:
         print(f"warning: {warning}")

@@ -233,7 +233,7 @@ def main(args) -> dict:
         writer.add_image("smooth_l1_vs_l1", png_to_array(run_dir / "smooth_l1.png"), 0, dataformats="HWC")
     from tools.cli.arguments import tensorboard_command
 
-    print(f"wrote {run_dir / 'smooth_l1.png'}\nsee them with: {tensorboard_command(run_dir)}")
+    print(f"wrote {run_dir / 'smooth_l1.png'}\nsee them with: {tensorboard_command(args.logdir, run_dir)}")
     return {"run_dir": str(run_dir), "results": results}
 
 

@@ -129,7 +129,7 @@ def main(args) -> dict:
                     writer.add_scalar(f"lr_schedule/{name}" + ("" if group == "base" else f"/{group}"), value, epoch)
         writer.add_image("lr_schedules", png_to_array(path), 0, dataformats="HWC")
     print(format_values(curves, args.epochs))
-    print(f"wrote {path}\nsee it with: {tensorboard_command(run_dir)}")
+    print(f"wrote {path}\nsee it with: {tensorboard_command(args.logdir, run_dir)}")
     return {"run_dir": str(run_dir), "curves": curves}
 
 

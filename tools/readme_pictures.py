@@ -1,8 +1,8 @@
 """Regenerate every picture in docs/ from real runs of the scripts on the current code (about a minute), and
 say which command and which data drew each.
 
-    python -m tools.readme_pictures                    # the real photos in ../shared/data/rmb_real/RMB_data
-    python -m tools.readme_pictures --data-dir data/RMB_data
+    python -m tools.readme_pictures                    # data/RMB_data's photos, into runs/<time>_readme_pictures/
+    python -m tools.readme_pictures --data-dir PHOTOS --out docs      # what the docs show: their pictures, redrawn
 
 The README captions these pictures as real photos, so they are only ever drawn from real photos: without
 them, the command stops with one line naming the folder it looked for (it never falls back on the
@@ -21,7 +21,7 @@ from PIL import Image
 from tools.cli.output_folder import OutputFolder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REAL_PHOTOS = REPO_ROOT.parent / "shared" / "data" / "rmb_real" / "RMB_data"
+REAL_PHOTOS = REPO_ROOT / "data" / "RMB_data"  # where train_rmb.py looks for photos too
 MAX_WIDTH = 1200       # pixels
 MAX_BYTES = 200_000    # every picture must stay well under this
 
@@ -61,6 +61,10 @@ def main(args) -> list[Path]:
         raise UserError(f"no real photos at {args.data_dir}: the README shows its pictures as real photos; pass "
                         "--data-dir with photos of the notes (<folder>/1/*.jpg, <folder>/100/*.jpg)")
     find_splits(args.data_dir)  # a folder of class folders, or one clear line
+    if args.out is None:  # the tracked docs/ only when asked for
+        from tools.training.run_dirs import new_run_dir
+
+        args.out = new_run_dir(REPO_ROOT / "runs", "readme_pictures")
     out = OutputFolder(args.out, "--out")
     out.claim(PICTURES + ["tensorboard_time_series.png"])  # never over a picture it did not write, before any work
     tmp = Path(tempfile.mkdtemp(prefix="readme_pictures_"))
@@ -105,7 +109,8 @@ def get_args_parser():
 
     parser = ArgumentParser(description=__doc__.splitlines()[0], prog="python -m tools.readme_pictures")
     parser.add_argument("--data-dir", type=folder_path, default=REAL_PHOTOS, help="real photos of the notes, in class folders")
-    parser.add_argument("--out", type=folder_path, default=REPO_ROOT / "docs", help="where the pictures go")
+    parser.add_argument("--out", type=folder_path, default=None,
+                        help="where the pictures go (default: a new run folder; --out docs replaces the docs' pictures)")
     return parser
 
 

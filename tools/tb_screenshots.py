@@ -9,6 +9,7 @@ through its HTTP API: the runs, and the scalar, image and histogram cards of the
 
 from tools.cli.errors import UserError
 from tools.tb.browser import take
+from tools.tb.writer import SPLIT_LINES
 
 
 def main(args) -> dict:
@@ -16,7 +17,8 @@ def main(args) -> dict:
         raise UserError(f"{args.logdir} is not a folder: pass a run folder, or runs/")
     result = take(args.logdir, args.out or args.logdir / "screenshots")
     found = result["cards"]
-    print(f"{len(found['runs'])} runs; Time Series cards: {len(found['scalars'])} scalar, {len(found['images'])} image, "
+    runs = [r for r in found["runs"] if r.rsplit("/", 1)[-1] not in SPLIT_LINES]  # a run's splits are lines of its charts
+    print(f"{len(runs)} run(s) (and their splits: {len(found['runs']) - len(runs)}); Time Series cards: {len(found['scalars'])} scalar, {len(found['images'])} image, "
           f"{len(found['histograms'])} histogram")
     print("scalar cards: " + ", ".join(found["scalars"]))
     print("screenshots: " + ", ".join(str(p) for p in result["pngs"].values()))

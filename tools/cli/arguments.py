@@ -264,6 +264,9 @@ def shell_command(*words) -> str:
     return shlex.join(str(w) for w in words)
 
 
-def tensorboard_command(logdir) -> str:
-    """The command that shows `logdir` in TensorBoard, ready to paste."""
-    return shell_command("tensorboard", "--logdir", logdir)
+def tensorboard_command(logdir, run_dir=None) -> str:
+    """The command that shows `logdir` in TensorBoard, ready to paste: the folder of runs (the README's
+    `tensorboard --logdir runs`), where this run sits beside the others; `run_dir` named in a comment,
+    which the shell ignores (a run name is printable, one line: it cannot end the comment)."""
+    named = f"   # this run: {Path(run_dir).name}" if run_dir else ""
+    return shell_command("tensorboard", "--logdir", logdir) + named

@@ -49,6 +49,7 @@ LR_COLLAPSED_SHARE = 0.5      # ... for over half the epoch's steps, while the n
 # recover (accuracy past half the way from chance to 100%, the loss below chance), never 'healthy' meanwhile
 PERSISTENT = ("lr-too-high", "lr-too-low", "lr-collapsed", "exploding", "plateau", "dead-relu", "vanishing",
               "saturated", "weight-decay-too-high", "class-ignored")
+UNUSED = "no gradient in any step (forward does not use it)"  # unchanged-weights' reason for a layer forward skips
 ROUNDED_TO_ZERO = "every measured update was 0"  # unchanged-weights' reason for updates below float precision
 NOTES = ("healthy", "converged", "frozen", "dead-units")  # findings that are information, not problems
 

@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from tools.monitor.epoch_figures import UNUSED
 from tools.monitor.tensor_stats import tensor_norms
 
 
@@ -81,7 +82,7 @@ class EpochGradients:
 
     def add_ratios(self) -> dict | None:
         """After that step: every update ratio |W_new - W_old| / |W_old| summed (one fused norm call, one
-        sync); on a logging step, returns the per-layer ratios ({'layers/<layer>': ratio}), else None."""
+        sync); on a logging step, returns the per-layer ratios ({layer: ratio}), else None."""
         if self._before is None:
             return None
         trained, before, logging = self._before
@@ -96,7 +97,7 @@ class EpochGradients:
             return None
         names = [self.names[i] for i in trained]
         weight, update = layer_norms(names, norms[:n]), layer_norms(names, norms[n:])
-        return {f"layers/{layer}": update[layer] / max(w, 1e-12) for layer, w in weight.items()}
+        return {layer: update[layer] / max(w, 1e-12) for layer, w in weight.items()}
 
     @property
     def ratios_measured(self) -> bool:
@@ -126,7 +127,7 @@ class EpochGradients:
             elif groups is not None and id(p) not in groups:
                 unchanged[name] = "not in the optimizer" + ("" if self.had_grad[i] else " (and no gradient in any step)")
             elif trained and not self.had_grad[i] and not hooked_idle:
-                unchanged[name] = "no gradient in any step (forward does not use it)"
+                unchanged[name] = UNUSED
             elif groups is not None and groups[id(p)]["lr"] == 0 and not self.ratio_sum[i]:
                 unchanged[name] = "its parameter group's lr is 0"
             elif self.ratio_steps[i] and self.ratio_sum[i] == 0:

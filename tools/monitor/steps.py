@@ -10,13 +10,22 @@ import math
 import torch
 from torch import nn
 
-from tools.monitor.epoch_figures import DIVERGED_LOSS_FACTOR, LR_COLLAPSED
+from tools.monitor.epoch_figures import DIVERGED_LOSS_FACTOR, LARGE_UPDATE_RATIO, LR_COLLAPSED, UPDATE_RATIO_SLOW
 from tools.monitor.gradients import EpochGradients, dense, layer_norms
 from tools.monitor.loop_checks import LoopWatch
 from tools.monitor.tensor_stats import unwrap
 from tools.tb.writer import GRAD_NORM, UPDATE_RATIO, write_lines
 
 MEASURE_EVERY = 8  # every parameter's gradient norm is read at every 8th step (and every logging step)
+# TensorBoard's update-ratio chart: two flat lines around the healthy updates (about 1e-3), in log10 as the
+# ratios are: below 1e-4 a net that does not learn is not moving; above 3e-2 updates kill units
+HEALTHY_BAND = {"healthy_low": math.log10(UPDATE_RATIO_SLOW), "healthy_high": math.log10(LARGE_UPDATE_RATIO)}
+
+
+def log10(value: float) -> float:
+    """log10 for TensorBoard's lines (norms and ratios span 1e-12 to 1e3: a linear axis shows them all);
+    0 (an update rounded away) as -30."""
+    return math.log10(value) if value > 0 else -30.0
 
 
 class StepWatch:
@@ -167,8 +176,7 @@ class StepWatch:
         if logging:
             self._write_pending()
             by_layer = layer_norms([self.names[i] for i in with_grad], norms)
-            self._pending = (step, {GRAD_NORM: {f"layers/{layer}": v for layer, v in by_layer.items()}
-                                    | {"layers/total": total}})
+            self._pending = (step, {GRAD_NORM: {layer: log10(v) for layer, v in (by_layer | {"total": total}).items()}})
         # update ratios: on logging steps, and at least once in every epoch however short (the verdict's
         # learning-rate rules read them): at its first step when epochs are shorter than the log interval
         # (or the first epoch's length is not known yet); TensorBoard gets them on logging steps only
@@ -211,7 +219,8 @@ class StepWatch:
         ratios = self.grads.add_ratios()
         if ratios:  # TensorBoard gets them on logging steps only
             pending_step, pending = self._pending or (step, {})
-            self._pending = (pending_step, pending | {UPDATE_RATIO: ratios})
+            self._pending = (pending_step, pending | {UPDATE_RATIO: {layer: log10(r) for layer, r in ratios.items()}
+                                                      | HEALTHY_BAND})
 
     def nonfinite_elsewhere(self, step: int) -> None:
         """Under torchrun: another rank saw a non-finite loss or gradient at `step` (this one did not)."""

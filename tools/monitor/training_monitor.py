@@ -219,7 +219,7 @@ class TrainingMonitor(StepWatch):
         verdict.since, verdict.previous, verdict.labels = dict(self.first_seen), previous, dict(self.first_label)
         self.last_findings = [f.name for f in verdict.findings]
         if self.writer is not None:
-            dead = {f"layers/{name}": stats["dead"] for name, stats in (activations or {}).items() if "dead" in stats}
+            dead = {name: stats["dead"] for name, stats in (activations or {}).items() if "dead" in stats}
             self._write(step, {DEAD_UNITS: dead} if dead else {})
             text = f"{label}: {verdict.status}\n\n" + "\n\n".join(verdict.lines())  # a paragraph per finding
             write_event(self.writer, step, histograms=hists, texts={"diagnosis": text})

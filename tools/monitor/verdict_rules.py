@@ -25,6 +25,7 @@ from tools.monitor.epoch_figures import (
     ROUNDED_TO_ZERO,
     SATURATED_FRACTION,
     SPIKES_MIN,
+    UNUSED,
     UPDATE_RATIO_HIGH,
     UPDATE_RATIO_LOW,
     UPDATE_RATIO_SLOW,
@@ -297,11 +298,15 @@ def updates_rounded_to_zero(e: EpochFigures) -> Finding | None:
 
 
 def unchanged_finding(unchanged: dict) -> Finding:
+    """The finding, with the fix for its reasons: a layer forward never uses is used or removed (giving it to
+    the optimizer would change nothing); any other is given to the optimizer at lr > 0, with requires_grad."""
     why = dict.fromkeys(unchanged.values())
+    fixes = (["use it in forward, or remove it from the model"] if UNUSED in why else []) + (
+        ["give them to the optimizer with a learning rate > 0 and requires_grad True (or, if frozen on purpose, "
+         "tell the monitor: frozen=[...])"] if any(reason != UNUSED for reason in why) else [])
     return Finding("unchanged-weights", f"{len(unchanged)} parameter(s) did not move: "
                    + "; ".join(f"{few(layers(n for n, w in unchanged.items() if w == reason))}: {reason}" for reason in why),
-                   few(layers(unchanged)), "give them to the optimizer with a learning rate > 0 and requires_grad "
-                   "True (or, if frozen on purpose, tell the monitor: frozen=[...])")
+                   few(layers(unchanged)), "; ".join(fixes))
 
 
 # ---- the course of the loss and accuracy -----------------------------------------------------------

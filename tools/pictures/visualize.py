@@ -45,6 +45,49 @@ def _blues(value: float) -> tuple:
     return tuple(int(c) for c in light + (dark - light) * min(max(value, 0.0), 1.0))
 
 
+STATUS_COLOURS = {"healthy": (46, 125, 50), "converged": (21, 101, 192), None: (189, 189, 189)}
+PROBLEM_COLOURS = [(198, 40, 40), (239, 108, 0), (142, 36, 170), (173, 20, 87), (121, 85, 72), (0, 121, 107)]
+
+
+def epochs_text(epochs: list[int]) -> str:
+    """[1, 2, 3, 5] -> 'epochs 1-3, 5'."""
+    spans, start = [], None
+    for i, e in enumerate(epochs):
+        start = e if start is None else start
+        if i + 1 == len(epochs) or epochs[i + 1] != e + 1:
+            spans.append(f"{start}-{e}" if e > start else str(e))
+            start = None
+    return ("epochs " if len(epochs) > 1 else "epoch ") + ", ".join(spans)
+
+
+def render_verdict_strip(statuses: list[str | None], note: str = "", width: int = 480) -> Image.Image:
+    """The run's epochs as a row of boxes coloured by the verdict's status (healthy green, converged blue,
+    each problem a colour of its own), and a line per status naming its epochs; `note` below (the test
+    accuracy). Sized for TensorBoard's image card: its text as large as the card's title."""
+    font, small = _font(18), _font(16)
+    problems = [s for s in dict.fromkeys(statuses) if s not in STATUS_COLOURS]
+    colour = STATUS_COLOURS | {s: PROBLEM_COLOURS[i % len(PROBLEM_COLOURS)] for i, s in enumerate(problems)}
+    n = max(len(statuses), 1)
+    left, top, box = 10, 36, (width - 20) / n
+    legend = list(dict.fromkeys(statuses))
+    height = top + 34 + 22 * len(legend) + (26 if note else 0) + 8
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((left, 8), f"verdict of each epoch ({len(statuses)})", fill="black", font=font)
+    for i, status in enumerate(statuses):
+        x0 = left + i * box
+        draw.rectangle([x0, top, x0 + max(box - 2, 1), top + 22], fill=colour[status])
+    y = top + 30
+    for status in legend:
+        epochs = [i + 1 for i, s in enumerate(statuses) if s == status]
+        draw.rectangle([left, y + 3, left + 14, y + 17], fill=colour[status])
+        draw.text((left + 22, y), f"{status or 'no verdict'}: {epochs_text(epochs)}", fill="black", font=small)
+        y += 22
+    if note:
+        draw.text((left, y + 4), note, fill="black", font=small)
+    return img
+
+
 def render_confusion_matrix(confusion: torch.Tensor, classes: list[str], title: str = "",
                             cell: int = 90) -> Image.Image:
     """Rows: true class, columns: predicted; the count in each cell, colour = share of its row."""
@@ -162,8 +205,22 @@ def gradcam_sheet(items: list[dict], title: str = "Grad-CAM", per_line: int = 4)
         rows.append(("input", [item["image"] for item in line], [item["title"] for item in line]))
         rows.append(("Grad-CAM", [item["overlay"] for item in line], [""] * len(line)))
         if with_photos:
-            rows.append(("on the photo", [item["photo"] for item in line], [""] * len(line)))
-    return labelled_sheet(title, rows, tile=120, per_line=per_line)
+            rows.append(("photo", [item["photo"] for item in line], [""] * len(line)))
+    return with_colour_bar(labelled_sheet(title, rows, tile=120, per_line=per_line))
+
+
+def with_colour_bar(sheet: np.ndarray, width: int = 300) -> np.ndarray:
+    """The sheet with the Grad-CAM colour scale under it: blue (low attention) to red (high)."""
+    font = _font(16)
+    bar = Image.fromarray((jet(np.tile(np.linspace(0, 1, width), (16, 1))) * 255).astype(np.uint8))
+    out = Image.new("RGB", (sheet.shape[1], sheet.shape[0] + 40), "white")
+    out.paste(Image.fromarray(sheet), (0, 0))
+    draw = ImageDraw.Draw(out)
+    y = sheet.shape[0] + 10
+    draw.text((8, y - 2), "attention: low", fill="black", font=font)
+    out.paste(bar, (130, y))
+    draw.text((140 + width, y - 2), "high", fill="black", font=font)
+    return np.asarray(out)
 
 
 def class_label(name: str) -> str:
@@ -201,7 +258,7 @@ def explain(model: nn.Module, dataset, classes: list[str], mean, std, count: int
             photo = None
             unreadable.append(path)
         items.append({"image": rgb, "overlay": overlay(rgb, cam), "cam": cam.cpu(), "path": path, "photo": photo,
-                      "title": f"{type(model).__name__} got {class_label(classes[predicted])},\n"
+                      "title": f"got {class_label(classes[predicted])},\n"
                                f"truth {class_label(classes[label])} ({probs[predicted]:.0%})"})
     first = dataset[0][0].to(device)
     return {"gradcam": items, "input": denormalize(first, mean, std), "unreadable": unreadable,
@@ -224,10 +281,12 @@ def labelled_sheet(title: str, rows: list[tuple[str, list[np.ndarray], list[str]
     (integer factors: every pixel stays a sharp block; a tile already that big stays as it is), a
     caption above each (several lines allowed), at most `per_line` tiles to a line, in columns as wide
     as their widest tile or caption. Returns uint8 (H, W, 3)."""
-    font, small = _font(14), _font(11)
+    # sized for TensorBoard's card (about 450 pixels wide): the text as large as the card's own title there
+    font, small = _font(20), _font(16)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     lines_of_caption = max(caption.count("\n") + 1 for _, _, captions in rows for caption in captions)
-    gap, label_width, caption_height, title_height = 6, 100, 13 * lines_of_caption + 2, 26
+    label_width = max(100, *(measure.multiline_textbbox((0, 0), label, font=font)[2] + 16 for label, _, _ in rows))
+    gap, caption_height, title_height = 6, 19 * lines_of_caption + 2, 32
     lines = []  # (label, [(caption, enlarged tile)])
     for label, images, captions in rows:
         big = [enlarge(img, max(1, tile // max(img.shape[:2]))) for img in images]
@@ -241,7 +300,7 @@ def labelled_sheet(title: str, rows: list[tuple[str, list[np.ndarray], list[str]
             columns[k] = max(columns[k], image.shape[1], text)
     width = label_width + sum(c + gap for c in columns) + gap
     heights = [caption_height + max(t.shape[0] for _, t in line) + gap for _, line in lines]
-    sheet = Image.new("RGB", (max(width, 8 * len(title) + 20), title_height + sum(heights)), "white")
+    sheet = Image.new("RGB", (max(width, 11 * len(title) + 20), title_height + sum(heights)), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((8, 5), title, fill="black", font=font)
     y = title_height
@@ -257,22 +316,21 @@ def labelled_sheet(title: str, rows: list[tuple[str, list[np.ndarray], list[str]
 
 
 def feature_map_sheets(visuals: dict) -> dict[str, np.ndarray]:
-    """Labelled sheets of what each layer sees in the sample image: name -> uint8 (H, W, 3), and 'all':
-    the input and every layer in one picture."""
+    """Labelled sheets of what each layer sees in the sample image, the image itself first: name -> uint8
+    (H, W, 3), a sheet per layer (a card each in TensorBoard: one sheet of them all would be too tall)."""
     rows = {name: (name if len(fmap) <= MAX_MAP_CHANNELS else f"{name}\n{MAX_MAP_CHANNELS} of {len(fmap)}",
                    tiles_of(fmap[:MAX_MAP_CHANNELS]), [f"ch {k}" for k in range(min(len(fmap), MAX_MAP_CHANNELS))])
             for name, fmap in visuals["maps"].items()}
-    sheets = {name: labelled_sheet(f"{name}: each channel's map of the sample image", [row])
-              for name, row in rows.items()}
-    sheets["all"] = labelled_sheet("feature maps of the sample image, layer by layer (brighter: stronger)",
-                                   [("input", [visuals["input"]], ["32x32"]), *rows.values()])
-    return sheets
+    image = ("input", [visuals["input"]], ["32x32"])  # what the layer saw, beside what it made of it
+    return {name: labelled_sheet(f"{name}: each channel's map of the sample image", [image, row])
+            for name, row in rows.items()}
 
 
 def kernel_sheets(model: nn.Module) -> dict[str, np.ndarray]:
-    """Labelled sheets of the conv layers' kernels: name -> uint8 (H, W, 3), and 'all'. A layer that reads
-    RGB shows each kernel in colour; a deeper one, a row per output channel, a gray tile per input
-    channel, when that is at most MAX_KERNEL_TILES tiles (LeNet's conv2: 96; a ResNet's 64x64 are left out)."""
+    """Labelled sheets of the conv layers' kernels: name -> uint8 (H, W, 3). A layer that reads RGB shows
+    each kernel in colour; a deeper one, a tile per output channel, its kernels (one per input channel)
+    side by side in gray, when that is at most MAX_KERNEL_TILES kernels (LeNet's conv2: 96; a ResNet's
+    64x64 are left out)."""
     rows = {}
     for name, module in model.named_modules():
         if not isinstance(module, nn.Conv2d):
@@ -282,12 +340,15 @@ def kernel_sheets(model: nn.Module) -> dict[str, np.ndarray]:
             continue
         if weight.shape[1] == 3:
             rows[name] = [(name, tiles_of(weight), [f"out {k}" for k in range(len(weight))])]
-        else:
-            rows[name] = [(f"{name} out {k}", tiles_of(weight[k]), [f"in {j}" for j in range(weight.shape[1])])
-                          for k in range(len(weight))]
-    sheets = {name: labelled_sheet(f"{name} kernels", layer_rows, tile=40) for name, layer_rows in rows.items()}
-    sheets["all"] = labelled_sheet("conv kernels", [row for layer_rows in rows.values() for row in layer_rows],
-                                   tile=40)
+        else:  # a tile per output channel: its kernels, one per input channel, side by side
+            side_by_side = [enlarge(np.concatenate([np.pad(t, ((0, 0), (0, 1), (0, 0)), constant_values=255)
+                                                    for t in tiles_of(weight[k])], axis=1), 3) for k in range(len(weight))]
+            rows[name] = [(name, side_by_side, [f"out {k}" for k in range(len(weight))])]
+    sheets = {}
+    for name, layer_rows in rows.items():
+        rgb = layer_rows[0][1][0].shape[0] == layer_rows[0][1][0].shape[1]  # square tiles: a layer that reads RGB
+        sheets[name] = labelled_sheet(f"{name} kernels" + ("" if rgb else ", by output channel"), layer_rows,
+                                      tile=40, per_line=8 if rgb else 4)
     return sheets
 
 
@@ -301,8 +362,8 @@ def write_explanation(visuals: dict, out_dir: Path, writer=None, step: int = 0) 
     if sheet is not None:
         paths.append(save_png(sheet, out_dir / "gradcam.png"))
     maps, kernels = feature_map_sheets(visuals), kernel_sheets(visuals["model"])
-    paths += [save_png(sheet, out_dir / f"feature_maps_{name}.png") for name, sheet in maps.items() if name != "all"]
-    paths += [save_png(sheet, out_dir / f"kernels_{name}.png") for name, sheet in kernels.items() if name != "all"]
+    paths += [save_png(sheet, out_dir / f"feature_maps_{name}.png") for name, sheet in maps.items()]
+    paths += [save_png(sheet, out_dir / f"kernels_{name}.png") for name, sheet in kernels.items()]
     if writer is not None:
         log_pictures(writer, visuals, step)
         if sheet is not None:
@@ -311,9 +372,12 @@ def write_explanation(visuals: dict, out_dir: Path, writer=None, step: int = 0) 
 
 
 def log_pictures(writer, visuals: dict, step: int) -> None:
-    """The feature maps and kernels of `explain` (or of `snapshot`) as two labelled TensorBoard images."""
-    writer.add_image(f"{PICTURES}/feature_maps", feature_map_sheets(visuals)["all"], step, dataformats="HWC")
-    writer.add_image(f"{PICTURES}/kernels", kernel_sheets(visuals["model"])["all"], step, dataformats="HWC")
+    """The feature maps and kernels of `explain` (or of `snapshot`) in TensorBoard: a card per layer (one
+    sheet of every layer would be too tall for a card), each labelled."""
+    for name, sheet in feature_map_sheets(visuals).items():
+        writer.add_image(f"{PICTURES}/feature_maps_{name}", sheet, step, dataformats="HWC")
+    for name, sheet in kernel_sheets(visuals["model"]).items():
+        writer.add_image(f"{PICTURES}/kernels_{name}", sheet, step, dataformats="HWC")
 
 
 def snapshot(model: nn.Module, image: torch.Tensor, mean, std) -> dict:

@@ -15,7 +15,8 @@ from pathlib import Path
 from tools.cli.errors import UserError
 from tools.cli.output_folder import OutputFolder
 
-TABS = {"timeseries": "#timeseries", "images": "#images", "histograms": "#histograms", "text": "#text"}
+TABS = {"timeseries": "#timeseries", "custom_scalars": "#custom_scalars", "images": "#images",
+        "histograms": "#histograms", "text": "#text", "hparams": "#hparams"}
 WINDOW = (1400, 1000)   # pixels: a laptop's browser window
 START_TIMEOUT = 60      # seconds for TensorBoard to serve the run
 RENDER_BUDGET = 30_000  # ms of virtual time Chromium gives the page before the screenshot

@@ -112,13 +112,32 @@ def write_event(writer, step: int, scalars: dict | None = None, histograms: dict
 
 
 # The tags of the Time Series tab, in the order its groups show (alphabetical: the numbers order them).
-# A chart of several lines (train and valid loss, a line per layer) is one tag in several sub-runs,
-# <run>/<line>, as the course's add_scalars does: TensorBoard draws a run's tag and its sub-runs' in one
-# chart, a colour each, named in the legend.
+# Loss and accuracy are one tag in the sub-runs train and valid (as the course's add_scalars does):
+# TensorBoard draws a run's tag and its sub-runs' in one chart, a colour each, named in the legend. Every
+# other line of a chart (a layer, a parameter group, the test split) is a tag of the run itself,
+# <tag>/<line>: a run adds only its two splits to TensorBoard's run list, and with several runs each such
+# card compares them, a line per run. The Custom Scalars tab draws each per-layer measure in one chart.
 LOSS, ACCURACY, LR = "1_training/loss", "1_training/accuracy", "1_training/lr"
-GRAD_NORM, UPDATE_RATIO = "2_gradients/norm", "2_gradients/update_ratio"
+VERDICT = "0_verdict/epochs"  # a picture of the epochs coloured by the verdict: its own group, the first one
+GRAD_NORM, UPDATE_RATIO = "2_gradients/norm_log10", "2_gradients/update_ratio_log10"  # log10: any range reads
 DEAD_UNITS = "3_activations/dead_units"
 PICTURES = "4_pictures"
+SPLIT_LINES = ("train", "valid", "valid_swa")  # the lines that are sub-runs: the rest are tags of the run
+
+
+def line_location(tag: str, line: str) -> tuple[str, str]:
+    """Where a line of a chart is written: (sub-run, tag), '' for the run itself."""
+    return (line, tag) if line in SPLIT_LINES else ("", f"{tag}/{line}")
+
+
+def custom_scalars_layout() -> dict:
+    """The Custom Scalars tab: a chart per measure with a line per layer (the Time Series tab has a card
+    per layer, comparing runs)."""
+    return {"2 gradients, a line per layer": {
+                "gradient norm, log10": ["Multiline", [f"{GRAD_NORM}/.*"]],
+                "update ratio |dW| / |W|, log10 (healthy between the healthy_low and healthy_high lines)":
+                    ["Multiline", [f"{UPDATE_RATIO}/.*"]]},
+            "3 activations, a line per layer": {"dead units, share of the layer": ["Multiline", [f"{DEAD_UNITS}/.*"]]}}
 
 
 class RunWriter:
@@ -154,17 +173,18 @@ class RunWriter:
 
 
 def write_lines(writer, step: int, lines: dict[str, dict[str, float]]) -> None:
-    """Charts of several lines: tag -> {line: value}. Each line is a sub-run of a RunWriter (one event
-    per sub-run for all its tags); a plain SummaryWriter gets them as the scalars <tag>/<line>."""
-    by_line = {}
+    """Charts of several lines: tag -> {line: value}. In a RunWriter the splits (SPLIT_LINES) are its
+    sub-runs and every other line the scalar <tag>/<line> of the run, one event per writer for all its
+    values; a plain SummaryWriter gets every line as <tag>/<line>."""
+    if writer is None:
+        return
+    by_writer = {}
     for tag, values in lines.items():
         for line, value in values.items():
-            by_line.setdefault(line, {})[tag] = value
-    for line, scalars in by_line.items():
-        if hasattr(writer, "sub"):
-            write_event(writer.sub(line), step, scalars=scalars)
-        elif writer is not None:
-            write_event(writer, step, scalars={f"{tag}/{line}": value for tag, value in scalars.items()})
+            sub, name = line_location(tag, line) if hasattr(writer, "sub") else ("", f"{tag}/{line}")
+            by_writer.setdefault(sub, {})[name] = value
+    for sub, scalars in by_writer.items():
+        write_event(writer.sub(sub) if sub else writer, step, scalars=scalars)
 
 
 class NullWriter:
@@ -187,9 +207,10 @@ def plain(value):
 
 
 def log_args(writer: SummaryWriter, args: dict) -> None:
-    """The run's arguments as a Markdown table under the `args` text tag."""
+    """The run's arguments as a Markdown table under the `flags` text tag (after `diagnosis` in the Text tab,
+    which sorts its tags: the verdict comes first)."""
     rows = "\n".join(f"| {key} | {plain(value)} |" for key, value in args.items())
-    writer.add_text("args", "| flag | value |\n|---|---|\n" + rows, 0)
+    writer.add_text("flags", "| flag | value |\n|---|---|\n" + rows, 0)
 
 
 def log_hparams(writer, args: dict, metrics: dict[tuple[str, str], float]) -> None:

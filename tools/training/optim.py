@@ -29,6 +29,12 @@ def parameter_groups(model: nn.Module, lr: float, head_lr_mult: float = 1.0) -> 
             {"name": "head", "params": [p for n, p in named if n.startswith(head)], "lr": lr * head_lr_mult}]
 
 
+def effective_momentum(name: str, momentum: float | None) -> float | None:
+    """The momentum the optimizer `name` runs with: --momentum, else its default (SGD 0.9, the course's;
+    RMSprop 0); None for an optimizer without one."""
+    return DEFAULT_MOMENTUM.get(name) if momentum is None else momentum
+
+
 def build_optimizer(name: str, groups: list[dict], momentum: float | None = None, weight_decay: float = 0.0,
                     nesterov: bool = False) -> torch.optim.Optimizer:
     """The optimizer `name` over `groups` (each with its own lr). momentum: SGD's (default 0.9) and
@@ -37,7 +43,7 @@ def build_optimizer(name: str, groups: list[dict], momentum: float | None = None
         raise UserError(f"--momentum is for --optimizer sgd or rmsprop, not {name}: drop it")
     if nesterov and name != "sgd":
         raise UserError(f"--nesterov is for --optimizer sgd, not {name}: drop it")
-    momentum = DEFAULT_MOMENTUM.get(name) if momentum is None else momentum
+    momentum = effective_momentum(name, momentum)
     if nesterov and not momentum:
         raise UserError("--nesterov needs a --momentum above 0")
     if name == "sgd":

@@ -35,6 +35,16 @@ from tools.training.run_dirs import (
 EXIT_DIVERGED = 3
 
 
+def hparams_of(args, names) -> dict:
+    """The flags TensorBoard's HParams tab compares runs by: those that tell runs apart, so that its table
+    (which ticks the first five, alphabetically) shows them: the data folder (by its name), the model, the
+    optimizer and lr, and every flag of `names` given on the command line; not the defaults every run shares."""
+    given = getattr(args, "explicit", frozenset())
+    chosen = ["data_dir", "model", "optimizer", "lr", *sorted(n for n in names if n in given)]
+    values = vars(args) | {"data_dir": Path(args.data_dir).name if getattr(args, "data_dir", None) else None}
+    return {name: values[name] for name in dict.fromkeys(chosen) if name in values}
+
+
 class RunFolder:
     """The run's folder, writer and voice. Use it as a context manager: the writer is closed on exit.
 
@@ -150,6 +160,13 @@ class RunFolder:
         evaluate their shard)."""
         return self.dir if self.is_main else None
 
+    def in_effect(self) -> dict:
+        """Flags whose default the run resolves (SGD's momentum: 0.9, not None), as the run uses them."""
+        from tools.training.optim import effective_momentum
+
+        optimizer = getattr(self.args, "optimizer", None)
+        return {"momentum": effective_momentum(optimizer, self.args.momentum)} if optimizer else {}
+
     def say(self, *message, file=None) -> None:
         """print() on rank 0 (the other ranks stay quiet); nothing for a message of None."""
         if self.is_main and message and message[0] is not None:
@@ -197,7 +214,7 @@ class RunFolder:
         the lines that say what the run trains on. `example`: one input batch; `data`: `load_splits`;
         `held`: where the training images are held, and their size (`DeviceBatches.held()`)."""
         from tools.pictures.visualize import log_pictures, snapshot
-        from tools.tb.writer import NullWriter, RunWriter, log_args
+        from tools.tb.writer import NullWriter, RunWriter, custom_scalars_layout, log_args
 
         self.classes = data["classes"]
         fresh_folder = not self.checkpoint or self.resumed_from is not None
@@ -217,8 +234,9 @@ class RunFolder:
             raise UserError(f"cannot write TensorBoard's events into {self.dir} ({err.strerror or err}): free space "
                             "or fix the folder's permissions, then run the same command again") from None
         if self.is_main and fresh_folder:
-            log_args(self.writer, vars(self.args) | {"classes": self.classes, "device": device,
-                                                     "world_size": self.world_size})
+            log_args(self.writer, vars(self.args) | self.in_effect() | {"classes": self.classes, "device": device,
+                                                                         "world_size": self.world_size})
+            self.writer.add_custom_scalars(custom_scalars_layout())  # a chart per measure, a line per layer
             with warnings.catch_warnings():  # add_graph traces with torch.jit, which warns it is deprecated
                 warnings.simplefilter("ignore", FutureWarning)
                 self.writer.add_graph(model, example)
@@ -251,19 +269,22 @@ class RunFolder:
         (and the averaged weights', with SWA), the learning rate of every parameter group ('lr', 'lr/head')
         and the valid confusion matrix, flushed to disk before the checkpoint that covers them; the
         terminal gets one line, and the verdict."""
-        from tools.pictures.visualize import render_confusion_matrix
-        from tools.tb.writer import ACCURACY, LOSS, LR, PICTURES, write_lines
+        from tools.pictures.visualize import render_confusion_matrix, render_verdict_strip
+        from tools.tb.writer import ACCURACY, LOSS, LR, PICTURES, VERDICT, write_lines
 
         train, valid, step = state.last["train"], state.last["valid"], state.global_step
         averaged = state.last.get("valid_swa")
         swa = {"valid_swa": averaged} if averaged else {}
         write_lines(self.writer, step, {LOSS: {name: v["loss"] for name, v in ({"valid": valid} | swa).items()},
                                         ACCURACY: {name: v["acc"] for name, v in ({"valid": valid} | swa).items()},
-                                        LR: {f"groups/{group}": lr for group, lr in lrs.items()}})
+                                        LR: dict(lrs)})
         if self.is_main:  # drawn small: TensorBoard's PNG encoding costs per pixel
             confusion = render_confusion_matrix(torch.tensor(valid["confusion"]), self.classes,
                                                 f"valid, epoch {state.epoch}", cell=48)
             self.writer.add_image(f"{PICTURES}/confusion_valid", np.asarray(confusion), step, dataformats="HWC")
+            if verdict is not None:  # the verdict where the eye goes first: beside the loss and accuracy
+                strip = render_verdict_strip(state.history.get("status", []))
+                self.writer.add_image(VERDICT, np.asarray(strip), step, dataformats="HWC")
         self.writer.flush()
         now = time.perf_counter()
         self.say(f"epoch {state.epoch:>3}/{self.args.epochs}  train loss {train['loss']:.4f} acc {train['acc']:6.2%}  "
@@ -314,7 +335,8 @@ class RunFolder:
         was done; then the run exits with its code."""
         from tools.pictures.plots import plot_loss_curve
         from tools.pictures.visualize import precision_recall
-        from tools.tb.writer import ACCURACY, LOSS, log_hparams, write_lines
+        from tools.pictures.visualize import render_verdict_strip
+        from tools.tb.writer import ACCURACY, LOSS, VERDICT, line_location, log_hparams, write_lines
 
         test = report if report and report["split"] == "test" else None
         last = state.last or {"train": {}, "valid": {}}
@@ -333,11 +355,18 @@ class RunFolder:
         tested = {"test": test["acc"]} if test else {}
         if averaged is not None and test:
             tested["test_swa"] = averaged["acc"]
-        write_lines(self.writer, state.global_step, {ACCURACY: tested})  # a point at the end of the accuracy chart
+        write_lines(self.writer, state.global_step, {ACCURACY: tested})  # a card of its own: the value, readable
         if self.is_main:
-            compared = [("valid", ACCURACY), ("valid", LOSS), ("train", LOSS)] + [(name, ACCURACY) for name in tested]
-            log_hparams(self.writer, {k: v for k, v in vars(self.args).items() if k in self.hparams},
-                        dict.fromkeys(compared))
+            statuses = state.history.get("status", [])
+            if test and statuses:  # the verdict's picture, with the test accuracy under it
+                note = f"test accuracy {test['acc']:.2%} (best epoch {state.best['epoch']})"
+                self.writer.add_image(VERDICT, np.asarray(render_verdict_strip(statuses, note)), state.global_step,
+                                      dataformats="HWC")
+            compared = [("valid", ACCURACY), ("valid", LOSS), ("train", LOSS)] + [
+                line_location(ACCURACY, name) for name in tested]
+            chosen = hparams_of(self.args, self.hparams)
+            chosen |= {k: v for k, v in self.in_effect().items() if k in chosen}  # SGD's momentum: 0.9, not None
+            log_hparams(self.writer, chosen, dict.fromkeys(compared))
             self.writer.close()
             write_atomically(self.dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
             plot_loss_curve(state.history, self.dir / "loss_curve.png")
@@ -346,7 +375,7 @@ class RunFolder:
         if test:
             self.say(f"test accuracy {test['acc']:.2%} (best epoch {state.best['epoch']}, valid {state.best['acc']:.2%})"
                      + (f"; averaged weights (SWA) {metrics['test_acc_swa']:.2%}" if averaged else ""))
-        self.say(f"results in {self.dir}\nsee them with: {tensorboard_command(self.dir)}")
+        self.say(f"results in {self.dir}\nsee them with: {tensorboard_command(self.args.logdir, self.dir)}")
         if stop is not None and stop.requested:
             self.say(f"{stop.name} came during the final phase: it was finished first, everything is saved",
                      file=sys.stderr)

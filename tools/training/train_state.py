@@ -91,6 +91,7 @@ class TrainState:
         self.history["valid"].append((self.global_step, valid["loss"]))
         for name, acc in (("train_acc", self.epoch_acc), ("valid_acc", valid["acc"])):  # the accuracy curves
             self.history.setdefault(name, []).append((self.global_step, acc))
+        self.history.setdefault("status", []).append(verdict.status if verdict is not None else None)
         self.batches_in_epoch, self.epoch_sums, self.epoch_rng = 0, new_epoch_sums(), None
         is_best = (valid["acc"], -valid["loss"]) > (self.best["acc"], -self.best["loss"])
         if is_best:
