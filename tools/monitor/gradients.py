@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from tools.monitor.epoch_figures import UNUSED
+from tools.monitor.epoch_figures import ROUNDED_TO_ZERO, UNUSED
 from tools.monitor.tensor_stats import tensor_norms
 
 
@@ -109,13 +109,12 @@ class EpochGradients:
         ratios = {n: v / k for n, v, k in zip(self.names, self.ratio_sum, self.ratio_steps) if k and n not in left_out}
         return norms, ratios
 
-    def unchanged(self, optimizer, frozen: list[str] | None, trained: bool, hooked_idle: bool,
-                  rounded: str) -> tuple[dict[str, str], list[str]]:
+    def unchanged(self, optimizer, frozen: list[str] | None, trained: bool,
+                  hooked_idle: bool) -> tuple[dict[str, str], list[str]]:
         """({parameter: why it did not move}, [parameters frozen on purpose]) over the epoch. `frozen`: the
         name prefixes frozen on purpose (None: any with requires_grad False); `trained`: the epoch had
-        steps; `hooked_idle`: the optimizer is watched and took no step; `rounded`: the reason given when
-        every update was rounded away. A group whose lr is 0 now is named only if its parameters did not
-        move either (a schedule that ends at 0 moved them until then)."""
+        steps; `hooked_idle`: the optimizer is watched and took no step. A group whose lr is 0 now is named
+        only if its parameters did not move either (a schedule that ends at 0 moved them until then)."""
         groups = {id(p): g for g in optimizer.param_groups for p in g["params"]} if optimizer else None
         unchanged, kept = {}, []
         for i, (name, p) in enumerate(zip(self.names, self.params)):
@@ -125,11 +124,12 @@ class EpochGradients:
                 else:
                     unchanged[name] = "requires_grad is False"
             elif groups is not None and id(p) not in groups:
-                unchanged[name] = "not in the optimizer" + ("" if self.had_grad[i] else " (and no gradient in any step)")
+                unused = "" if self.had_grad[i] else " (and no gradient in any step)"
+                unchanged[name] = "not in the optimizer" + unused
             elif trained and not self.had_grad[i] and not hooked_idle:
                 unchanged[name] = UNUSED
             elif groups is not None and groups[id(p)]["lr"] == 0 and not self.ratio_sum[i]:
                 unchanged[name] = "its parameter group's lr is 0"
             elif self.ratio_steps[i] and self.ratio_sum[i] == 0:
-                unchanged[name] = rounded
+                unchanged[name] = ROUNDED_TO_ZERO
         return unchanged, kept

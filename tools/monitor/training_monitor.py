@@ -181,7 +181,7 @@ class TrainingMonitor(StepWatch):
         bad = [t for t, h in hists.items() if h.nan or h.inf]
         trained = bool(self._step_losses or any(self.grads.had_grad) or self._epoch_taken)
         unchanged, frozen = self.grads.unchanged(self.optimizer, self.frozen_prefixes, trained,
-                                                 self.hooked and not self._epoch_taken, ROUNDED_TO_ZERO)
+                                                 self.hooked and not self._epoch_taken)
         # the verdict's gradients and updates: of the parameters that train (one left out of the optimizer
         # keeps summing its gradients, and never moves: unchanged-weights names it, nothing else)
         left_out = {n for n, why in unchanged.items() if why != ROUNDED_TO_ZERO}

@@ -331,24 +331,20 @@ def kernel_sheets(model: nn.Module) -> dict[str, np.ndarray]:
     each kernel in colour; a deeper one, a tile per output channel, its kernels (one per input channel)
     side by side in gray, when that is at most MAX_KERNEL_TILES kernels (LeNet's conv2: 96; a ResNet's
     64x64 are left out)."""
-    rows = {}
+    sheets = {}
     for name, module in model.named_modules():
         if not isinstance(module, nn.Conv2d):
             continue
         weight = module.weight.detach()                             # (out, in, k, k)
-        if weight.shape[1] != 3 and weight.shape[0] * weight.shape[1] > MAX_KERNEL_TILES:
-            continue
-        if weight.shape[1] == 3:
-            rows[name] = [(name, tiles_of(weight), [f"out {k}" for k in range(len(weight))])]
-        else:  # a tile per output channel: its kernels, one per input channel, side by side
-            side_by_side = [enlarge(np.concatenate([np.pad(t, ((0, 0), (0, 1), (0, 0)), constant_values=255)
-                                                    for t in tiles_of(weight[k])], axis=1), 3) for k in range(len(weight))]
-            rows[name] = [(name, side_by_side, [f"out {k}" for k in range(len(weight))])]
-    sheets = {}
-    for name, layer_rows in rows.items():
-        rgb = layer_rows[0][1][0].shape[0] == layer_rows[0][1][0].shape[1]  # square tiles: a layer that reads RGB
-        sheets[name] = labelled_sheet(f"{name} kernels" + ("" if rgb else ", by output channel"), layer_rows,
-                                      tile=40, per_line=8 if rgb else 4)
+        captions = [f"out {k}" for k in range(len(weight))]
+        if weight.shape[1] == 3:  # reads RGB: each kernel in colour
+            sheets[name] = labelled_sheet(f"{name} kernels", [(name, tiles_of(weight), captions)], tile=40)
+        elif weight.shape[0] * weight.shape[1] <= MAX_KERNEL_TILES:  # a tile per output channel, its kernels in a row
+            gap = ((0, 0), (0, 1), (0, 0))
+            tiles = [enlarge(np.concatenate([np.pad(t, gap, constant_values=255) for t in tiles_of(w)], axis=1), 3)
+                     for w in weight]
+            sheets[name] = labelled_sheet(f"{name} kernels, by output channel", [(name, tiles, captions)], tile=40,
+                                          per_line=4)
     return sheets
 
 

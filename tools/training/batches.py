@@ -185,7 +185,7 @@ def training_batches(data: dict, batch_size: int, device: torch.device, seed: in
     """The train split of `load_splits`' data, shuffled and augmented a batch at once on the device; with
     pipeline 'course', read the course's way instead (`tools.data.course_pipeline`: its Dataset, the
     transforms a learner edits, a DataLoader)."""
-    if pipeline == "course":
+    if pipeline == "course":  # imported here: the fast path trains without importing torchvision
         from tools.data.course_pipeline import course_train_loader
 
         return course_train_loader(data, batch_size, seed)

@@ -22,6 +22,7 @@ from tools.cli.errors import UserError
 from tools.training import distributed
 from tools.training.checkpoint import RESUME_KEYS, load_checkpoint
 from tools.training.interrupt import EXIT_CODES
+from tools.training.optim import effective_momentum
 from tools.training.run_dirs import (
     RunLock,
     check_writable,
@@ -162,8 +163,6 @@ class RunFolder:
 
     def in_effect(self) -> dict:
         """Flags whose default the run resolves (SGD's momentum: 0.9, not None), as the run uses them."""
-        from tools.training.optim import effective_momentum
-
         optimizer = getattr(self.args, "optimizer", None)
         return {"momentum": effective_momentum(optimizer, self.args.momentum)} if optimizer else {}
 
@@ -334,8 +333,7 @@ class RunFolder:
         model's, with --swa-start. `stop`: a signal that came during this final phase was held until it
         was done; then the run exits with its code."""
         from tools.pictures.plots import plot_loss_curve
-        from tools.pictures.visualize import precision_recall
-        from tools.pictures.visualize import render_verdict_strip
+        from tools.pictures.visualize import precision_recall, render_verdict_strip
         from tools.tb.writer import ACCURACY, LOSS, VERDICT, line_location, log_hparams, write_lines
 
         test = report if report and report["split"] == "test" else None
