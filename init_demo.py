@@ -77,7 +77,9 @@ def run_mode(mode: str, args, device: torch.device) -> dict:
     x = torch.randn(args.batch, args.width).to(device)
     stds, kept, blew_up = [], {}, None
     for index, (layer, act) in enumerate(zip(model.layers, model.activations), start=1):
-        out = act(layer(x))
+        # The product summed in float64 and rounded to float32 once: the same float32 activations on every
+        # CPU (float32 sums, in the order a CPU's kernels pick, differ in the last digit after 100 layers)
+        out = act(nn.functional.linear(x.double(), layer.weight.double())).float()
         if not torch.isfinite(out).all():  # one sync per layer is fine here: 100 tiny layers
             blew_up = index  # the activations themselves overflow float32
             break

@@ -2,7 +2,7 @@
 
     python train_rmb.py                                    # generated data (or data/RMB_data), 10 epochs
     python train_rmb.py --data-dir data/RMB_data --epochs 20 --device cuda
-    python train_rmb.py --model resnet18 --lr 0.01         # the course's ResNet-18 for 32x32 images
+    python train_rmb.py --model resnet-course              # the course's ResNet (--model resnet18: ResNet-18)
     python train_rmb.py --resume auto                      # continue the latest run of this --run-name
     tensorboard --logdir runs                              # curves, histograms, graph, diagnosis
 
@@ -64,7 +64,8 @@ HPARAMS = ("model", "epochs", "batch_size", "optimizer", "lr", "momentum", "weig
 def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=MODELS, default="lenet",
-                        help="LeNet, or the course's ResNet-18 for 32x32 images (BatchNorm, residual blocks)")
+                        help="LeNet; ResNet-18 for 32x32 images (4 stages, 64-512 channels); or the course's "
+                             "smaller ResNet (3 stages, 16-64 channels)")
     parser.add_argument("--epochs", type=positive_int, default=10, help="passes over the train split")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="images per training step")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="the optimizers the course compares")

@@ -9,6 +9,28 @@ sys.path.insert(0, str(ROOT))
 
 REAL_DATA = ROOT.parent / "shared" / "data" / "rmb_real" / "RMB_data"
 requires_real_data = pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"real photos not at {REAL_DATA}")
+# folders that are never the project's, wherever they sit: virtual environments, build outputs, caches
+NOT_THE_PROJECTS = {".venv", "venv", "env", ".env", "build", "dist", "site-packages", "__pycache__", ".git",
+                    ".tox", ".nox", ".eggs", "node_modules"}
+
+
+def project_files(folder: str, pattern: str = "*.py", root: Path = ROOT) -> list[Path]:
+    """The project's files matching `pattern` under root/folder, at any depth: what git tracks or would track
+    (git ls-files, so anything .gitignore names is left out), or, outside a git checkout, a walk that skips
+    NOT_THE_PROJECTS and hidden or *.egg-info folders. A .venv made inside the clone is never walked."""
+    import fnmatch
+    import subprocess
+
+    base = root / folder
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "--", folder], cwd=root,
+                            capture_output=True, text=True) if (root / ".git").exists() else None
+    if listed is not None and listed.returncode == 0:
+        files = [root / line for line in listed.stdout.splitlines()]
+    else:
+        files = [p for p in base.rglob("*") if not any(
+            part in NOT_THE_PROJECTS or part.startswith(".") or part.endswith(".egg-info")
+            for part in p.relative_to(base).parts[:-1])]
+    return sorted(p for p in files if p.is_file() and fnmatch.fnmatch(p.name, pattern))
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ no module past about 400 lines; model/ free of file access."""
 import ast
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, project_files
 
 SCRIPTS = ("train_rmb.py", "monitor_grads.py", "init_demo.py")
 MAX_SCRIPT_FUNCTION_LINES = 60
@@ -52,7 +52,7 @@ def test_script_functions_are_short(script):
 
 def test_nothing_in_tools_or_model_imports_a_script():
     scripts = {s.removesuffix(".py") for s in SCRIPTS}
-    for path in [*ROOT.rglob("tools/**/*.py"), *ROOT.glob("model/*.py")]:
+    for path in [*project_files("tools"), *project_files("model")]:
         assert not imported_modules(path) & scripts, path
 
 
@@ -64,7 +64,7 @@ def test_every_module_of_tools_is_a_command_or_in_a_wing():
 
 def test_imports_only_go_down_the_wings():
     upward = []
-    for path in ROOT.rglob("tools/**/*.py"):
+    for path in project_files("tools"):
         me = rank(module_name(path))
         for imported in imported_modules(path):
             theirs = rank(imported)
@@ -82,14 +82,14 @@ def test_the_wings_are_told_apart_by_this_test():
 
 def test_no_module_is_doing_two_jobs():
     sizes = {module_name(p): len(p.read_text().splitlines())
-             for p in [*ROOT.rglob("tools/**/*.py"), *ROOT.glob("model/*.py"), *(ROOT / s for s in SCRIPTS)]}
+             for p in [*project_files("tools"), *project_files("model"), *(ROOT / s for s in SCRIPTS)]}
     assert {m: n for m, n in sizes.items() if n > MAX_MODULE_LINES} == {}
     assert sizes["tools.monitor.training_monitor"] <= MAX_MONITOR_LINES
 
 
 def test_model_is_pure_modules():
     allowed = {"math", "torch", "torch.nn"}
-    for path in ROOT.glob("model/*.py"):
+    for path in project_files("model"):
         modules = imported_modules(path)
         assert all(m in allowed or m.startswith("model") for m in modules), (path, modules)
         assert "open(" not in path.read_text(), path
@@ -98,3 +98,20 @@ def test_model_is_pure_modules():
 def test_train_one_epoch_takes_at_most_eight_parameters():
     (function,) = [f for f in functions(ROOT / "tools" / "training" / "engine.py") if f.name == "train_one_epoch"]
     assert len(function.args.args) + len(function.args.kwonlyargs) <= 8
+
+
+@pytest.mark.parametrize("with_git", [True, False])
+def test_the_walk_skips_what_is_not_the_projects(tmp_path, with_git):
+    """A .venv made inside the clone holds folders named tools/ (triton's, for one) with long modules: the
+    walks above never see them, in a git checkout (git ignores them) or in a plain copy of the tree."""
+    import subprocess
+
+    for path in ["tools/a.py", "tools/wing/b.py", ".venv/lib/site-packages/triton/tools/c.py",
+                 "tools/.venv/d.py", "tools/build/e.py", "tools/x.egg-info/f.py", "venv/tools/g.py"]:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("")
+    if with_git:
+        (tmp_path / ".gitignore").write_text(".venv/\nvenv/\nbuild/\n*.egg-info/\n")
+        subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    assert [p.relative_to(tmp_path).as_posix() for p in project_files("tools", root=tmp_path)] == \
+        ["tools/a.py", "tools/wing/b.py"]

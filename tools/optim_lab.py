@@ -5,17 +5,23 @@
 
 Sections, in the course's order: step and zero_grad (0.6614 -> 0.5614, the weight the optimizer holds is
 the tensor you gave it), add_param_group, state_dict and load_state_dict (SGD's momentum buffer after 10
-steps of gradient 1: 6.5132), the scheduler's base class (base_lrs, last_epoch, step, get_last_lr), and
-RMSprop fitting a cubic polynomial, with its loss log. The course sets no seed for that fit; here it is
-drawn after torch.manual_seed(--seed), so the log is the same on every run.
+steps of gradient 1: 6.5132), the optimizer's `defaults`, the scheduler's base class (base_lrs, last_epoch,
+_step_count, step, get_last_lr), `step(closure)` with LBFGS, and the course's RMSprop fit: a cubic
+polynomial fitted to sin(x) on 2000 points of [-pi, pi], the summed MSE, lr 1e-3, 1000 steps, its loss
+printed every 100. The course draws the polynomial's initial weights unseeded (its log runs from about
+26215 at step 100 to 161); here they are drawn after torch.manual_seed(--seed), and the fit runs in
+float64, so the log is the same on every run and every CPU (float32, summed over 2000 points in the
+order a CPU's kernels pick, differs in the last digits from one CPU to another).
 """
 import torch
 from torch import optim
 
-SECTIONS = ("step", "param_groups", "state_dict", "scheduler", "rmsprop")
+SECTIONS = ("step", "param_groups", "state_dict", "defaults", "scheduler", "closure", "rmsprop")
 MOMENTUM_STEPS = 10   # the course's: the momentum buffer after 10 steps is sum(0.9^k, k < 10) = 6.5132
-FIT_STEPS = 500       # RMSprop iterations of the polynomial fit, its loss printed every LOG_EVERY
+FIT_POINTS = 2000     # the course's RMSprop fit: sin(x) at 2000 points of [-pi, pi] ...
+FIT_STEPS = 1000      # ... 1000 RMSprop steps at lr 1e-3, the summed MSE printed every LOG_EVERY
 LOG_EVERY = 100
+LBFGS_STEPS = 3
 
 
 def fmt(t: torch.Tensor) -> str:
@@ -74,37 +80,75 @@ def state_dict(seed: int, path) -> dict:
 
 def scheduler_basics() -> list[dict]:
     """The scheduler's base class on StepLR(step_size=3, gamma=0.1) over an SGD at lr 0.1: base_lrs, and per
-    scheduler.step() (once per epoch, after optimizer.step()), last_epoch and get_last_lr()."""
+    scheduler.step() (once per epoch, after optimizer.step()), last_epoch, _step_count (the steps taken,
+    counting the one its constructor takes; PyTorch 1 kept such a count on the optimizer too,
+    optimizer._step_count, which PyTorch 2 no longer has) and get_last_lr()."""
     weight = torch.zeros(1, requires_grad=True)
     optimizer = optim.SGD([weight], lr=0.1)
     scheduler = optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.1)
-    rows = [{"base_lrs": scheduler.base_lrs, "last_epoch": scheduler.last_epoch, "lr": scheduler.get_last_lr()}]
+    rows = [{"base_lrs": scheduler.base_lrs, "last_epoch": scheduler.last_epoch, "lr": scheduler.get_last_lr(),
+             "step_count": scheduler._step_count}]
     for _ in range(7):
         optimizer.step()
         scheduler.step()
-        rows.append({"last_epoch": scheduler.last_epoch, "lr": scheduler.get_last_lr()})
+        rows.append({"last_epoch": scheduler.last_epoch, "lr": scheduler.get_last_lr(),
+                     "step_count": scheduler._step_count})
     return rows
 
 
+def optimizer_defaults() -> dict:
+    """optimizer.defaults: the hyper-parameters given to the constructor, which every param group added
+    later inherits unless it sets its own (SGD at lr 0.1, momentum 0.9)."""
+    optimizer = optim.SGD([torch.zeros(2, 2, requires_grad=True)], lr=0.1, momentum=0.9)
+    return optimizer.defaults
+
+
+def lbfgs_closure() -> dict:
+    """step(closure) with LBFGS, which evaluates the loss several times per step: minimise (w - 3)^2 summed
+    over a 2-vector from w = 0 (float64: exact on every CPU). Returns, per step, the loss the step
+    returned, the closure's calls so far, and w after it."""
+    w = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    optimizer = optim.LBFGS([w], lr=1, max_iter=5)
+    calls = 0
+
+    def closure():
+        nonlocal calls
+        calls += 1
+        optimizer.zero_grad()
+        loss = ((w - 3) ** 2).sum()
+        loss.backward()
+        return loss
+
+    rows = []
+    for _ in range(LBFGS_STEPS):
+        loss = optimizer.step(closure)
+        rows.append({"loss": loss.item(), "calls": calls, "w": w.detach().tolist()})
+    return {"rows": rows}
+
+
 def rmsprop_fit(seed: int) -> dict:
-    """RMSprop (lr 0.01) fits y = w3 x^3 + w2 x^2 + w1 x + b to 100 noisy points of 0.5x^3 - x^2 + 2x + 1 on
-    [-2, 2]; returns the MSE every LOG_EVERY steps and the fitted coefficients."""
+    """The course's fit: y = a + b x + c x^2 + d x^3 (nn.Linear(3, 1) on x, x^2, x^3) to sin(x) on FIT_POINTS
+    points of [-pi, pi], the MSE summed (MSELoss(reduction='sum')), RMSprop lr 1e-3, FIT_STEPS steps; the
+    weights drawn after manual_seed(seed), the fit in float64 (the same digits on every CPU). Returns the
+    loss every LOG_EVERY steps (at steps 100, 200, ..., before that step's update, as the course prints it)
+    and the fitted coefficients."""
     torch.manual_seed(seed)
-    x = torch.rand(100, 1) * 4 - 2
-    y = 0.5 * x ** 3 - x ** 2 + 2 * x + 1 + 0.1 * torch.randn(100, 1)
-    features = torch.cat([x ** 3, x ** 2, x], dim=1)
-    w = torch.zeros(3, 1, requires_grad=True)
-    b = torch.zeros(1, requires_grad=True)
-    optimizer = optim.RMSprop([w, b], lr=0.01)
+    x = torch.linspace(-torch.pi, torch.pi, FIT_POINTS, dtype=torch.float64)
+    y = torch.sin(x)
+    powers = x.unsqueeze(-1).pow(torch.tensor([1, 2, 3]))
+    model = torch.nn.Sequential(torch.nn.Linear(3, 1), torch.nn.Flatten(0, 1)).double()
+    loss_fn = torch.nn.MSELoss(reduction="sum")
+    optimizer = optim.RMSprop(model.parameters(), lr=1e-3)
     log = []
-    for step in range(1, FIT_STEPS + 1):
-        loss = torch.mean((features @ w + b - y) ** 2)
+    for t in range(FIT_STEPS):
+        loss = loss_fn(model(powers), y)
+        if t % LOG_EVERY == LOG_EVERY - 1:
+            log.append((t + 1, loss.item()))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if step % LOG_EVERY == 0 or step == 1:
-            log.append((step, loss.item()))
-    return {"log": log, "w": w.detach().flatten().tolist(), "b": b.item()}
+    linear = model[0]
+    return {"log": log, "a": linear.bias.item(), "bcd": linear.weight.detach().flatten().tolist()}
 
 
 def report(section: str, seed: int, run_dir) -> list[str]:
@@ -128,17 +172,27 @@ def report(section: str, seed: int, run_dir) -> list[str]:
         return [f"state_dict (SGD, momentum 0.9, {MOMENTUM_STEPS} steps of gradient ones): keys {r['keys']}",
                 f"  momentum buffer: {fmt(r['buffer'])}  (by hand: sum of 0.9^k, k < {MOMENTUM_STEPS} = {r['by_hand']:.4f})",
                 f"  saved to {path}; loaded into a new optimizer: {fmt(r['restored'])}"]
+    if section == "defaults":
+        return ["optimizer.defaults (SGD(lr=0.1, momentum=0.9)): what a param group added later inherits",
+                f"  {optimizer_defaults()}"]
     if section == "scheduler":
         rows = scheduler_basics()
         lines = ["scheduler base class (StepLR, step_size 3, gamma 0.1, base lr 0.1)",
-                 f"  base_lrs {rows[0]['base_lrs']}, last_epoch {rows[0]['last_epoch']}, get_last_lr() {rows[0]['lr']}"]
-        return lines + [f"  after step() {i}: last_epoch {r['last_epoch']}, get_last_lr() [{r['lr'][0]:.4g}]"
-                        for i, r in enumerate(rows[1:], start=1)]
+                 f"  base_lrs {rows[0]['base_lrs']}, last_epoch {rows[0]['last_epoch']}, _step_count "
+                 f"{rows[0]['step_count']}, get_last_lr() {rows[0]['lr']}"]
+        return lines + [f"  after step() {i}: last_epoch {r['last_epoch']}, _step_count {r['step_count']}, "
+                        f"get_last_lr() [{r['lr'][0]:.4g}]" for i, r in enumerate(rows[1:], start=1)]
+    if section == "closure":
+        rows = lbfgs_closure()["rows"]
+        return ["step(closure) with LBFGS (lr 1, max_iter 5): minimise sum((w - 3)^2) from w = [0, 0]"] + [
+            f"  step {i}: loss {r['loss']:.4g} (the closure's first evaluation), closure called {r['calls']} times "
+            f"so far, w = [{r['w'][0]:.4f}, {r['w'][1]:.4f}]" for i, r in enumerate(rows, start=1)]
     r = rmsprop_fit(seed)
-    return ([f"RMSprop fit of a cubic (lr 0.01, seed {seed}): the MSE"] +
-            [f"  step {step:4d}  loss {loss:.4f}" for step, loss in r["log"]] +
-            [f"  fitted: {r['w'][0]:.3f} x^3 {r['w'][1]:+.3f} x^2 {r['w'][2]:+.3f} x {r['b']:+.3f}  "
-             "(drawn from 0.5 x^3 - 1 x^2 + 2 x + 1, noise 0.1)"])
+    a, b, c, d = (round(v, 4) + 0.0 for v in (r["a"], *r["bcd"]))  # + 0.0: no "-0.0000"
+    return ([f"RMSprop fit of sin(x) by a cubic (the course's: 2000 points, summed MSE, lr 1e-3; seed {seed}, "
+             "float64): the loss"] +
+            [f"  step {step:4d}  loss {loss:.1f}" for step, loss in r["log"]] +
+            [f"  fitted: y = {a:.4f} {b:+.4f} x {c:+.4f} x^2 {d:+.4f} x^3"])
 
 
 def get_args_parser():

@@ -22,6 +22,7 @@ from tools.monitor.epoch_figures import (
     PLATEAU_EPOCHS,
     PLATEAU_NEAR,
     PLATEAU_SLOPE,
+    RISE_FRACTION,
     ROUNDED_TO_ZERO,
     SATURATED_FRACTION,
     SPIKES_MIN,
@@ -313,15 +314,29 @@ def unchanged_finding(unchanged: dict) -> Finding:
 
 def overfitting(e: EpochFigures) -> Finding | None:
     """The training set learned (a low train loss) while the valid loss rises epoch after epoch, to well
-    above the train loss. A noisy valid loss that jumps once, or while the train loss is still high, or
-    that stays near it, is not it."""
+    above the train loss. The rise must stand out of the valid loss's own noise, so that a last digit
+    cannot decide it (another CPU's rounding, another seed): each epoch rises by at least RISE_FRACTION
+    of the chance level, and the window's whole rise is larger than any fall the valid loss made since
+    its best epoch (a small valid split whose loss jumps up and down by 0.4 has not overfitted when it
+    rises by 0.1). A valid loss that jumps once, or while the train loss is still high, or stays near
+    it, is not it either. Once named, it is named while the valid loss does not fall and stays clear of
+    its best."""
     train, valid = e.series("train_loss"), e.series("valid_loss")
     if len(valid) < OVERFIT_EPOCHS or None in valid[-OVERFIT_EPOCHS:] or None in train[-OVERFIT_EPOCHS:]:
         return None
     recent = valid[-OVERFIT_EPOCHS:]
-    best = min(v for v in valid if v is not None)
-    rising = all(b > a for a, b in zip(recent, recent[1:])) and train[-1] < train[-OVERFIT_EPOCHS]
-    if not (e.loss_is_low and rising and valid[-1] >= max(LOW_LOSS_FRACTION * e.chance, OVERFIT_GAP * train[-1])):
+    known = [v for v in valid if v is not None]
+    best = min(known)
+    since_best = known[len(known) - 1 - known[::-1].index(best):]
+    noise = max((a - b for a, b in zip(since_best, since_best[1:]) if b < a), default=0.0)
+    step = RISE_FRACTION * e.chance if e.chance is not None else 0.0
+    rising = all(b - a >= step for a, b in zip(recent, recent[1:])) and recent[-1] - recent[0] > noise \
+        and train[-1] < train[-OVERFIT_EPOCHS]
+    # once named, it stays named while the valid loss does not fall and stays clear of its best: a rise
+    # that slows (0.0068 an epoch after 0.016) is the same overfitting, not a recovery
+    still = "overfitting" in e.previous and valid[-1] >= valid[-2] and valid[-1] - best >= (OVERFIT_EPOCHS - 1) * step
+    if not (e.loss_is_low and (rising or still)
+            and valid[-1] >= max(LOW_LOSS_FRACTION * e.chance, OVERFIT_GAP * train[-1])):
         return None  # a valid loss still low (1e-6 -> 2e-6), or near the train loss, is noise on a small split
     return Finding("overfitting", f"valid loss {' -> '.join(f'{v:.3f}' for v in recent)} (best {best:.3f}) while "
                    f"the train loss fell to {train[-1]:.3g}", "valid",

@@ -51,6 +51,9 @@ SCENARIOS = [
              settings={"zero_grad": False}),
     Scenario("eval-missing", "eval-in-train-mode", "a dropout LeNet validated without model.eval()", 3,
              settings={"dropout": 0.5, "valid_eval": False}),
+    Scenario("train-missing", "train-in-eval-mode", "a dropout LeNet whose mid-epoch validation calls model.eval(), "
+             "and model.train() only once, before the loop (the course's misplaced net.train())", 3,
+             settings={"dropout": 0.5, "eval_mid_epoch": True}),
     Scenario("no-grad-missing", "eval-with-autograd", "validation without torch.no_grad()", 3,
              settings={"valid_no_grad": False}),
     Scenario("softmax-before-loss", "softmax-before-loss", "a softmax at the end of the model, then CrossEntropyLoss",
@@ -74,7 +77,7 @@ SCENARIOS = [
     Scenario("saturated", "saturated", "a tanh MLP initialised with std 1: every unit pinned at +-1", 3,
              settings={"model": "mlp-tanh", "init": "normal"}),
     Scenario("dead-relu", "dead-relu", "LeNet whose fc biases start at -10", 3, settings={"bias": -10.0}),
-    Scenario("overfitting", "overfitting", "30 epochs on 12 training images, without augmentation", 30, 16,
+    Scenario("overfitting", "overfitting", "30 epochs on 12 training images, without augmentation", 30, 17,
              settings={"train_images": 12, "augment": False}),
     Scenario("plateau", "plateau", "labels that do not match the images (a shuffled label list)", 8, 5,
              settings={"shuffle_labels": True}),
@@ -191,12 +194,16 @@ def run_scenario(scenario: Scenario, data: dict, device: torch.device, epochs: i
                          frozen=frozen) as monitor:
         monitor.set_forward_order(valid.images[:1].float().to(device))
         monitor.check_data({name: (s.images, s.targets) for name, s in splits.items() if isinstance(s, Split)})
+        model.train()
         for epoch in range(1, (epochs or scenario.epochs) + 1):
             train.set_epoch(epoch)
-            model.train()
+            if not settings.get("eval_mid_epoch"):
+                model.train()
             loss_sum, correct, seen = 0.0, 0, 0
-            for images, labels in train:
+            for batch, (images, labels) in enumerate(train):
                 step += 1
+                if settings.get("eval_mid_epoch") and batch == len(train) // 2:  # validates, leaves eval mode on
+                    validate(model, valid, criterion, device, classes, settings)
                 if settings.get("nan_input") and step == 2:
                     images = images.clone()
                     images[0] = float("nan")  # x / std with std 0
