@@ -1,4 +1,5 @@
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -99,6 +100,33 @@ def test_write_split_round_trip(tmp_path):
     names = {k: sorted(p.split("/")[-1] for p, _ in v) for k, v in splits.items()}
     original = find_splits(tmp_path / "raw")[1]
     assert names == {k: sorted(p.split("/")[-1] for p, _ in v) for k, v in original.items()}
+
+
+def test_the_txt_index_lists_every_image_and_a_dataloader_reads_it(tmp_path, capsys):
+    """--index writes the course's train.txt / valid.txt / test.txt; TxtIndexDataset reads each into the
+    same images and labels as the split's folders; the command runs again over its own output."""
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+
+    from tools import rmb_dataset
+    from tools.data.course_pipeline import TxtIndexDataset
+
+    make_folder(tmp_path / "raw", {"1": 10, "100": 10})
+    argv = [str(tmp_path / "raw"), "--out", str(tmp_path / "split"), "--index"]
+    for _ in range(2):  # a second run replaces its own output
+        rmb_dataset.main(rmb_dataset.get_args_parser().parse_args(argv))
+    assert "train.txt" in capsys.readouterr().out
+    classes, splits, _ = find_splits(tmp_path / "split")
+    for name, samples in splits.items():
+        data = TxtIndexDataset(tmp_path / "split" / f"{name}.txt", transforms.Compose(
+            [transforms.Resize((32, 32)), transforms.ToTensor()]))
+        listed = sorted((os.path.realpath(p), label) for p, label in data.data_info)
+        assert listed == sorted((os.path.realpath(p), label) for p, label in samples)
+        images, labels = next(iter(DataLoader(data, batch_size=len(data))))
+        assert images.shape == (len(samples), 3, 32, 32) and sorted(labels.tolist()) == sorted(l for _, l in samples)
+    (tmp_path / "bad.txt").write_text("train/1/000.jpg 0\ntrain/1/001.jpg one\n")
+    with pytest.raises(UserError, match="bad.txt line 2"):
+        TxtIndexDataset(tmp_path / "bad.txt")
 
 
 def test_disk_cache_decodes_once_and_notices_changes(tmp_path, monkeypatch):
@@ -209,3 +237,17 @@ def test_the_cache_checks_content_and_forgets_what_is_gone(tmp_path):
         warnings.simplefilter("always")
         rebuilt, _ = decode_all(paths, cache_dir=cache)
     assert "rebuilt" in str(caught[0].message) and all(img.shape == (3, 32, 32) for img in rebuilt)
+
+
+def test_norm_data_refuses_a_channel_with_no_spread(tmp_path):
+    """--norm data with a channel of one value everywhere (std 0): one line naming the channel and the
+    way out, not a run of NaN inputs blamed on the learning rate."""
+    from tools.data.image_folder import load_splits
+
+    for c, name in enumerate(["1", "100"]):
+        (tmp_path / name).mkdir()
+        for i in range(10):
+            Image.new("RGB", (20, 20), (c * 100 + i, 50 + i, 7)).save(tmp_path / name / f"{i}.png")
+    with pytest.raises(UserError, match=r"the blue channel .*\(std 0\).*--norm imagenet"):
+        load_splits(tmp_path, norm="data", cache_dir=None)
+    assert load_splits(tmp_path, norm="imagenet", cache_dir=None)["train"].images.shape[0] == 16

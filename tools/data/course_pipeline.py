@@ -56,6 +56,29 @@ class CourseDataset(Dataset):
         return len(self.data_info)
 
 
+class TxtIndexDataset(CourseDataset):
+    """The course's Dataset over a txt index: each line of `index_file` is "<image path> <class index>",
+    the path relative to the index file's folder (as `python -m tools.rmb_dataset DIR --out OUT --index`
+    writes them) or absolute. A line that is not two fields, or whose label is not an integer, is a
+    UserError naming the file and the line."""
+
+    def __init__(self, index_file: Path, transform=None):
+        index_file = Path(index_file)
+        samples = []
+        try:
+            text = index_file.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"cannot read the txt index {index_file} ({getattr(err, 'strerror', None) or err})") from None
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            path, _, label = line.rstrip().rpartition(" ")
+            if not path or not label.lstrip("-").isdigit():
+                raise UserError(f"{index_file} line {number}: {line!r} is not '<image path> <class index>'")
+            samples.append((str(index_file.parent / path), int(label)))
+        super().__init__(samples, transform)
+
+
 class CourseLoader(DataLoader):
     """A DataLoader over CourseDataset, shuffled by its own generator (saved in checkpoints, so a resumed
     run draws the same order); the transforms draw from torch's global generator, which checkpoints keep

@@ -264,6 +264,10 @@ def load_splits(data_dir: Path, norm: str = "imagenet", cache_dir: Path | None =
     if len(sets["train"]) == 0 or len(sets["valid"]) == 0:
         raise UserError(f"{data_dir}: no readable images left in the train or valid split")
     mean, std = (channel_stats(sets["train"].images) if norm == "data" else (list(IMAGENET_MEAN), list(IMAGENET_STD)))
+    flat = [name for name, s in zip(("red", "green", "blue"), std) if not s > 0]
+    if flat:  # Normalize would divide by 0: every input NaN, which the verdict would blame on the learning rate
+        raise UserError(f"--norm data: the {' and '.join(flat)} channel of every train image in {data_dir} is the "
+                        "same value (std 0), so it cannot be normalised by its std; use --norm imagenet")
     missing = [f"{c} has no {split} image" for c, split in missing_classes(
         {name: sets[name].targets for name in ("train", "valid", "test") if name in sets}, classes)]
     for dataset in sets.values():  # an item as the model takes it; training augments whole batches instead
