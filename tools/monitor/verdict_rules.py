@@ -313,14 +313,10 @@ def unchanged_finding(unchanged: dict) -> Finding:
 # ---- the course of the loss and accuracy -----------------------------------------------------------
 
 def overfitting(e: EpochFigures) -> Finding | None:
-    """The training set learned (a low train loss) while the valid loss rises epoch after epoch, to well
-    above the train loss. The rise must stand out of the valid loss's own noise, so that a last digit
-    cannot decide it (another CPU's rounding, another seed): each epoch rises by at least RISE_FRACTION
-    of the chance level, and the window's whole rise is larger than any fall the valid loss made since
-    its best epoch (a small valid split whose loss jumps up and down by 0.4 has not overfitted when it
-    rises by 0.1). A valid loss that jumps once, or while the train loss is still high, or stays near
-    it, is not it either. Once named, it is named while the valid loss does not fall and stays clear of
-    its best."""
+    """The train set learned (a low train loss) while the valid loss rises epoch after epoch, to well above
+    the train loss, by more than its own noise: each epoch by RISE_FRACTION of chance, and in all by more
+    than any fall since its best (a valid loss jumping by 0.4 has not overfitted when it rises by 0.1),
+    so that no CPU's last digit decides it. Once named, named while the valid loss does not fall."""
     train, valid = e.series("train_loss"), e.series("valid_loss")
     if len(valid) < OVERFIT_EPOCHS or None in valid[-OVERFIT_EPOCHS:] or None in train[-OVERFIT_EPOCHS:]:
         return None
@@ -332,8 +328,7 @@ def overfitting(e: EpochFigures) -> Finding | None:
     step = RISE_FRACTION * e.chance if e.chance is not None else 0.0
     rising = all(b - a >= step for a, b in zip(recent, recent[1:])) and recent[-1] - recent[0] > noise \
         and train[-1] < train[-OVERFIT_EPOCHS]
-    # once named, it stays named while the valid loss does not fall and stays clear of its best: a rise
-    # that slows (0.0068 an epoch after 0.016) is the same overfitting, not a recovery
+    # a rise that slows (0.0068 an epoch after 0.016) is the same overfitting, not a recovery
     still = "overfitting" in e.previous and valid[-1] >= valid[-2] and valid[-1] - best >= (OVERFIT_EPOCHS - 1) * step
     if not (e.loss_is_low and (rising or still)
             and valid[-1] >= max(LOW_LOSS_FRACTION * e.chance, OVERFIT_GAP * train[-1])):
