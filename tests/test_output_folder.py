@@ -157,3 +157,56 @@ def test_a_photo_of_any_shape_gives_a_picture_of_bounded_size(tmp_path, tiny_dat
     assert result.returncode == 0, result.stderr
     with Image.open(tmp_path / "out" / "gradcam.png") as sheet:
         assert sheet.width * sheet.height < 4_000_000, sheet.size
+
+
+def test_a_planted_manifest_link_rewrites_nothing_outside(tmp_path, tiny_data, command):
+    """The output folder's manifest a link to a file elsewhere (anyone can plant one in a shared folder):
+    rmb_dataset and inspect_run write their files, and the linked file keeps every byte; the link is
+    replaced by a manifest of their own."""
+    from conftest import train
+
+    victim = tmp_path / "elsewhere.txt"
+    victim.write_text("line 1\nline 2\n")
+    run_dir = Path(train(tmp_path, tiny_data, "--epochs", "1")["run_dir"])
+    for args in (["-m", "tools.rmb_dataset", str(tiny_data), "--out"], ["-m", "tools.inspect_run", str(run_dir), "--out"]):
+        out = tmp_path / f"out-{args[1]}"
+        out.mkdir()
+        (out / MANIFEST).symlink_to(victim)
+        result = command(*args, str(out))
+        assert result.returncode == 0, result.stderr
+        assert victim.read_text() == "line 1\nline 2\n"
+        assert not (out / MANIFEST).is_symlink() and (out / MANIFEST).read_text().strip()
+
+
+def test_a_link_listed_in_the_manifest_is_never_written_through(tmp_path):
+    """A file the manifest names, replaced by a link to a file elsewhere: it is no longer ours."""
+    from tools.cli.errors import UserError
+    from tools.cli.output_folder import OutputFolder
+
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"mine")
+    out = OutputFolder(tmp_path / "out", "--out")
+    out.done(["gradcam.png"])
+    (tmp_path / "out" / "gradcam.png").symlink_to(victim)
+    with pytest.raises(UserError, match="gradcam.png"):
+        out.claim(["gradcam.png"])
+    with pytest.raises(UserError, match="gradcam.png"):
+        out.claim_whole()
+    assert victim.read_bytes() == b"mine"
+
+
+def test_a_stray_complete_file_proves_nothing(tmp_path, command):
+    """An empty .complete beside a user's numbered photos (the names the generated set uses): the photos are
+    not what synthetic_rmb draws, so they are the user's: refused, every byte kept. A set an older version
+    wrote (no manifest, the same bytes) is still replaced."""
+    mine = tmp_path / "mine"
+    write_images(mine / "1", 20)
+    (mine / ".complete").touch()
+    before = snapshot(mine)
+    refused(command("-m", "tools.synthetic_rmb", str(mine), "--per-class", "2"), "did not write")
+    assert snapshot(mine) == before
+    old = tmp_path / "old"
+    assert command("-m", "tools.synthetic_rmb", str(old), "--per-class", "2").returncode == 0
+    (old / MANIFEST).unlink()  # as a version before the manifest left it
+    assert command("-m", "tools.synthetic_rmb", str(old), "--per-class", "2").returncode == 0
+    assert (old / MANIFEST).is_file()

@@ -511,6 +511,40 @@ def test_a_closed_terminal_saves_where_it_stopped_like_sigterm(tiny_data, tmp_pa
     assert torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["epoch"] >= 1
 
 
+@pytest.mark.parametrize("both", [False, True], ids=["stdout", "stdout-and-stderr"])
+def test_a_reader_that_leaves_the_pipe_costs_no_run(tiny_data, tmp_path, both):
+    """`python train_rmb.py | head -1` (or 2>&1 | head -1, a grep -m1, a less the user quits): the pipe
+    closes after the first line; every later print fails, and the run goes on to the end: exit 0, its
+    checkpoint, metrics.json and pictures written, no traceback anywhere."""
+    logs = tmp_path / "logs"
+    process = subprocess.Popen([sys.executable, "train_rmb.py", "--data-dir", str(tiny_data), "--epochs", "3",
+                                "--cache-dir", "", "--logdir", str(logs)], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT if both else subprocess.PIPE, text=True)
+    assert process.stdout.readline()
+    process.stdout.close()  # the reader leaves
+    err = "" if both else process.stderr.read()
+    assert process.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    run_dir = next(logs.glob("*_lenet"))
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 3
+    assert torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["epoch"] == 3
+    assert (run_dir / "gradcam.png").is_file()
+
+
+def test_a_failed_write_drops_the_output_not_the_caller(tmp_path):
+    """KeptStream itself: after one failed write it writes nothing more, raises nothing, and points the
+    descriptor at /dev/null so that what a buffer still holds goes nowhere at exit."""
+    from tools.cli.streams import KeptStream
+
+    read_end, write_end = os.pipe()
+    stream = KeptStream(os.fdopen(write_end, "w", buffering=1))
+    assert stream.write("first\n") == 6 and os.read(read_end, 100) == b"first\n"
+    os.close(read_end)
+    assert stream.write("second\n") == 7 and stream.lost and not stream.isatty()
+    stream.flush()
+    assert os.path.samefile(f"/proc/self/fd/{write_end}", os.devnull) if os.path.exists("/proc/self/fd") else True
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_no_decoder_outlives_a_signal_while_decoding(tmp_path, sig):
     """A signal during the first decode: the run exits with the shell's code for it and its forked

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from tools.cli.errors import UserError
+from tools.cli.streams import kept_output
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -221,7 +222,8 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
 def run_script(main, parser: argparse.ArgumentParser, argv=None):
     """Parse the command line and call main(args); a UserError becomes one line and exit code 2, a
     Ctrl-C before training starts, or a second one (the first one stops training cleanly), one line
-    and exit code 130.
+    and exit code 130. Output that cannot be written (a closed pipe, a dead terminal) is dropped and the
+    run goes on (tools.cli.streams).
 
     As a command (argv None, not a call from Python such as a test's), the objects alive after the
     imports, and after main, are frozen out of the garbage collector's sight (`gc.freeze`): they live
@@ -235,16 +237,17 @@ def run_script(main, parser: argparse.ArgumentParser, argv=None):
     command = argv is None
     if command:
         gc.freeze()
-    try:
-        result = main(args)
-    except UserError as err:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets the same error: say it once
-            print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"\n{parser.prog}: interrupted at once; checkpoints are written atomically, so the last one saved "
-              "(if any) is complete", file=sys.stderr)
-        sys.exit(130)
+    with kept_output():  # a closed stdout or stderr (| head -1, a dead terminal) drops output, not the run
+        try:
+            result = main(args)
+        except UserError as err:
+            if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets the same error: say it once
+                print(f"{parser.prog}: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print(f"\n{parser.prog}: interrupted at once; checkpoints are written atomically, so the last one "
+                  "saved (if any) is complete", file=sys.stderr)
+            sys.exit(130)
     if command:
         gc.freeze()  # the process ends now: no last walk over what dies with it
     return result

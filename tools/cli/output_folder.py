@@ -13,6 +13,9 @@ the way is the user's: the command stops with one line (UserError, exit 2) befor
 
     out.claim_whole()                             # a data set: the folder must hold only what it wrote before
 """
+import os
+import stat
+import tempfile
 from pathlib import Path
 
 from tools.cli.errors import UserError
@@ -29,26 +32,45 @@ class OutputFolder:
             raise UserError(f"{flag} {self.folder} is a file, not a folder: choose a folder (a new one is made)")
 
     def owned(self) -> set[str]:
-        """The relative paths this project's commands wrote here before (its manifest)."""
-        manifest = self.folder / MANIFEST
-        if not manifest.is_file():
+        """The relative paths this project's commands wrote here before (its manifest). A manifest that is
+        a link (to a file anywhere) is no manifest: anyone can plant one; it is never read through."""
+        try:
+            fd = os.open(self.folder / MANIFEST, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:  # none, a link (ELOOP), unreadable
             return set()
         try:
-            return {line for line in manifest.read_text().splitlines() if line and ".." not in Path(line).parts}
+            with os.fdopen(fd) as manifest:
+                if not stat.S_ISREG(os.fstat(manifest.fileno()).st_mode):
+                    return set()
+                return {line for line in manifest.read().splitlines() if line and ".." not in Path(line).parts}
         except (OSError, UnicodeDecodeError):
             return set()
+
+    def write_manifest(self, names) -> None:
+        """The manifest, written to a new file and renamed over the old path: never through a link planted
+        there (the rename replaces the link itself, not what it points to)."""
+        manifest = self.folder / MANIFEST
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f"{MANIFEST}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write("".join(f"{n}\n" for n in sorted(names)))
+            os.replace(tmp, manifest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def contents(self) -> list[str]:
         """Every file (and link) under the folder, as relative paths, but the manifest."""
         if not self.folder.is_dir():
             return []
         return sorted(str(p.relative_to(self.folder)) for p in self.folder.rglob("*")
-                      if (p.is_file() or p.is_symlink()) and p.name != MANIFEST)
+                      if (p.is_file() or p.is_symlink()) and not p.name.startswith(MANIFEST))  # and its temp files
 
     def claim(self, names: list[str]) -> None:
         """Before writing `names` (relative paths): none of them may be a file it did not write."""
         owned = self.owned()
-        foreign = [n for n in names if ((self.folder / n).exists() or (self.folder / n).is_symlink()) and n not in owned]
+        # a link is never ours, whatever the manifest says: writing it would write where it points
+        foreign = [n for n in names if (self.folder / n).is_symlink() or (self.folder / n).exists() and n not in owned]
         if foreign:
             raise UserError(f"{self.flag} {self.folder} already has {foreign[0]}" + (f" and {len(foreign) - 1} more file(s)"
                             if len(foreign) > 1 else "") + ", which this command did not write: it never overwrites "
@@ -68,7 +90,7 @@ class OutputFolder:
         before (which the caller replaces, never merges into). Returns those earlier files. `also_owned`:
         names the command recognises as its own without a manifest (what an earlier version wrote)."""
         owned, present = self.owned(), self.contents()
-        foreign = [n for n in present if n not in owned and not also_owned(n)]
+        foreign = [n for n in present if (n not in owned or (self.folder / n).is_symlink()) and not also_owned(n)]
         if foreign:
             raise UserError(f"{self.flag} {self.folder} already holds {len(foreign)} file(s) this command did not write "
                             f"(such as {foreign[0]}): it writes only into a new or empty folder, or one it wrote "
@@ -81,8 +103,8 @@ class OutputFolder:
         kept = self.owned() - set(earlier)
         for name in earlier:
             (self.folder / name).unlink(missing_ok=True)
-        if (self.folder / MANIFEST).is_file():
-            (self.folder / MANIFEST).write_text("".join(f"{n}\n" for n in sorted(kept)))
+        if (self.folder / MANIFEST).exists() or (self.folder / MANIFEST).is_symlink():
+            self.write_manifest(kept)
         for folder in sorted({p for n in earlier for p in (self.folder / n).parents if self.folder in p.parents},
                              key=lambda p: len(p.parts), reverse=True):
             if folder.is_dir() and not any(folder.iterdir()):
@@ -91,5 +113,4 @@ class OutputFolder:
     def done(self, names: list[str]) -> None:
         """Record `names` (relative paths) as written here by this project."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        owned = sorted(self.owned() | set(names))
-        (self.folder / MANIFEST).write_text("".join(f"{n}\n" for n in owned))
+        self.write_manifest(self.owned() | set(names))

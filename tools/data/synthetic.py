@@ -10,6 +10,7 @@ so under RandomGrayscale the network has to learn the layout, not the colour.
 import os
 import random
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -78,16 +79,23 @@ def generate(out_dir: Path, per_class: int = IMAGES_PER_CLASS, seed: int = SEED)
     """
     out_dir = Path(out_dir).resolve()
     target = OutputFolder(out_dir, "out_dir")
-    earlier = target.claim_whole(also_owned=lambda name: is_generated(out_dir) and bool(LEGACY.fullmatch(name)))
+    target.claim_whole(also_owned=lambda name: bool(LEGACY.fullmatch(name)))  # before drawing: a quick refusal
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
-    rng = random.Random(seed)
-    names = []
-    for kind in CLASSES:
-        (tmp / kind).mkdir()
-        for index in range(per_class):
-            draw_note(kind, rng).save(tmp / kind / f"{index:03d}.jpg", quality=90)
-            names.append(f"{kind}/{index:03d}.jpg")
+    try:
+        rng = random.Random(seed)
+        names = []
+        for kind in CLASSES:
+            (tmp / kind).mkdir()
+            for index in range(per_class):
+                draw_note(kind, rng).save(tmp / kind / f"{index:03d}.jpg", quality=90)
+                names.append(f"{kind}/{index:03d}.jpg")
+        # A set written before the manifest existed is ours only where its bytes are what was just drawn:
+        # a stray .complete (anyone can make one) proves nothing, and a user's 1/000.jpg is kept.
+        earlier = target.claim_whole(also_owned=lambda name: legacy_copy(out_dir, tmp, name))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     OutputFolder(tmp, "out_dir").done(names + [DONE_MARKER])
     (tmp / DONE_MARKER).touch()
     if out_dir.exists():  # only what this command wrote there (checked above): replaced, then moved in
@@ -98,6 +106,17 @@ def generate(out_dir: Path, per_class: int = IMAGES_PER_CLASS, seed: int = SEED)
     else:
         os.replace(tmp, out_dir)
     return out_dir
+
+
+def legacy_copy(out_dir: Path, drawn: Path, name: str) -> bool:
+    """`name` in out_dir is what a version before the manifest wrote: a note whose bytes are those just
+    drawn into `drawn` for the same name, or its empty .complete marker beside such notes."""
+    if not LEGACY.fullmatch(name) or (out_dir / name).is_symlink():
+        return False
+    if name == DONE_MARKER:
+        return (out_dir / name).is_file() and (out_dir / name).stat().st_size == 0
+    mine = drawn / name
+    return mine.is_file() and (out_dir / name).read_bytes() == mine.read_bytes()
 
 
 def is_generated(folder: Path) -> bool:
