@@ -159,3 +159,12 @@ def test_inspect_run_on_a_folder_evaluates_every_image_in_it(tiny_data, tmp_path
     worst = [item["probability"] for item in result["worst"]]
     assert len(worst) == 5 and worst == sorted(worst)
     assert {item["path"] for item in result["worst"]} <= {str(p) for p in images}
+
+
+@pytest.mark.parametrize("model, prefixes", [("lenet", "conv,fc"), ("resnet-course", "conv1,bn1,layer,fc")])
+def test_freezing_every_parameter_is_one_line_before_any_step(tiny_data, tmp_path, model, prefixes):
+    """--freeze naming every layer leaves nothing to train (the first backward would fail deep in autograd):
+    one line naming the flag and what to do."""
+    with pytest.raises(UserError, match=f"--freeze {prefixes} freezes every parameter"):
+        train(tmp_path, tiny_data, "--model", model, "--freeze", prefixes, "--epochs", "1")
+    train(tmp_path, tiny_data, "--model", model, "--freeze", prefixes.rsplit(",", 1)[0], "--epochs", "1")

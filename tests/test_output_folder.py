@@ -210,3 +210,20 @@ def test_a_stray_complete_file_proves_nothing(tmp_path, command):
     (old / MANIFEST).unlink()  # as a version before the manifest left it
     assert command("-m", "tools.synthetic_rmb", str(old), "--per-class", "2").returncode == 0
     assert (old / MANIFEST).is_file()
+
+
+def test_readme_pictures_says_at_once_that_out_cannot_be_written_and_leaves_no_temporary_folder(tmp_path, command,
+                                                                                               monkeypatch):
+    """An --out it cannot write (/proc refuses even root): one line before a minute of training, and no
+    readme_pictures_* folder left in the temporary folder (the same finally removes it after a good run)."""
+    import tempfile
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    data = tmp_path / "photos"
+    for c in ("1", "100"):
+        write_images(data / c, 3, start=0 if c == "1" else 10)
+    refused(command("-m", "tools.readme_pictures", "--data-dir", str(data), "--out", "/proc/pictures"),
+            "--out /proc/pictures", "choose a folder you can write")
+    assert list((tmp_path / "tmp").iterdir()) == []

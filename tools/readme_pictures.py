@@ -11,6 +11,7 @@ generated set).
 Runs the commands a user would (train_rmb.py, monitor_grads.py, init_demo.py, tools.lr_schedules) into a
 temporary folder and copies their pictures into docs/, each shrunk to at most MAX_WIDTH pixels wide.
 """
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -67,7 +68,30 @@ def main(args) -> list[Path]:
         args.out = new_run_dir(REPO_ROOT / "runs", "readme_pictures")
     out = OutputFolder(args.out, "--out")
     out.claim(PICTURES + ["tensorboard_time_series.png"])  # never over a picture it did not write, before any work
+    writable(args.out)  # a read-only --out is said now, not after a minute of training
     tmp = Path(tempfile.mkdtemp(prefix="readme_pictures_"))
+    try:
+        return draw_all(args, out, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the runs that drew them: 4 MB, never left behind
+
+
+def writable(folder: Path) -> None:
+    """Make `folder` and write a probe file in it, or one line (UserError) naming --out."""
+    from tools.cli.errors import UserError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise UserError(f"cannot write into --out {folder} ({err.strerror or err}); choose a folder you can "
+                        "write") from None
+
+
+def draw_all(args, out: OutputFolder, tmp: Path) -> list[Path]:
+    """Run the commands that draw the pictures (their runs in `tmp`), copy each picture into --out and
+    record them as this command's; prints each picture's command and data. Returns the pictures."""
     data = ["--data-dir", str(args.data_dir)]
     commands = {  # what draws each picture, and the data it shows
         "train": (["train_rmb.py", *data, "--epochs", "10", "--device", "cpu"], f"the photos in {args.data_dir}"),
@@ -94,9 +118,15 @@ def main(args) -> list[Path]:
         pictures["tensorboard_time_series.png"] = ("train", take(run_dir, tmp / "shots")["pngs"]["timeseries"])
     else:
         print("no Chromium here: docs/tensorboard_time_series.png is left as it is", file=sys.stderr)
-    args.out.mkdir(parents=True, exist_ok=True)
-    written = {name: shrink_into(source, args.out / name) for name, (_, source) in pictures.items()}
-    out.done(list(written))
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        written = {name: shrink_into(source, args.out / name) for name, (_, source) in pictures.items()}
+        out.done(list(written))
+    except OSError as err:  # --out made read-only or full while the runs drew
+        from tools.cli.errors import UserError
+
+        raise UserError(f"cannot write the pictures into --out {args.out} ({err.strerror or err}); choose a folder "
+                        "you can write") from None
     for name, path in written.items():
         argv, shows = commands[pictures[name][0]]
         shown = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path

@@ -95,6 +95,9 @@ def freeze(model: nn.Module, prefixes: list[str], frozen: bool = True) -> list[s
     if not names:
         raise UserError(f"--freeze {','.join(prefixes)} names no parameter; the model's layers are "
                         f"{', '.join(dict.fromkeys(n.rsplit('.', 1)[0] for n, _ in model.named_parameters()))}")
+    if frozen and len(names) == sum(1 for _ in model.parameters()):  # nothing left to train: no backward at all
+        raise UserError(f"--freeze {','.join(prefixes)} freezes every parameter of the model, so nothing would "
+                        "train; leave at least one layer out of it (e.g. --freeze conv to train the fc layers)")
     for name, p in model.named_parameters():
         if name in names:
             p.requires_grad_(not frozen)
