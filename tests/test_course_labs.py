@@ -94,8 +94,20 @@ def test_split_methods_cover_every_image_as_each_method_says():
     assert {len(f) for f in split_lab.k_fold(23, 5, seed=0)} == {4, 5}
     left_out = [len(split_lab.bootstrap(1000, seed)[1]) / 1000 for seed in range(20)]
     assert sum(left_out) / len(left_out) == pytest.approx((1 - 1 / 1000) ** 1000, abs=0.01)  # ~ 1/e = 36.8%
-    loo = split_lab.leave_one_out(7)
+    loo = list(split_lab.leave_one_out(7))
     assert [v for _, v in loo] == list(range(7)) and all(len(t) == 6 and v not in t for t, v in loo)
+    assert all(sorted(t) == [j for j in range(7) if j != v] for t, v in loo)
+
+
+def test_leave_one_out_streams_its_splits():
+    """10,000 images: the splits come one at a time, each in constant memory (all at once: 4.4 GB)."""
+    import itertools
+    import sys
+
+    splits = split_lab.leave_one_out(10_000)
+    first = list(itertools.islice(splits, 3))
+    assert [v for _, v in first] == [0, 1, 2] and len(first[2][0]) == 9_999 and 2 not in first[2][0]
+    assert sys.getsizeof(first[0][0]) < 1_000 and sum(1 for _ in splits) == 9_997
 
 
 def test_split_lab_prints_each_method_on_a_folder(tiny_data, capsys):

@@ -238,3 +238,19 @@ def test_hparams_are_the_flags_that_tell_runs_apart():
     chosen = hparams_of(args, train_rmb.HPARAMS)
     assert list(chosen) == ["data_dir", "model", "optimizer", "lr", "epochs"]  # TensorBoard ticks the first five
     assert chosen["data_dir"] == "RMB_data" and chosen["optimizer"] == "adam"
+
+
+@pytest.mark.parametrize("n", [21, 170, 1000])
+def test_a_confusion_matrix_of_many_classes_is_bounded_and_shows_the_worst(n):
+    """Past 20 classes the picture draws the 20 with the most mistakes (a brute-force count picks the same)
+    and says so; its size stays within the bound whatever the class count (170 classes once made a picture
+    Pillow refused to open)."""
+    from tools.pictures.visualize import CONFUSION_CLASSES, render_confusion_matrix, worst_classes
+
+    generator = torch.Generator().manual_seed(n)
+    cm = torch.randint(0, 3, (n, n), generator=generator) + 40 * torch.eye(n, dtype=torch.long)
+    mistakes = [sum(int(cm[c, j]) + int(cm[j, c]) for j in range(n) if j != c) for c in range(n)]
+    brute = sorted(sorted(range(n), key=lambda c: (-mistakes[c], -int(cm[c].sum()), c))[:CONFUSION_CLASSES])
+    assert worst_classes(cm, CONFUSION_CLASSES) == brute
+    image = render_confusion_matrix(cm, [f"class{i}" for i in range(n)], "test")
+    assert image.width <= 1400 and image.height <= 1400

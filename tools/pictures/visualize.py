@@ -88,11 +88,35 @@ def render_verdict_strip(statuses: list[str | None], note: str = "", width: int 
     return img
 
 
+CONFUSION_CLASSES = 20   # a confusion matrix draws at most this many classes: those with the most mistakes
+CONFUSION_SIDE = 1200    # ... in cells that shrink so that the grid stays within this many pixels a side
+
+
+def worst_classes(confusion: torch.Tensor, keep: int) -> list[int]:
+    """The `keep` classes with the most mistakes (their row's and their column's off-diagonal counts), in
+    class order; ties go to the more frequent class."""
+    cm = confusion.long()
+    diagonal = cm.diagonal()
+    mistakes = cm.sum(1) - diagonal + cm.sum(0) - diagonal
+    order = sorted(range(len(cm)), key=lambda c: (-int(mistakes[c]), -int(cm[c].sum()), c))
+    return sorted(order[:keep])
+
+
 def render_confusion_matrix(confusion: torch.Tensor, classes: list[str], title: str = "",
                             cell: int = 90) -> Image.Image:
-    """Rows: true class, columns: predicted; the count in each cell, colour = share of its row."""
-    cm = confusion.cpu().long()
+    """Rows: true class, columns: predicted; the count in each cell, colour = share of its row. Bounded
+    whatever the class count: past CONFUSION_CLASSES classes it draws the ones with the most mistakes (and
+    says so under the grid), its cells shrunk to keep the grid within CONFUSION_SIDE pixels."""
+    full = confusion.cpu().long()
+    note = ""
+    if len(classes) > CONFUSION_CLASSES:
+        shown = worst_classes(full, CONFUSION_CLASSES)
+        note = f"; the {len(shown)} of {len(classes)} classes with the most mistakes"
+        full_total = int(full.sum())
+        full, classes = full[shown][:, shown], [classes[c] for c in shown]
+    cm = full
     n = len(classes)
+    cell = max(min(cell, CONFUSION_SIDE // max(n, 1)), 24)
     rows = cm.sum(1, keepdim=True).clamp_min(1).double()
     share = (cm / rows).tolist()
     font, small = _font(max(cell // 5, 11)), _font(max(cell // 7, 10))
@@ -112,7 +136,8 @@ def render_confusion_matrix(confusion: torch.Tensor, classes: list[str], title: 
             draw.text((box[0] + cell // 2, box[1] + cell // 2), str(int(cm[i, j])), font=font, anchor="mm",
                       fill="white" if share[i][j] > 0.5 else "black")
     draw.text((10, top + n * cell // 2), "true", fill="gray", font=small, anchor="lm")
-    draw.text((left, top + n * cell + 12), f"{int(cm.sum())} images; colour: share of the row", fill="gray", font=small)
+    total = full_total if note else int(cm.sum())
+    draw.text((left, top + n * cell + 12), f"{total} images; colour: share of the row{note}", fill="gray", font=small)
     return img
 
 
