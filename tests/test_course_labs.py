@@ -236,3 +236,40 @@ def test_the_courses_resnet_is_the_smaller_one_and_trains_like_resnet18(tiny_dat
     assert not (run_dir / "feature_maps_layer4.png").exists()
     inspected = main(get_args_parser().parse_args([str(run_dir), "--out", str(tmp_path / "inspect"), "--device", "cpu"]))
     assert inspected["acc"] == pytest.approx(metrics["test_acc"])
+
+
+def test_the_course_pipeline_keeps_the_fast_paths_promises(tiny_data, tmp_path, monkeypatch):
+    """A photo deleted while a --pipeline course run trains costs no epoch: its decoded copy trains, with a
+    warning; a 16-bit PNG becomes the same pixels as in the fast path (convert('RGB') alone clips it white)."""
+    import shutil
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms
+
+    from tools.data import course_pipeline
+    from tools.data.decode import decode_resized
+
+    data = tmp_path / "photos"
+    shutil.copytree(tiny_data, data)
+    built = course_pipeline.course_train_loader
+
+    def deleting(*args, **kwargs):  # the loader is built, then a training photo disappears
+        loader = built(*args, **kwargs)
+        Path(loader.dataset.data_info[0][0]).unlink()
+        return loader
+
+    monkeypatch.setattr(course_pipeline, "course_train_loader", deleting)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = train(tmp_path, data, "--pipeline", "course", "--epochs", "2")
+    assert metrics["epochs"] == 2 and any("cannot be read any more" in str(w.message) for w in caught)
+
+    wide = np.linspace(0, 65535, 40 * 60, dtype=np.uint16).reshape(40, 60)
+    Image.fromarray(wide).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I;16")
+    item, _ = course_pipeline.CourseDataset([(str(tmp_path / "deep.png"), 0)], transforms.Compose(
+        [transforms.Resize((32, 32)), transforms.PILToTensor()]))[0]
+    fast = decode_resized(str(tmp_path / "deep.png"))
+    assert abs(item.float().mean().item() - 127.5) < 3 and (item.float() - fast.float()).abs().mean() < 3

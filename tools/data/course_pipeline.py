@@ -10,6 +10,7 @@ distribution (tests/test_batches.py), and for the same random choices the same p
 this pipeline resizes each photo with Resize((32, 32)), the fast path once at decoding (a JPEG at a reduced
 scale first, see `tools.data.decode`). Validation and test use the decoded images in both.
 """
+import warnings
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from tools.cli.errors import UserError
+from tools.data.decode import open_rgb
 
 
 def train_transform(mean, std) -> transforms.Compose:
@@ -38,16 +40,29 @@ def valid_transform(mean, std) -> transforms.Compose:
 
 class CourseDataset(Dataset):
     """The course's RMBDataset: (path, label) pairs; each item opens its photo, converts it to RGB and
-    applies `transform`. Returns (image tensor, label)."""
+    applies `transform`. Returns (image tensor, label).
 
-    def __init__(self, samples: list[tuple[str, int]], transform=None):
+    Where the course calls `convert("RGB")`, this uses the fast path's `open_rgb`, so that every mode PIL
+    reads becomes the same pixels in both pipelines (convert clips a 16-bit PNG to 255: white). `decoded`
+    (uint8, (N, 3, 32, 32), in the order of `samples`): the run's decoded copies; a photo gone or damaged
+    since the run began is then trained from its copy, with one warning, as the fast path would."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform=None, decoded: torch.Tensor | None = None):
         self.data_info = list(samples)
         self.transform = transform
+        self.decoded = decoded
 
     def __getitem__(self, index: int):
         path, label = self.data_info[index]
-        with Image.open(path) as photo:
-            img = photo.convert("RGB")
+        try:
+            img = open_rgb(path)
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            if self.decoded is None:
+                raise UserError(f"cannot read {path} ({getattr(err, 'strerror', None) or err}): restore it or "
+                                "remove it from the data") from None
+            warnings.warn(f"{path} cannot be read any more ({getattr(err, 'strerror', None) or err}): the course "
+                          "pipeline trains on the copy decoded when the run began")
+            img = Image.fromarray(self.decoded[index].cpu().permute(1, 2, 0).numpy())
         if self.transform is not None:
             img = self.transform(img)
         return img, label
@@ -84,8 +99,8 @@ class CourseLoader(DataLoader):
     run draws the same order); the transforms draw from torch's global generator, which checkpoints keep
     too."""
 
-    def __init__(self, samples, transform, batch_size: int, seed: int):
-        super().__init__(CourseDataset(samples, transform), batch_size=batch_size, shuffle=True,
+    def __init__(self, samples, transform, batch_size: int, seed: int, decoded: torch.Tensor | None = None):
+        super().__init__(CourseDataset(samples, transform, decoded), batch_size=batch_size, shuffle=True,
                          generator=torch.Generator().manual_seed(seed))
 
     def held(self) -> str:
@@ -99,5 +114,5 @@ def course_train_loader(data: dict, batch_size: int, seed: int) -> CourseLoader:
     only (UserError under torchrun: the course's loader has no sampler to shard the data)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         raise UserError("--pipeline course runs on one process: leave it out under torchrun")
-    samples = data["train"].samples
-    return CourseLoader(samples, train_transform(data["mean"], data["std"]), batch_size, seed)
+    train = data["train"]
+    return CourseLoader(train.samples, train_transform(data["mean"], data["std"]), batch_size, seed, train.images)
