@@ -14,13 +14,12 @@ from tools.pictures.gradcam import gradcam, last_conv
 from tools.training.schedules import build_scheduler
 from tools.lr_schedules import lr_curves
 from tools.tb.writer import LR, PICTURES, VERDICT
+from tools.pictures.confusion import precision_recall, render_confusion_matrix
 from tools.pictures.visualize import (
     feature_map_sheets,
     feature_maps,
     kernel_sheets,
     labelled_sheet,
-    precision_recall,
-    render_confusion_matrix,
     tiles_of,
 )
 
@@ -245,7 +244,7 @@ def test_a_confusion_matrix_of_many_classes_is_bounded_and_shows_the_worst(n):
     """Past 20 classes the picture draws the 20 with the most mistakes (a brute-force count picks the same)
     and says so; its size stays within the bound whatever the class count (170 classes once made a picture
     Pillow refused to open)."""
-    from tools.pictures.visualize import CONFUSION_CLASSES, render_confusion_matrix, worst_classes
+    from tools.pictures.confusion import CONFUSION_CLASSES, worst_classes
 
     generator = torch.Generator().manual_seed(n)
     cm = torch.randint(0, 3, (n, n), generator=generator) + 40 * torch.eye(n, dtype=torch.long)

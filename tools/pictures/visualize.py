@@ -1,8 +1,9 @@
-"""Pictures of what a conv net learned: confusion matrix, feature maps, kernels, Grad-CAM overlays.
+"""Pictures of what a conv net learned: feature maps, kernels, Grad-CAM overlays, the verdict strip (the
+confusion matrix is tools.pictures.confusion's).
 
 Images come back as uint8 arrays (H, W, 3) or PIL images, ready for PNG files and for
-SummaryWriter.add_image(..., dataformats="HWC"). The confusion matrix is drawn with PIL alone (about a
-millisecond), so that it can be logged every epoch without slowing training.
+SummaryWriter.add_image(..., dataformats="HWC"). Pictures logged every epoch are drawn with PIL alone
+(about a millisecond), so that they do not slow training.
 """
 from functools import lru_cache
 from pathlib import Path
@@ -20,29 +21,9 @@ MAX_MAP_CHANNELS = 16     # a layer's first 16 channels are drawn (a deep net's 
 MAX_KERNEL_TILES = 256    # a deeper conv's kernels (a tile per output x input channel) are drawn up to this many
 
 
-def precision_recall(confusion: torch.Tensor, classes: list[str]) -> dict:
-    """Per-class precision and recall from a confusion matrix (rows true, columns predicted).
-
-    Returns {class: {'precision', 'recall', 'support'}}; a ratio with nothing to count is None.
-    """
-    cm = confusion.double()
-    result = {}
-    for i, name in enumerate(classes):
-        predicted, actual = cm[:, i].sum().item(), cm[i].sum().item()
-        result[name] = {"precision": cm[i, i].item() / predicted if predicted else None,
-                        "recall": cm[i, i].item() / actual if actual else None, "support": int(actual)}
-    return result
-
-
 @lru_cache(maxsize=8)
-def _font(size: int):
+def load_font(size: int):
     return ImageFont.load_default(size=size)  # loaded once per size: it parses a font file
-
-
-def _blues(value: float) -> tuple:
-    """White (0) to dark blue (1)."""
-    light, dark = np.array([247, 251, 255]), np.array([8, 48, 107])
-    return tuple(int(c) for c in light + (dark - light) * min(max(value, 0.0), 1.0))
 
 
 STATUS_COLOURS = {"healthy": (46, 125, 50), "converged": (21, 101, 192), None: (189, 189, 189)}
@@ -64,7 +45,7 @@ def render_verdict_strip(statuses: list[str | None], note: str = "", width: int 
     """The run's epochs as a row of boxes coloured by the verdict's status (healthy green, converged blue,
     each problem a colour of its own), and a line per status naming its epochs; `note` below (the test
     accuracy). Sized for TensorBoard's image card: its text as large as the card's title."""
-    font, small = _font(18), _font(16)
+    font, small = load_font(18), load_font(16)
     problems = [s for s in dict.fromkeys(statuses) if s not in STATUS_COLOURS]
     colour = STATUS_COLOURS | {s: PROBLEM_COLOURS[i % len(PROBLEM_COLOURS)] for i, s in enumerate(problems)}
     n = max(len(statuses), 1)
@@ -85,59 +66,6 @@ def render_verdict_strip(statuses: list[str | None], note: str = "", width: int 
         y += 22
     if note:
         draw.text((left, y + 4), note, fill="black", font=small)
-    return img
-
-
-CONFUSION_CLASSES = 20   # a confusion matrix draws at most this many classes: those with the most mistakes
-CONFUSION_SIDE = 1200    # ... in cells that shrink so that the grid stays within this many pixels a side
-
-
-def worst_classes(confusion: torch.Tensor, keep: int) -> list[int]:
-    """The `keep` classes with the most mistakes (their row's and their column's off-diagonal counts), in
-    class order; ties go to the more frequent class."""
-    cm = confusion.long()
-    diagonal = cm.diagonal()
-    mistakes = cm.sum(1) - diagonal + cm.sum(0) - diagonal
-    order = sorted(range(len(cm)), key=lambda c: (-int(mistakes[c]), -int(cm[c].sum()), c))
-    return sorted(order[:keep])
-
-
-def render_confusion_matrix(confusion: torch.Tensor, classes: list[str], title: str = "",
-                            cell: int = 90) -> Image.Image:
-    """Rows: true class, columns: predicted; the count in each cell, colour = share of its row. Bounded
-    whatever the class count: past CONFUSION_CLASSES classes it draws the ones with the most mistakes (and
-    says so under the grid), its cells shrunk to keep the grid within CONFUSION_SIDE pixels."""
-    full = confusion.cpu().long()
-    note = ""
-    if len(classes) > CONFUSION_CLASSES:
-        shown = worst_classes(full, CONFUSION_CLASSES)
-        note = f"; the {len(shown)} of {len(classes)} classes with the most mistakes"
-        full_total = int(full.sum())
-        full, classes = full[shown][:, shown], [classes[c] for c in shown]
-    cm = full
-    n = len(classes)
-    cell = max(min(cell, CONFUSION_SIDE // max(n, 1)), 24)
-    rows = cm.sum(1, keepdim=True).clamp_min(1).double()
-    share = (cm / rows).tolist()
-    font, small = _font(max(cell // 5, 11)), _font(max(cell // 7, 10))
-    left, top = cell + 30, cell // 2 + 40
-    img = Image.new("RGB", (max(left + n * cell + 20, 260), top + n * cell + 50), "white")
-    draw = ImageDraw.Draw(img)
-    if title:
-        draw.text((10, 6), title, fill="black", font=font)
-    for j, name in enumerate(classes):
-        draw.text((left + j * cell + cell // 2, top - 8), name, fill="black", font=small, anchor="md")
-    draw.text((left + n * cell // 2, top - 8 - cell // 5), "predicted", fill="gray", font=small, anchor="md")
-    for i, name in enumerate(classes):
-        draw.text((left - 8, top + i * cell + cell // 2), name, fill="black", font=small, anchor="rm")
-        for j in range(n):
-            box = [left + j * cell, top + i * cell, left + (j + 1) * cell - 1, top + (i + 1) * cell - 1]
-            draw.rectangle(box, fill=_blues(share[i][j]), outline="gray")
-            draw.text((box[0] + cell // 2, box[1] + cell // 2), str(int(cm[i, j])), font=font, anchor="mm",
-                      fill="white" if share[i][j] > 0.5 else "black")
-    draw.text((10, top + n * cell // 2), "true", fill="gray", font=small, anchor="lm")
-    total = full_total if note else int(cm.sum())
-    draw.text((left, top + n * cell + 12), f"{total} images; colour: share of the row{note}", fill="gray", font=small)
     return img
 
 
@@ -236,7 +164,7 @@ def gradcam_sheet(items: list[dict], title: str = "Grad-CAM", per_line: int = 4)
 
 def with_colour_bar(sheet: np.ndarray, width: int = 300) -> np.ndarray:
     """The sheet with the Grad-CAM colour scale under it: blue (low attention) to red (high)."""
-    font = _font(16)
+    font = load_font(16)
     bar = Image.fromarray((jet(np.tile(np.linspace(0, 1, width), (16, 1))) * 255).astype(np.uint8))
     out = Image.new("RGB", (sheet.shape[1], sheet.shape[0] + 40), "white")
     out.paste(Image.fromarray(sheet), (0, 0))
@@ -307,7 +235,7 @@ def labelled_sheet(title: str, rows: list[tuple[str, list[np.ndarray], list[str]
     caption above each (several lines allowed), at most `per_line` tiles to a line, in columns as wide
     as their widest tile or caption. Returns uint8 (H, W, 3)."""
     # sized for TensorBoard's card (about 450 pixels wide): the text as large as the card's own title there
-    font, small = _font(20), _font(16)
+    font, small = load_font(20), load_font(16)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     lines_of_caption = max(caption.count("\n") + 1 for _, _, captions in rows for caption in captions)
     label_width = max(100, *(measure.multiline_textbbox((0, 0), label, font=font)[2] + 16 for label, _, _ in rows))

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tools.pictures.visualize import explain, precision_recall, render_confusion_matrix, save_png, write_explanation
+from tools.pictures.confusion import precision_recall, render_confusion_matrix
+from tools.pictures.visualize import explain, save_png, write_explanation
 from tools.tb.writer import PICTURES
 from tools.training.batches import eval_batches
 from tools.training.engine import evaluate

@@ -268,7 +268,8 @@ class RunFolder:
         (and the averaged weights', with SWA), the learning rate of every parameter group ('lr', 'lr/head')
         and the valid confusion matrix, flushed to disk before the checkpoint that covers them; the
         terminal gets one line, and the verdict."""
-        from tools.pictures.visualize import render_confusion_matrix, render_verdict_strip
+        from tools.pictures.confusion import render_confusion_matrix
+        from tools.pictures.visualize import render_verdict_strip
         from tools.tb.writer import ACCURACY, LOSS, LR, PICTURES, VERDICT, write_lines
 
         train, valid, step = state.last["train"], state.last["valid"], state.global_step
@@ -333,7 +334,8 @@ class RunFolder:
         model's, with --swa-start. `stop`: a signal that came during this final phase was held until it
         was done; then the run exits with its code."""
         from tools.pictures.plots import plot_loss_curve
-        from tools.pictures.visualize import precision_recall, render_verdict_strip
+        from tools.pictures.confusion import precision_recall
+        from tools.pictures.visualize import render_verdict_strip
         from tools.tb.writer import ACCURACY, LOSS, VERDICT, line_location, log_hparams, write_lines
 
         test = report if report and report["split"] == "test" else None
