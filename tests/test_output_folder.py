@@ -227,3 +227,15 @@ def test_readme_pictures_says_at_once_that_out_cannot_be_written_and_leaves_no_t
     refused(command("-m", "tools.readme_pictures", "--data-dir", str(data), "--out", "/proc/pictures"),
             "--out /proc/pictures", "choose a folder you can write")
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [["-m", "tools.synthetic_rmb", "{below}"],
+                                  ["-m", "tools.rmb_dataset", "{data}", "--out", "{below}"]])
+def test_a_folder_below_a_file_is_named_for_what_it_is(tmp_path, command, args):
+    """An output path below a file (a typo: photos.txt/out): one line naming the file, not 'File exists'."""
+    (tmp_path / "photos.txt").write_text("not a folder")
+    data = tmp_path / "raw"
+    for c in ("1", "100"):
+        write_images(data / c, 3, start=0 if c == "1" else 10)
+    argv = [a.format(below=tmp_path / "photos.txt" / "out", data=data) for a in args]
+    refused(command(*argv), "photos.txt, which is a file, not a folder")

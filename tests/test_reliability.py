@@ -456,7 +456,7 @@ def test_hostile_flag_values_are_one_line_and_exit_2(script, flags, capsys):
 @pytest.mark.parametrize("argv, match", [
     (["init_demo.py", "--width", "16384", "--layers", "10000"], "GiB"),
     (["-m", "tools.inspect_run", "no_such_run"], "does not exist"),
-    (["-m", "tools.synthetic_rmb", "/dev/null/here"], "cannot write"),
+    (["-m", "tools.synthetic_rmb", "/dev/null/here"], "which is a file, not a folder"),
     (["-m", "tools.rmb_dataset", "no_such_folder"], "does not exist"),
     (["train_rmb.py", "--device", "cuda:x"], "--device"),
     (["train_rmb.py", "--resume", "no_such_checkpoint.pt"], "does not exist"),
@@ -547,8 +547,9 @@ def test_a_failed_write_drops_the_output_not_the_caller(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_no_decoder_outlives_a_signal_while_decoding(tmp_path, sig):
-    """A signal during the first decode: the run exits with the shell's code for it and its forked
-    decoders end with it (each would otherwise go on decoding, orphaned)."""
+    """A signal during the first decode, before any step: the run says so in one line, exits with the
+    shell's code for it, and its forked decoders end with it (each would otherwise go on decoding,
+    orphaned)."""
     import time
 
     data = tmp_path / "photos"
@@ -564,8 +565,9 @@ def test_no_decoder_outlives_a_signal_while_decoding(tmp_path, sig):
         time.sleep(0.01)
     assert children, "no decoder was forked"
     process.send_signal(sig)
-    process.communicate(timeout=60)
+    _, err = process.communicate(timeout=60)
     assert process.returncode == 128 + sig
+    assert f"stopped by {signal.Signals(sig).name}" in err and "Traceback" not in err, err  # one line, not silence
     time.sleep(0.2)
     alive = [pid for pid in children if Path(f"/proc/{pid}").exists()
              and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]
@@ -603,3 +605,16 @@ def test_a_full_disk_when_the_writer_opens_is_one_line(tiny_data, tmp_path, caps
     monkeypatch.setattr(tools.tb.writer, "open_writer", full)
     err = one_line_exit_2(capsys, lambda: cli(tmp_path, "--data-dir", str(tiny_data), *FLAGS, "--epochs", "1"))
     assert "No space left on device" in err and "TensorBoard" in err
+
+
+def test_a_value_that_starts_with_a_dash_pastes_as_one(tmp_path):
+    """A run named -x in a folder -runs: the resume command and the TensorBoard line write `--flag=value`,
+    which argparse (and TensorBoard's flags) read as the value, not as another flag."""
+    from tools.cli.arguments import tensorboard_command
+
+    args = train_rmb.get_args_parser().parse_args(["--run-name=-x", "--epochs", "2"])
+    args.explicit = {"run_name", "epochs"}
+    words = shlex.split(resume_command(args, Path("-runs/20261207-000000_-x")))
+    again = train_rmb.get_args_parser().parse_args(words[2:])
+    assert again.run_name == "-x" and again.epochs == 2 and again.resume == "-runs/20261207-000000_-x"
+    assert shlex.split(tensorboard_command("-runs")) == ["tensorboard", "--logdir=-runs"]

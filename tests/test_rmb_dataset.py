@@ -225,6 +225,16 @@ def test_the_cache_checks_content_and_forgets_what_is_gone(tmp_path):
     assert target.stat().st_size == stat.st_size and target.stat().st_mtime_ns == stat.st_mtime_ns
     again, _ = decode_all(paths, cache_dir=cache)
     assert torch.equal(again[0], decode_resized(paths[0])) and not torch.equal(again[0], first[0])
+    # a byte changed in the middle of a photo, in place, its size and time kept: first and last kilobyte alike
+    middle, stat = Path(paths[1]), Path(paths[1]).stat()
+    raw = bytearray(middle.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    with open(middle, "r+b") as f:
+        f.write(raw)
+    os.utime(middle, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert middle.stat().st_size == stat.st_size and middle.stat().st_mtime_ns == stat.st_mtime_ns
+    again, _ = decode_all(paths, cache_dir=cache)
+    assert torch.equal(again[1], decode_resized(paths[1])) and not torch.equal(again[1], first[1])
     for _ in range(3):  # touch every file: new keys each time, old ones dropped
         for p in paths:
             os.utime(p)

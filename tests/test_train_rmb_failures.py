@@ -184,7 +184,7 @@ def test_strict_stops_at_the_first_broken_image(tmp_path, capsys, messy_data):
 
 @pytest.mark.parametrize("flags, match", [
     (["--lr", "0"], "--lr"), (["--lr", "-1"], "--lr"), (["--epochs", "0"], "--epochs"),
-    (["--batch-size", "0"], "--batch-size"), (["--device", "tpu"], "--device tpu"),
+    (["--batch-size", "0"], "--batch-size"), (["--device", "tpu"], "--device: 'tpu': use auto, cpu, cuda or cuda:N"),
 ])
 def test_bad_flags_are_one_line(tmp_path, capsys, tiny_data, flags, match):
     expect_user_error(tmp_path, capsys, "--data-dir", str(tiny_data), *flags, match=match)
@@ -242,3 +242,39 @@ def test_a_jpeg_or_a_damaged_file_passed_as_a_checkpoint_is_called_damaged_not_d
     err = expect_user_error(tmp_path, capsys, "--data-dir", str(tiny_data), "--resume", str(jpeg), match="damaged")
     assert "could run code" not in err and "checkpoint_best.pt" in err
     err = expect_user_error(tmp_path, capsys, "--data-dir", str(tiny_data), "--resume", "/dev/null", match="not a file")
+
+
+def test_a_resume_after_the_data_folder_changed_says_so(tiny_data, tmp_path, capsys):
+    """Photos removed between a run and its resume: the resumed run says the split sizes now and then, and
+    that it no longer continues bit for bit (the checkpoint keeps the sizes)."""
+    import shutil
+
+    data = tmp_path / "photos"
+    shutil.copytree(tiny_data, data)
+    first = train(tmp_path, data, "--epochs", "1")
+    assert torch.load(Path(first["run_dir"]) / "checkpoint_last.pt", weights_only=True)["images"] == \
+        {"train": 20, "valid": 2, "test": 2}
+    for photo in sorted((data / "1").iterdir())[:4]:
+        photo.unlink()
+    capsys.readouterr()
+    train(tmp_path, data, "--epochs", "2", "--resume", "auto", "--run-name", "lenet")
+    err = capsys.readouterr().err
+    assert "the data folder changed since the run began" in err and "then" in err and "bit for bit" in err, err
+
+
+@pytest.mark.parametrize("flag", ["--logdir", "--cache-dir"])
+def test_a_folder_written_inside_the_data_folder_is_named_not_the_data(tiny_data, tmp_path, flag):
+    """--logdir (or --cache-dir) inside --data-dir: one line naming that flag, before anything is written
+    (the data is not blamed for a 'class folder without images')."""
+    import shutil
+
+    import train_rmb
+    from tools.cli.errors import UserError
+
+    data = tmp_path / "photos"
+    shutil.copytree(tiny_data, data)
+    argv = ["--data-dir", str(data), "--logdir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
+            flag, str(data / "out")]
+    with pytest.raises(UserError, match=f"{flag} .* is inside the data folder"):
+        train_rmb.main(train_rmb.get_args_parser().parse_args(argv))
+    assert not (data / "out").exists()

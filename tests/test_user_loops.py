@@ -141,6 +141,30 @@ def test_the_monitor_says_what_it_needs():
         TrainingMonitor(model).after_backward(1, 0.5)
     with pytest.raises(TypeError, match="end_epoch\\(valid"):
         TrainingMonitor(model).end_epoch(1, 0.5, valid=0.9)
+    with pytest.raises(ValueError, match="no parameters"):
+        TrainingMonitor(nn.ReLU())
+    with pytest.raises(ValueError, match="meta device"):
+        TrainingMonitor(nn.Linear(2, 2, device="meta"))
+    with pytest.raises(ValueError, match="bins"):
+        TrainingMonitor(model, bins=0)
+    with pytest.raises(ValueError, match="95% is 0.95"):
+        TrainingMonitor(model).end_epoch(1, 0.5, train_acc=95.0)
+    with pytest.raises(ValueError, match="fraction from 0 to 1"):
+        TrainingMonitor(model).end_epoch(1, 0.5, valid={"loss": 0.4, "acc": 2.0})
+    with pytest.raises(TypeError, match="check_data"):
+        TrainingMonitor(model).check_data({"train": torch.zeros(3, 2)})
+    empty = {"train": (torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)), "valid": (torch.ones(2, 2), [0, 1])}
+    assert TrainingMonitor(model, classes=2).check_data(empty) == []  # nothing to compare with: no leak, no error
+
+
+def test_a_nan_valid_loss_is_named_not_healthy():
+    """end_epoch(valid={'loss': nan}) while training is finite: non-finite, on the valid split, every epoch."""
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = TrainingMonitor(model, optimizer=optimizer, classes=2)
+    for epoch in range(1, 4):
+        verdict = monitor.end_epoch(epoch, 0.6, train_acc=0.7, valid={"loss": float("nan"), "acc": 0.5})
+        assert verdict.status == "non-finite" and "valid loss is nan" in str(verdict), str(verdict)
 
 
 def test_a_mistake_in_the_loss_is_seen_in_its_graph_and_correct_losses_are_not():

@@ -19,7 +19,7 @@ from tools.monitor import TrainingMonitor
 from tools.suites.scenarios import BY_NAME, SCENARIOS, found, run_scenario
 from tools.monitor.epoch_figures import ACCUMULATION_EXCESS, OVERFIT_EPOCHS, PLATEAU_EPOCHS, EpochFigures
 from tools.monitor.verdict import judge
-from tools.monitor.verdict_rules import slope
+from tools.monitor.curve_rules import slope
 
 NORMS = {"a.weight": 0.1, "b.weight": 0.2}
 

@@ -212,7 +212,7 @@ def get_args_parser():
     from tools.cli.arguments import ArgumentParser, add_common_args
 
     parser = ArgumentParser(description=__doc__.splitlines()[0], prog="python -m tools.loss_lab")
-    return add_common_args(parser, name="loss_lab")
+    return add_common_args(parser, name="loss_lab", device=False)
 
 
 def main(args) -> dict:

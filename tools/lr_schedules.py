@@ -110,7 +110,7 @@ def get_args_parser():
                             prog="python -m tools.lr_schedules")
     parser.add_argument("--epochs", type=int_between(1, 10_000), default=100, help="epochs on the x axis")
     parser.add_argument("--lr", type=positive_float, default=0.1, help="initial (or maximum) learning rate")
-    return add_common_args(parser, name="lr_schedules")
+    return add_common_args(parser, name="lr_schedules", device=False)
 
 
 def main(args) -> dict:

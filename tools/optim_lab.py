@@ -203,7 +203,7 @@ def get_args_parser():
     parser = ArgumentParser(description=__doc__.splitlines()[0], prog="python -m tools.optim_lab")
     parser.add_argument("--section", choices=SECTIONS, action="append", default=None,
                         help="a section to run (repeatable; default: all, in the course's order)")
-    return add_common_args(parser, name="optim_lab")
+    return add_common_args(parser, name="optim_lab", device=False)
 
 
 def main(args) -> dict:

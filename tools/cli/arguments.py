@@ -5,14 +5,16 @@ import os
 import random
 import re
 import shlex
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tools.cli.errors import UserError
+from tools.cli.errors import Stopped, UserError
 from tools.cli.streams import kept_output
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -177,11 +179,26 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def add_common_args(parser: argparse.ArgumentParser, name: str | None, seed: int = 1) -> argparse.ArgumentParser:
-    """The flags every script shares: --seed, --device, --logdir, --run-name (default `name`; None: the
-    script names the run after its --model)."""
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def device_name(text: str) -> str:
+    """--device's value: auto, cpu, cuda or cuda:N, checked as the command line is read (whether CUDA is
+    there is select_device's to say)."""
+    if not DEVICE_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use auto, cpu, cuda or cuda:N")
+    return text
+
+
+def add_common_args(parser: argparse.ArgumentParser, name: str | None, seed: int = 1,
+                    device: bool = True) -> argparse.ArgumentParser:
+    """The flags every script shares: --seed, --device (left out with `device` False: a lab that computes
+    on the CPU only takes none, rather than one it would ignore), --logdir, --run-name (default `name`;
+    None: the script names the run after its --model)."""
     parser.add_argument("--seed", type=seed_value, default=seed, help="seed of random, numpy and torch")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    if device:
+        parser.add_argument("--device", type=device_name, default="auto",
+                            help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--logdir", type=folder_path, default=REPO_ROOT / "runs",
                         help="run folders go into <logdir>/<YYYYmmdd-HHMMSS>_<run-name>/")
     parser.add_argument("--run-name", type=run_name, default=name,
@@ -237,9 +254,15 @@ def run_script(main, parser: argparse.ArgumentParser, argv=None):
     command = argv is None
     if command:
         gc.freeze()
+    previous = {sig: signal.signal(sig, stopped_by) for sig in STOP_SIGNALS} \
+        if command and threading.current_thread() is threading.main_thread() else {}
     with kept_output():  # a closed stdout or stderr (| head -1, a dead terminal) drops output, not the run
         try:
             result = main(args)
+        except Stopped as stop:  # outside training (which saves and says so itself): before it, or after
+            print(f"\n{parser.prog}: stopped by {signal.Signals(stop.signum).name}; checkpoints are written "
+                  "atomically, so the last one saved (if any) is complete", file=sys.stderr)
+            sys.exit(128 + stop.signum)
         except UserError as err:
             if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets the same error: say it once
                 print(f"{parser.prog}: error: {err}", file=sys.stderr)
@@ -248,9 +271,19 @@ def run_script(main, parser: argparse.ArgumentParser, argv=None):
             print(f"\n{parser.prog}: interrupted at once; checkpoints are written atomically, so the last one "
                   "saved (if any) is complete", file=sys.stderr)
             sys.exit(130)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     if command:
         gc.freeze()  # the process ends now: no last walk over what dies with it
     return result
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def stopped_by(signum, _frame) -> None:
+    raise Stopped(signum)
 
 
 def flag_word(value) -> str:
@@ -272,4 +305,6 @@ def tensorboard_command(logdir, run_dir=None) -> str:
     `tensorboard --logdir runs`), where this run sits beside the others; `run_dir` named in a comment,
     which the shell ignores (a run name is printable, one line: it cannot end the comment)."""
     named = f"   # this run: {Path(run_dir).name}" if run_dir else ""
-    return shell_command("tensorboard", "--logdir", logdir) + named
+    logdir = str(logdir)
+    return shell_command("tensorboard", *([f"--logdir={logdir}"] if logdir.startswith("-") else ["--logdir", logdir])) \
+        + named

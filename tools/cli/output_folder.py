@@ -30,6 +30,10 @@ class OutputFolder:
         self.folder, self.flag = Path(folder), flag
         if self.folder.exists() and not self.folder.is_dir():
             raise UserError(f"{flag} {self.folder} is a file, not a folder: choose a folder (a new one is made)")
+        below = next((p for p in self.folder.parents if p.exists() and not p.is_dir()), None)
+        if below is not None:  # mkdir would say "File exists" or "Not a directory"
+            raise UserError(f"{flag} {self.folder} lies below {below}, which is a file, not a folder: choose "
+                            "another folder")
 
     def owned(self) -> set[str]:
         """The relative paths this project's commands wrote here before (its manifest). A manifest that is

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tools.cli.errors import UserError
+from tools.cli.errors import Stopped, UserError
 from tools.data.image_cache import cache_key, cache_path, path_of, read_cache, write_cache
 
 IMAGE_SIZE = 32  # LeNet's input is 3x32x32
@@ -77,12 +77,16 @@ def _decode_share(k: int, decoders: int, size: int, progress=None) -> dict[int, 
 
 
 def _stop_decoding(signum, _frame) -> None:
-    """SIGTERM or SIGHUP while decoding: exit with the shell's code for it, through the decoders' cleanup."""
-    raise SystemExit(128 + signum)
+    """SIGTERM or SIGHUP while decoding: stop through the decoders' cleanup; the command says so in one
+    line and exits with the shell's code for it (tools.cli.arguments.run_script)."""
+    raise Stopped(signum)
 
 
 def _decoding_process(k: int, decoders: int, size: int, send) -> None:
-    """What a forked decoder runs: its share, then its errors back through the pipe."""
+    """What a forked decoder runs: its share, then its errors back through the pipe. A signal ends it
+    as it ends any process (the parent's handler, inherited by the fork, is the parent's to run)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
     send.send(_decode_share(k, decoders, size))
 
 

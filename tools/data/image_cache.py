@@ -15,14 +15,17 @@ FINGERPRINT_BYTES = 1024  # the cache key reads a file's first and last kilobyte
 
 
 def cache_key(path: str) -> str:
-    """path|size|mtime|a BLAKE2b digest of the first and last FINGERPRINT_BYTES of its content."""
+    """path|size|mtime|a BLAKE2b digest of the first and last FINGERPRINT_BYTES of its content, and of the
+    file's inode and change time (ctime): a byte changed in its middle, the modification time then set
+    back (touch -d, cp -p and rsync -t can), still moves the ctime, which no user can set. A copy or a
+    chmod moves it too: the photo is decoded again, once."""
     stat = os.stat(path)
     with open(path, "rb") as f:
         head = f.read(FINGERPRINT_BYTES)
         if stat.st_size > 2 * FINGERPRINT_BYTES:
             f.seek(-FINGERPRINT_BYTES, os.SEEK_END)
         tail = f.read(FINGERPRINT_BYTES)
-    digest = hashlib.blake2b(head + tail, digest_size=8).hexdigest()
+    digest = hashlib.blake2b(head + tail + f"{stat.st_ino}|{stat.st_ctime_ns}".encode(), digest_size=8).hexdigest()
     return f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{digest}"
 
 

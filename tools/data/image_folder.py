@@ -235,9 +235,10 @@ def default_data_dir(data_root: Path) -> tuple[Path, str | None]:
     else:
         try:
             synthetic_rmb.generate(folder)
-        except OSError as err:  # a read-only checkout
+        except (OSError, UserError) as err:  # a read-only checkout; data/ a file; a folder of the user's there
+            why = err.strerror or err if isinstance(err, OSError) else err
             raise UserError(f"no --data-dir and no {real}, and the synthetic set cannot be generated into {folder} "
-                            f"({err.strerror or err}): pass --data-dir with your photos") from None
+                            f"({why}): pass --data-dir with your photos") from None
         note = f"no --data-dir and no {real}: generated a synthetic RMB set into {folder}"
     return folder, note + f"; for real photos put them in {real}/1 and {real}/100, or pass --data-dir"
 

@@ -6,8 +6,12 @@ from tools.monitor.epoch_figures import Finding
 
 def split_findings(splits: dict[str, tuple], classes: list[str]) -> list[Finding]:
     """Findings on the splits: name -> (images (N, ...) tensor, targets list); 'train' is the reference."""
+    if not isinstance(splits, dict) or not all(isinstance(v, (tuple, list)) and len(v) == 2 for v in splits.values()):
+        raise TypeError("check_data(splits): a dict of split name -> (images, targets), e.g. "
+                        "{'train': (x_train, y_train), 'valid': (x_valid, y_valid)}")
     findings = []
-    for name, indices in leaks({n: images for n, (images, _) in splits.items()}).items():
+    filled = {n: images for n, (images, _) in splits.items() if len(images)}  # an empty split holds no leak
+    for name, indices in (leaks(filled) if "train" in filled else {}).items():
         if indices:
             total = len(splits[name][0])
             findings.append(Finding("data-leak", f"{len(indices)} of {total} {name} images are also in train "

@@ -67,7 +67,7 @@ class TrainingMonitor(StepWatch):
         in it, or a zero learning rate); `frozen`: the name prefixes of parameters frozen on purpose
         (None: any parameter with requires_grad False is taken as frozen on purpose; a list: only those,
         and any other one is a finding)."""
-        check_arguments(model, writer, log_interval, classes, optimizer, frozen)
+        check_arguments(model, writer, log_interval, classes, optimizer, frozen, bins)
         super().__init__(model, writer, log_interval, enabled, None, optimizer)
         self.optimizer = optimizer
         self.frozen_prefixes = frozen

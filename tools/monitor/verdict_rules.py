@@ -5,24 +5,15 @@ what they cause (non-finite values, exploding or vanishing gradients, saturated 
 or unchanged weights, overfitting and plateaus. A new rule is one function and one line in RULES."""
 import math
 
+from tools.monitor.curve_rules import class_ignored, overfitting, plateau
 from tools.monitor.epoch_figures import (
     DEAD_RELU_FRACTION,
     DIVERGED_LOSS_FACTOR,
     EXPLODING_GROWTH,
     EXPLODING_RATIO,
-    IGNORED_EPOCHS,
-    IGNORED_RECALL,
     INPUT_SCALE_MAX,
     LARGE_UPDATE_RATIO,
-    LOW_LOSS_FRACTION,
     LR_COLLAPSED_SHARE,
-    ONE_CLASS_SHARE,
-    OVERFIT_EPOCHS,
-    OVERFIT_GAP,
-    PLATEAU_EPOCHS,
-    PLATEAU_NEAR,
-    PLATEAU_SLOPE,
-    RISE_FRACTION,
     ROUNDED_TO_ZERO,
     SATURATED_FRACTION,
     SPIKES_MIN,
@@ -178,6 +169,11 @@ def nonfinite_values(e: EpochFigures) -> Finding | None:
                        "forward passes: a GradScaler skips every step whose gradients overflow (or optimizer.step() "
                        "is never called)", "", "lower the learning rate; check the inputs for NaN and the loss for "
                        "log(0); call optimizer.step() (scaler.step(optimizer)) after each backward")
+    valid = e.history[-1].get("valid_loss") if e.history else None
+    if valid is not None and not math.isfinite(valid) and not e.nonfinite and (e.loss is None or math.isfinite(e.loss)):
+        return Finding("non-finite", f"the valid loss is {valid} while the train loss is {e.loss}: the model gives "
+                       "NaN/Inf on the valid data only", "valid", "look for NaN/Inf in the valid inputs (a zero std in "
+                       "their normalisation, a log of 0); check the valid loss's computation")
     if e.nonfinite or (e.loss is not None and not math.isfinite(e.loss)) or not math.isfinite(e.total_norm):
         where = e.nonfinite.split("first parameter with a non-finite gradient: ")[-1].split(" (")[0] \
             if e.nonfinite and "first parameter" in e.nonfinite else ""
@@ -308,85 +304,6 @@ def unchanged_finding(unchanged: dict) -> Finding:
     return Finding("unchanged-weights", f"{len(unchanged)} parameter(s) did not move: "
                    + "; ".join(f"{few(layers(n for n, w in unchanged.items() if w == reason))}: {reason}" for reason in why),
                    few(layers(unchanged)), "; ".join(fixes))
-
-
-# ---- the course of the loss and accuracy -----------------------------------------------------------
-
-def overfitting(e: EpochFigures) -> Finding | None:
-    """The train set learned (a low train loss) while the valid loss rises epoch after epoch, to well above
-    the train loss, by more than its own noise: each epoch by RISE_FRACTION of chance, and in all by more
-    than any fall since its best (a valid loss jumping by 0.4 has not overfitted when it rises by 0.1),
-    so that no CPU's last digit decides it. Once named, named while the valid loss does not fall."""
-    train, valid = e.series("train_loss"), e.series("valid_loss")
-    if len(valid) < OVERFIT_EPOCHS or None in valid[-OVERFIT_EPOCHS:] or None in train[-OVERFIT_EPOCHS:]:
-        return None
-    recent = valid[-OVERFIT_EPOCHS:]
-    known = [v for v in valid if v is not None]
-    best = min(known)
-    since_best = known[len(known) - 1 - known[::-1].index(best):]
-    noise = max((a - b for a, b in zip(since_best, since_best[1:]) if b < a), default=0.0)
-    step = RISE_FRACTION * e.chance if e.chance is not None else 0.0
-    rising = all(b - a >= step for a, b in zip(recent, recent[1:])) and recent[-1] - recent[0] > noise \
-        and train[-1] < train[-OVERFIT_EPOCHS]
-    # a rise that slows (0.0068 an epoch after 0.016) is the same overfitting, not a recovery
-    still = "overfitting" in e.previous and valid[-1] >= valid[-2] and valid[-1] - best >= (OVERFIT_EPOCHS - 1) * step
-    if not (e.loss_is_low and (rising or still)
-            and valid[-1] >= max(LOW_LOSS_FRACTION * e.chance, OVERFIT_GAP * train[-1])):
-        return None  # a valid loss still low (1e-6 -> 2e-6), or near the train loss, is noise on a small split
-    return Finding("overfitting", f"valid loss {' -> '.join(f'{v:.3f}' for v in recent)} (best {best:.3f}) while "
-                   f"the train loss fell to {train[-1]:.3g}", "valid",
-                   "more data or augmentation, weight decay, dropout, or stop at the best epoch (checkpoint_best.pt)")
-
-
-def slope(values: list[float]) -> float:
-    """The least-squares slope of values over 0, 1, 2, ... (per epoch)."""
-    n = len(values)
-    mean_x, mean_y = (n - 1) / 2, sum(values) / n
-    return sum((x - mean_x) * (y - mean_y) for x, y in enumerate(values)) / sum((x - mean_x) ** 2 for x in range(n))
-
-
-def plateau(e: EpochFigures) -> Finding | None:
-    """The valid accuracy far from 100% and flat for several epochs (e.g. the majority class, or labels
-    the inputs do not carry), whether the train accuracy is flat too or climbs by memorising."""
-    train, valid = e.series("train_acc")[-PLATEAU_EPOCHS:], e.series("valid_acc")[-PLATEAU_EPOCHS:]
-    if len(valid) < PLATEAU_EPOCHS or None in valid or None in train or not e.classes:
-        return None
-    far, near = e.far_from_chance, 1 / e.classes + PLATEAU_NEAR * (1 - 1 / e.classes)
-    if max(valid) >= far or slope(valid) > PLATEAU_SLOPE:
-        return None
-    if max(train) < far and slope(train) <= PLATEAU_SLOPE:
-        memorising = ""
-    elif max(valid) < near:  # the train accuracy climbs while the valid one stays near chance: memorising noise
-        memorising = f" (train accuracy {train[0]:.1%} -> {train[-1]:.1%}: it memorises what does not generalise)"
-    else:  # a small valid split that lags a learning train set: noise, not a plateau
-        return None
-    one = ""
-    if e.predicted and sum(e.predicted):
-        top = max(range(len(e.predicted)), key=e.predicted.__getitem__)
-        share = e.predicted[top] / sum(e.predicted)
-        one = f"; it predicts class {top} for {share:.0%} of the valid images" if share >= ONE_CLASS_SHARE else ""
-    return Finding("plateau", f"valid accuracy {valid[-1]:.1%}, train {train[-1]:.1%}: valid below {far:.0%} and flat "
-                   f"(trend under {PLATEAU_SLOPE:.0%} an epoch) for {PLATEAU_EPOCHS} epochs{memorising}{one}", "",
-                   "check that the inputs carry the labels; then a higher learning rate, less weight decay, a bigger model")
-
-
-def class_ignored(e: EpochFigures) -> Finding | None:
-    """A class the net (almost) never recognises, IGNORED_EPOCHS epochs running, while the accuracy looks
-    fine: the majority classes carry it (an imbalanced data set)."""
-    series = [h.get("recalls") for h in e.history[-IGNORED_EPOCHS:]]
-    if len(series) < IGNORED_EPOCHS or None in series or not e.learning_well:
-        return None
-    ignored = [c for c in range(len(series[-1]))
-               if all(r[c] is not None and r[c] <= IGNORED_RECALL for r in series)]
-    if not ignored:
-        return None
-    names = e.class_names or [str(c) for c in range(len(series[-1]))]
-    rows = e.confusion or []
-    counts = ", ".join(f"{names[c]}: {series[-1][c]:.0%} of {sum(rows[c])}" if rows else names[c] for c in ignored)
-    return Finding("class-ignored", f"class {counts} valid images recognised, for {IGNORED_EPOCHS} epochs, while the "
-                   f"accuracy is {e.accuracy:.1%}: the other classes carry it", ", ".join(names[c] for c in ignored),
-                   "weight the loss by class (CrossEntropyLoss(weight=...)) or sample the classes evenly "
-                   "(WeightedRandomSampler); judge by per-class recall, not accuracy")
 
 
 RULES = (  # root causes first: the loop and the data, the learning rate, then what they cause

@@ -23,6 +23,11 @@ RESUME_KEYS = ("model", "optimizer", "scheduler", "epoch", "global_step", "batch
                "history", "rng", "epoch_rng", "args")
 
 
+def split_sizes(data: dict) -> dict[str, int]:
+    """Images per split, as a checkpoint keeps them (a resumed run compares them with the folder's now)."""
+    return {name: len(data[name]) if data.get(name) else 0 for name in ("train", "valid", "test")}
+
+
 def save_checkpoint(state: dict, path: Path) -> Path:
     """torch.save `state` to `path` atomically: a temporary file in the same folder, fsync, os.replace.
 
@@ -151,7 +156,8 @@ class Checkpointer:
     def __init__(self, run, generator: torch.Generator, data: dict, **stateful):
         self.run = run
         self.generator = generator
-        self.facts = {"classes": data["classes"], "norm": {"mean": data["mean"], "std": data["std"]}}
+        self.facts = {"classes": data["classes"], "norm": {"mean": data["mean"], "std": data["std"]},
+                      "images": split_sizes(data)}
         self.state = stateful.pop("state")
         self.stateful = stateful
 

@@ -95,8 +95,14 @@ def command_line(args, script: str = "train_rmb.py", **changes) -> list[str]:
         if dest == "resume" or value is False:
             continue
         flag = "--" + dest.replace("_", "-")
-        words += [flag] if value is True else [flag, flag_word(value)]
+        words += [flag] if value is True else flag_and_value(flag, flag_word(value))
     return [script, *words]
+
+
+def flag_and_value(flag: str, value: str) -> list[str]:
+    """The words of `flag value`; `flag=value` when the value starts with '-' (a run named -x), which
+    argparse would read as another flag."""
+    return [f"{flag}={value}"] if value.startswith("-") else [flag, value]
 
 
 def resume_command(args, checkpoint: Path | None, **changes) -> str:
@@ -110,7 +116,7 @@ def resume_command(args, checkpoint: Path | None, **changes) -> str:
         where = "" if nodes == 1 else "  (on every node, with your --node_rank and --rdzv flags)"
     else:
         launcher, where = ["python"], ""
-    resume = ["--resume", str(checkpoint)] if checkpoint is not None else []
+    resume = flag_and_value("--resume", str(checkpoint)) if checkpoint is not None else []
     return shell_command(*launcher, *command_line(args, **changes), *resume) + where
 
 

@@ -20,7 +20,7 @@ import torch
 from tools.cli.arguments import tensorboard_command
 from tools.cli.errors import UserError
 from tools.training import distributed
-from tools.training.checkpoint import RESUME_KEYS, load_checkpoint
+from tools.training.checkpoint import RESUME_KEYS, load_checkpoint, split_sizes
 from tools.training.interrupt import EXIT_CODES
 from tools.training.optim import effective_momentum
 from tools.training.run_dirs import (
@@ -45,6 +45,11 @@ def hparams_of(args, names) -> dict:
     values = vars(args) | {"data_dir": Path(args.data_dir).name if getattr(args, "data_dir", None) else None}
     return {name: values[name] for name in dict.fromkeys(chosen) if name in values}
 
+
+
+def fmt_sizes(sizes: dict[str, int]) -> str:
+    """{'train': 160, 'valid': 20, 'test': 20} -> '160 train, 20 valid, 20 test'."""
+    return ", ".join(f"{n} {name}" for name, n in sizes.items())
 
 class RunFolder:
     """The run's folder, writer and voice. Use it as a context manager: the writer is closed on exit.
@@ -108,6 +113,12 @@ class RunFolder:
         """--logdir and --cache-dir writable; with --resume, the checkpoint (loaded), its folder locked
         for this process, and a finished run refused. Returns (checkpoint, run folder) or None."""
         args = self.args
+        data = getattr(args, "data_dir", None)
+        for flag, folder in (("--logdir", args.logdir), ("--cache-dir", getattr(args, "cache_dir", None))):
+            if data is not None and folder is not None and Path(data).resolve() in (Path(folder).resolve(),
+                                                                                     *Path(folder).resolve().parents):
+                raise UserError(f"{flag} {folder} is inside the data folder {data}: what the run writes there would "
+                                f"be read as a class of photos. Choose a {flag} outside it")
         check_writable(args.logdir)
         if args.cache_dir is not None:
             try:
@@ -262,6 +273,11 @@ class RunFolder:
         if self.checkpoint:
             self.say(f"resuming {self.dir} at epoch {self.checkpoint['epoch'] + 1}, "
                      f"step {self.checkpoint['global_step']}")
+            had, now = self.checkpoint.get("images"), split_sizes(data)
+            if had and had != now:  # photos added or removed since: another data set from here on
+                self.say(f"warning: the data folder changed since the run began: {fmt_sizes(now)} images now, "
+                         f"{fmt_sizes(had)} then; from here on the run does not continue as it would have, bit "
+                         "for bit", file=sys.stderr)
 
     def log_epoch(self, state, lrs: dict[str, float], verdict) -> None:
         """An epoch ended (`state.last` holds its figures): TensorBoard gets the valid loss and accuracy
