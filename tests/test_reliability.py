@@ -618,3 +618,24 @@ def test_a_value_that_starts_with_a_dash_pastes_as_one(tmp_path):
     again = train_rmb.get_args_parser().parse_args(words[2:])
     assert again.run_name == "-x" and again.epochs == 2 and again.resume == "-runs/20261207-000000_-x"
     assert shlex.split(tensorboard_command("-runs")) == ["tensorboard", "--logdir=-runs"]
+
+
+def test_a_really_full_disk_is_one_line_and_no_thread_traceback(tiny_data, tmp_path):
+    """--logdir on a filesystem with no space left (a 16 KB tmpfs, filled): one line naming the folder, exit
+    2; TensorBoard's writer thread, whose first write fails, prints no traceback after it. Needs a tmpfs
+    mount (root on Linux); skipped where there is none."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("no tmpfs mount here")
+    try:
+        (small / "fill").write_bytes(b"\0" * 12 * 1024)
+        results = [subprocess.run([sys.executable, "train_rmb.py", "--data-dir", str(tiny_data), "--epochs", "1",
+                                   "--cache-dir", "", "--logdir", str(small / "runs")], cwd=ROOT, capture_output=True,
+                                  text=True, timeout=120) for _ in range(2)]  # the second finds it fuller
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
+    for result in results:
+        assert result.returncode == 2, result.stderr
+        assert "No space left on device" in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip().count("\n") == 0, result.stderr

@@ -4,6 +4,7 @@ import atexit
 import struct
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from tensorboard.compat.proto.summary_pb2 import Summary
@@ -27,12 +28,30 @@ def open_writer(run_dir: Path, purge_step: int | None = None) -> SummaryWriter:
     would show twice."""
     wait_for_a_later_second(Path(run_dir))
     speed_up_event_writing()
-    writer = SummaryWriter(str(run_dir), purge_step=purge_step or 0, max_queue=1000, flush_secs=FLUSH_SECS)
-    events = getattr(writer.file_writer, "event_writer", None)
-    if hasattr(events, "_async_writer") and hasattr(events, "_file_name"):  # else TensorBoard's own writer stays
-        events._async_writer.close()  # the file's first events written, its thread ended
-        events._async_writer = BufferedRecords(events._file_name)
+    with writer_threads_quiet():
+        writer = SummaryWriter(str(run_dir), purge_step=purge_step or 0, max_queue=1000, flush_secs=FLUSH_SECS)
+        events = getattr(writer.file_writer, "event_writer", None)
+        if hasattr(events, "_async_writer") and hasattr(events, "_file_name"):  # else TensorBoard's own writer stays
+            events._async_writer.close()  # the file's first events written, its thread ended (its error raised here)
+            events._async_writer = BufferedRecords(events._file_name)
     return writer
+
+
+@contextmanager
+def writer_threads_quiet():
+    """While a writer opens: an OSError in TensorBoard's writer thread (a full disk) is not printed as the
+    thread's traceback, after the command's own line; closing the writer raises it here, to the caller."""
+    previous = threading.excepthook
+
+    def hook(args):
+        if not issubclass(args.exc_type, OSError):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
 
 
 class BufferedRecords:

@@ -229,12 +229,16 @@ class RunFolder:
         self.classes = data["classes"]
         fresh_folder = not self.checkpoint or self.resumed_from is not None
         if self.is_main and fresh_folder:
-            self.dir = new_run_dir(self.args.logdir, self.args.run_name)
-            self._lock = RunLock(self.dir)
-            best = self.resumed_from.parent / "checkpoint_best.pt" if self.resumed_from else None
-            if best is not None and best.is_file():  # the run's best so far, until an epoch here beats it
-                shutil.copy2(best, self.dir / "checkpoint_best.pt")
-                self.say(f"a new run folder {self.dir}, from {self.resumed_from}")
+            try:
+                self.dir = new_run_dir(self.args.logdir, self.args.run_name)
+                self._lock = RunLock(self.dir)
+                best = self.resumed_from.parent / "checkpoint_best.pt" if self.resumed_from else None
+                if best is not None and best.is_file():  # the run's best so far, until an epoch here beats it
+                    shutil.copy2(best, self.dir / "checkpoint_best.pt")
+                    self.say(f"a new run folder {self.dir}, from {self.resumed_from}")
+            except OSError as err:  # a full disk: before any epoch, nothing is lost
+                raise UserError(f"cannot make the run folder in --logdir {self.args.logdir} ({err.strerror or err}): "
+                                "free space or fix the folder's permissions, then run the same command again") from None
         self.dir = distributed.broadcast(self.dir)
         # on resume, hide the events a killed run wrote after its checkpoint: each step is shown once
         purge_step = self.checkpoint["global_step"] + 1 if not fresh_folder else None
