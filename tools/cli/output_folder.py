@@ -37,15 +37,17 @@ class OutputFolder:
 
     def owned(self) -> set[str]:
         """The relative paths this project's commands wrote here before (its manifest). A manifest that is
-        a link (to a file anywhere) is no manifest: anyone can plant one; it is never read through."""
+        a link (to a file anywhere) is no manifest: anyone can plant one; it is never read through. Nor is
+        one owned by another user, or one that others may write (this project writes it 0600)."""
         try:
             fd = os.open(self.folder / MANIFEST, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:  # none, a link (ELOOP), unreadable
             return set()
         try:
             with os.fdopen(fd) as manifest:
-                if not stat.S_ISREG(os.fstat(manifest.fileno()).st_mode):
-                    return set()
+                info = os.fstat(manifest.fileno())
+                if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+                    return set()  # not a file, or another user's, or one others may write: not this user's word
                 return {line for line in manifest.read().splitlines() if line and ".." not in Path(line).parts}
         except (OSError, UnicodeDecodeError):
             return set()
