@@ -4,6 +4,7 @@ lists them in RULES, after the rules on the loop, the data and the learning rate
 from tools.monitor.epoch_figures import (
     IGNORED_EPOCHS,
     IGNORED_RECALL,
+    IGNORED_SHARE,
     LOW_LOSS_FRACTION,
     ONE_CLASS_SHARE,
     OVERFIT_EPOCHS,
@@ -76,18 +77,23 @@ def plateau(e: EpochFigures) -> Finding | None:
 
 
 def class_ignored(e: EpochFigures) -> Finding | None:
-    """A class the net (almost) never recognises, IGNORED_EPOCHS epochs running, while the accuracy looks
-    fine: the majority classes carry it (an imbalanced data set)."""
+    """A minority class the net (almost) never recognises, IGNORED_EPOCHS epochs running, while the accuracy
+    looks fine: the majority classes carry it (an imbalanced data set). A class of a fair share of the
+    images (at least IGNORED_SHARE of an even share) that is not recognised yet is a class not learned yet,
+    as healthy runs learn classes one after another; and without the counts of the valid confusion matrix
+    there is no telling, so the rule stays silent."""
     series = [h.get("recalls") for h in e.history[-IGNORED_EPOCHS:]]
-    if len(series) < IGNORED_EPOCHS or None in series or not e.learning_well:
+    rows = e.confusion or []
+    if len(series) < IGNORED_EPOCHS or None in series or not e.learning_well or len(rows) != len(series[-1]):
         return None
+    total = sum(sum(row) for row in rows)
     ignored = [c for c in range(len(series[-1]))
-               if all(r[c] is not None and r[c] <= IGNORED_RECALL for r in series)]
+               if all(r[c] is not None and r[c] <= IGNORED_RECALL for r in series)
+               and sum(rows[c]) < IGNORED_SHARE * total / len(rows)]
     if not ignored:
         return None
     names = e.class_names or [str(c) for c in range(len(series[-1]))]
-    rows = e.confusion or []
-    counts = ", ".join(f"{names[c]}: {series[-1][c]:.0%} of {sum(rows[c])}" if rows else names[c] for c in ignored)
+    counts = ", ".join(f"{names[c]}: {series[-1][c]:.0%} of {sum(rows[c])}" for c in ignored)
     return Finding("class-ignored", f"class {counts} valid images recognised, for {IGNORED_EPOCHS} epochs, while the "
                    f"accuracy is {e.accuracy:.1%}: the other classes carry it", ", ".join(names[c] for c in ignored),
                    "weight the loss by class (CrossEntropyLoss(weight=...)) or sample the classes evenly "

@@ -42,6 +42,7 @@ PLATEAU_NEAR = 0.25           # a valid accuracy below chance + a quarter of the
 ONE_CLASS_SHARE = 0.95        # 95% of the valid predictions one class: the net predicts the majority
 IGNORED_RECALL = 0.05         # a class recalled for at most 5% of its valid images, two epochs running ...
 IGNORED_EPOCHS = 2            # ... while the accuracy looks fine: the class is ignored
+IGNORED_SHARE = 0.5           # ... and it has under half an even share of the valid images: a minority
 # the learning rate's schedule
 LR_COLLAPSED = 1e-3           # the lr below 1e-3 x the run's highest ...
 LR_COLLAPSED_SHARE = 0.5      # ... for over half the epoch's steps, while the net has not learned: collapsed

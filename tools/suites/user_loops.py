@@ -75,6 +75,13 @@ USER_RUNS = [
             settings={"optimizer": "adam", "lr": 1e-3, "amp": "bf16", "clip": 1.0}),
     UserRun("transformer-two-lines", "transformer", H, "the two-line form, AdamW", 6,
             settings={"optimizer": "adamw", "lr": 1e-3, "form": "two-lines"}),
+    # the same loops under a second seed (another draw of the data and the init: no rule on a last digit)
+    UserRun("mlp-sgd-wd-seed1", "mlp", H, "mlp-sgd-wd, seed 1", 6, settings={"lr": 0.05, "weight_decay": 5e-4, "seed": 1}),
+    UserRun("cnn-bn-sgd-seed1", "bn-cnn", H, "cnn-bn-sgd, seed 1", 6, settings={"lr": 0.05, "weight_decay": 5e-4, "seed": 1}),
+    UserRun("resnet-accumulate-seed1", "resnet", H, "resnet-accumulate, seed 1", 6,
+            settings={"lr": 0.05, "accumulate": 4, "seed": 1}),
+    UserRun("transformer-adam-seed1", "transformer", H, "transformer-adam, seed 1", 6,
+            settings={"optimizer": "adam", "lr": 1e-3, "seed": 1}),
     # ---- broken: one mistake each ------------------------------------------------------------------
     UserRun("mlp-lr-high", "mlp", "lr-too-high", "SGD lr 20 with momentum 0.9", settings={"lr": 20.0}),
     UserRun("mlp-lr-low", "mlp", "lr-too-low", "SGD lr 1e-6", settings={"lr": 1e-6}),
