@@ -41,20 +41,30 @@ def epochs_text(epochs: list[int]) -> str:
     return ("epochs " if len(epochs) > 1 else "epoch ") + ", ".join(spans)
 
 
-def render_verdict_strip(statuses: list[str | None], note: str = "", width: int = 480) -> Image.Image:
+def render_verdict_strip(statuses: list[str | None], note: str = "", width: int = 480, run: str = "",
+                         flags: str = "") -> Image.Image:
     """The run's epochs as a row of boxes coloured by the verdict's status (healthy green, converged blue,
     each problem a colour of its own), and a line per status naming its epochs; `note` below (the test
-    accuracy). Sized for TensorBoard's image card: its text as large as the card's title."""
+    accuracy). `run` (the run folder's name) and `flags` (what tells it from its neighbours) head it, in
+    the picture: TensorBoard cuts a card's run label to its first characters, the timestamp, which tells
+    seven runs apart by nothing. Sized for TensorBoard's image card: its text as large as the card's title."""
     font, small = load_font(18), load_font(16)
     problems = [s for s in dict.fromkeys(statuses) if s not in STATUS_COLOURS]
     colour = STATUS_COLOURS | {s: PROBLEM_COLOURS[i % len(PROBLEM_COLOURS)] for i, s in enumerate(problems)}
     n = max(len(statuses), 1)
-    left, top, box = 10, 36, (width - 20) / n
+    named = [line for line in (run, flags) if line]
+    left, top, box = 10, 36 + 22 * len(named), (width - 20) / n
     legend = list(dict.fromkeys(statuses))
     height = top + 34 + 22 * len(legend) + (26 if note else 0) + 8
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
-    draw.text((left, 8), f"verdict of each epoch ({len(statuses)})", fill="black", font=font)
+    y = 8
+    for line, face, ink in zip(named, (font, small), ("black", "dimgray")):
+        while len(line) > 1 and draw.textlength(line, font=face) > width - 2 * left:  # cut to the card, with …
+            line = line[:-2] + "…"
+        draw.text((left, y), line, fill=ink, font=face)
+        y += 22
+    draw.text((left, y), f"verdict of each epoch ({len(statuses)})", fill="black", font=font if not named else small)
     for i, status in enumerate(statuses):
         x0 = left + i * box
         draw.rectangle([x0, top, x0 + max(box - 2, 1), top + 22], fill=colour[status])

@@ -137,7 +137,7 @@ def write_event(writer, step: int, scalars: dict | None = None, histograms: dict
 # <tag>/<line>: a run adds only its two splits to TensorBoard's run list, and with several runs each such
 # card compares them, a line per run. The Custom Scalars tab draws each per-layer measure in one chart.
 LOSS, ACCURACY, LR = "1_training/loss", "1_training/accuracy", "1_training/lr"
-VERDICT = "0_verdict/epochs"  # a picture of the epochs coloured by the verdict: its own group, the first one
+VERDICT = "1_training/verdict"  # the epochs coloured by the verdict, after the loss, accuracy and lr cards
 GRAD_NORM, UPDATE_RATIO = "2_gradients/norm_log10", "2_gradients/update_ratio_log10"  # log10: any range reads
 DEAD_UNITS = "3_activations/dead_units"
 PICTURES = "4_pictures"

@@ -26,6 +26,7 @@ from tools.training.optim import effective_momentum
 from tools.training.run_dirs import (
     RunLock,
     check_writable,
+    command_line,
     find_resume_checkpoint,
     finished_epochs,
     new_run_dir,
@@ -283,6 +284,19 @@ class RunFolder:
                          f"{fmt_sizes(had)} then; from here on the run does not continue as it would have, bit "
                          "for bit", file=sys.stderr)
 
+    def strip_names(self) -> dict:
+        """What heads the verdict's picture: the run folder's name, and the flags given on the command line
+        (data folder and resume left out), which tell it from the runs beside it."""
+        given = getattr(self.args, "explicit", ())
+        words = command_line(self.args)[1:] if given else []
+        keep, skip = [], {"--data-dir", "--logdir", "--cache-dir", "--resume", "--run-name", "--device"}
+        for word in words:
+            if word.startswith("--"):
+                dropped = word.split("=")[0] in skip
+            if not dropped:
+                keep.append(word)
+        return {"run": self.dir.name if self.dir else "", "flags": " ".join(keep) or "the default flags"}
+
     def log_epoch(self, state, lrs: dict[str, float], verdict) -> None:
         """An epoch ended (`state.last` holds its figures): TensorBoard gets the valid loss and accuracy
         (and the averaged weights', with SWA), the learning rate of every parameter group ('lr', 'lr/head')
@@ -303,7 +317,7 @@ class RunFolder:
                                                 f"valid, epoch {state.epoch}", cell=48)
             self.writer.add_image(f"{PICTURES}/confusion_valid", np.asarray(confusion), step, dataformats="HWC")
             if verdict is not None:  # the verdict where the eye goes first: beside the loss and accuracy
-                strip = render_verdict_strip(state.history.get("status", []))
+                strip = render_verdict_strip(state.history.get("status", []), **self.strip_names())
                 self.writer.add_image(VERDICT, np.asarray(strip), step, dataformats="HWC")
         self.writer.flush()
         now = time.perf_counter()
@@ -380,8 +394,8 @@ class RunFolder:
             statuses = state.history.get("status", [])
             if test and statuses:  # the verdict's picture, with the test accuracy under it
                 note = f"test accuracy {test['acc']:.2%} (best epoch {state.best['epoch']})"
-                self.writer.add_image(VERDICT, np.asarray(render_verdict_strip(statuses, note)), state.global_step,
-                                      dataformats="HWC")
+                self.writer.add_image(VERDICT, np.asarray(render_verdict_strip(statuses, note, **self.strip_names())),
+                                      state.global_step, dataformats="HWC")
             compared = [("valid", ACCURACY), ("valid", LOSS), ("train", LOSS)] + [
                 line_location(ACCURACY, name) for name in tested]
             chosen = hparams_of(self.args, self.hparams)
