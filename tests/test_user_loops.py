@@ -313,3 +313,26 @@ def test_the_docs_table_of_families_counts_the_suite_as_it_is():
         runs = [r for r in USER_RUNS if r.family == family]
         broken, healthy = sum(r.expected != "healthy" for r in runs), sum(r.expected == "healthy" for r in runs)
         assert f"| {label} | {broken}/{broken} | {broken}/{broken} | 0/{healthy} |" in text, label
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_valid_predictions_of_one_class_while_training_learns_are_named_with_their_likely_cause(batch_norm):
+    """Every valid image predicted as one class, the valid loss above chance, while training is clear of it:
+    valid-one-class, with BatchNorm's running statistics first among the causes when the model has it. Not
+    when the valid loss is below chance, nor when the predictions are spread, nor while training is at chance."""
+    model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4) if batch_norm else nn.ReLU(), nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def verdict(train_acc, valid_loss, confusion):
+        monitor = TrainingMonitor(model, optimizer=optimizer, classes=["1", "100"])
+        acc = sum(confusion[i][i] for i in range(2)) / sum(map(sum, confusion))
+        return monitor.end_epoch(1, 0.45, train_acc=train_acc, valid={"loss": valid_loss, "acc": acc,
+                                                                      "confusion": confusion})
+
+    collapsed = verdict(0.79, 2.05, [[0, 10], [0, 10]])
+    assert collapsed.status == "valid-one-class", str(collapsed)
+    assert "100% of the 20 valid images predicted as class 100" in str(collapsed)
+    assert ("BatchNorm" in collapsed.findings[0].fix) == batch_norm
+    assert verdict(0.79, 0.60, [[0, 10], [0, 10]]).status != "valid-one-class"  # the loss below chance
+    assert verdict(0.79, 2.05, [[5, 5], [4, 6]]).status != "valid-one-class"  # spread predictions
+    assert verdict(0.52, 2.05, [[0, 10], [0, 10]]).status != "valid-one-class"  # training at chance too

@@ -230,7 +230,7 @@ def test_the_verdict_strip_names_each_status_with_its_epochs():
 def test_hparams_are_the_flags_that_tell_runs_apart():
     import train_rmb
 
-    from tools.training.run_folder import hparams_of
+    from tools.training.run_dirs import hparams_of
 
     args = train_rmb.get_args_parser().parse_args(["--optimizer", "adam", "--lr", "0.001", "--epochs", "3",
                                                    "--data-dir", "/some/where/RMB_data"])

@@ -98,3 +98,31 @@ def class_ignored(e: EpochFigures) -> Finding | None:
                    f"accuracy is {e.accuracy:.1%}: the other classes carry it", ", ".join(names[c] for c in ignored),
                    "weight the loss by class (CrossEntropyLoss(weight=...)) or sample the classes evenly "
                    "(WeightedRandomSampler); judge by per-class recall, not accuracy")
+
+
+def valid_one_class(e: EpochFigures) -> Finding | None:
+    """What a user sees at once, whatever its cause: the valid predictions (almost) all one class, the valid
+    accuracy not clear of chance and the valid loss at or above the chance level, while training is clear of
+    chance. The likely causes, in order: BatchNorm in eval mode (running statistics that lag weights still
+    moving fast), or valid inputs prepared otherwise than the train ones. Silent without the valid
+    predictions or a class count (no chance level to compare with)."""
+    last = e.history[-1] if e.history else {}
+    train, valid, loss = last.get("train_acc"), last.get("valid_acc"), last.get("valid_loss")
+    if not e.predicted or not sum(e.predicted) or not e.classes or e.classes < 2 or None in (train, valid, loss):
+        return None
+    near = 1 / e.classes + PLATEAU_NEAR * (1 - 1 / e.classes)  # clear of chance: a quarter of the way to 100%
+    top = max(range(len(e.predicted)), key=e.predicted.__getitem__)
+    share = e.predicted[top] / sum(e.predicted)
+    if share < ONE_CLASS_SHARE or train < near or valid >= near or not loss >= e.chance:
+        return None
+    names = e.class_names or [str(c) for c in range(len(e.predicted))]
+    batch_norm = "BatchNorm" in (e.loop.get("train_mode_layers") or "")
+    cause = ("BatchNorm in eval mode normalises with running statistics that lag weights still moving fast: a larger "
+             "batch, a lower learning rate or a warmup, or BatchNorm's momentum higher (0.1 -> 0.3); if it lasts, "
+             "check that the valid inputs are prepared as the train ones") if batch_norm else (
+             "check that the valid inputs are prepared as the train ones (normalisation, transforms, channel order), "
+             "and what model.eval() changes in the model")
+    return Finding("valid-one-class", f"{share:.0%} of the {sum(e.predicted)} valid images predicted as class "
+                   f"{names[top]}: valid accuracy {valid:.1%}, valid loss {loss:.3g} (chance {e.chance:.3g}), while "
+                   f"training reaches {train:.1%}" + ("; the model has BatchNorm" if batch_norm else ""), "valid", cause)
+

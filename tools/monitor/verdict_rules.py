@@ -5,7 +5,7 @@ what they cause (non-finite values, exploding or vanishing gradients, saturated 
 or unchanged weights, overfitting and plateaus. A new rule is one function and one line in RULES."""
 import math
 
-from tools.monitor.curve_rules import class_ignored, overfitting, plateau
+from tools.monitor.curve_rules import class_ignored, overfitting, plateau, valid_one_class
 from tools.monitor.epoch_figures import (
     DEAD_RELU_FRACTION,
     DIVERGED_LOSS_FACTOR,
@@ -310,7 +310,7 @@ RULES = (  # root causes first: the loop and the data, the learning rate, then w
     data_problems, unnormalised_inputs, wrong_loss, softmax_before_loss, unchanged_weights, train_in_eval_mode,
     gradients_accumulate, eval_in_train_mode, lr_collapsed, weight_decay_too_high, lr_too_high, exploding,
     nonfinite_values, saturated, dead_relu, vanishing, lr_too_low, updates_rounded_to_zero, class_ignored,
-    overfitting, plateau,
+    valid_one_class, overfitting, plateau,
     eval_with_autograd,
 )
 

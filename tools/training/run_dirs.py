@@ -1,6 +1,7 @@
 """Run folders on disk: their names (runs/<YYYYmmdd-HHMMSS>[-k]_<run-name>), the one a --resume names,
-whether one finished, its lock while a process trains in it, files written whole or not at all, and the
-exact command that resumes a run.
+whether one finished, its lock while a process trains in it, files written whole or not at all, where
+they may not be (inside the data folder), the exact command that resumes a run, and the flags that tell
+a run from its neighbours (in the verdict's picture and TensorBoard's HParams tab).
 """
 import fcntl
 import json
@@ -142,3 +143,36 @@ class RunLock:
 
     def release(self) -> None:
         self.file.close()  # closing the file releases the lock
+
+
+def check_outside_data(args) -> None:
+    """--logdir and --cache-dir outside --data-dir (UserError naming the flag): what a run writes inside
+    the data folder would be read as a class of photos on the next run, and the data blamed for it."""
+    data = getattr(args, "data_dir", None)
+    for flag, folder in (("--logdir", args.logdir), ("--cache-dir", getattr(args, "cache_dir", None))):
+        if data is not None and folder is not None and Path(data).resolve() in (Path(folder).resolve(),
+                                                                                 *Path(folder).resolve().parents):
+            raise UserError(f"{flag} {folder} is inside the data folder {data}: what the run writes there would "
+                            f"be read as a class of photos. Choose a {flag} outside it")
+
+
+def distinguishing_flags(args) -> str:
+    """The flags given on the command line, but those that name places (data, runs, cache, resume, device,
+    run name): what tells a run from the runs beside it ('the default flags' when none)."""
+    skip, keep, dropped = {"--data-dir", "--logdir", "--cache-dir", "--resume", "--run-name", "--device"}, [], False
+    for word in command_line(args)[1:] if getattr(args, "explicit", ()) else []:
+        if word.startswith("--"):
+            dropped = word.split("=")[0] in skip
+        if not dropped:
+            keep.append(word)
+    return " ".join(keep) or "the default flags"
+
+
+def hparams_of(args, names) -> dict:
+    """The flags TensorBoard's HParams tab compares runs by: those that tell runs apart, so that its table
+    (which ticks the first five, alphabetically) shows them: the data folder (by its name), the model, the
+    optimizer and lr, and every flag of `names` given on the command line; not the defaults every run shares."""
+    given = getattr(args, "explicit", frozenset())
+    chosen = ["data_dir", "model", "optimizer", "lr", *sorted(n for n in names if n in given)]
+    values = vars(args) | {"data_dir": Path(args.data_dir).name if getattr(args, "data_dir", None) else None}
+    return {name: values[name] for name in dict.fromkeys(chosen) if name in values}

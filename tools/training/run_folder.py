@@ -25,27 +25,18 @@ from tools.training.interrupt import EXIT_CODES
 from tools.training.optim import effective_momentum
 from tools.training.run_dirs import (
     RunLock,
+    check_outside_data,
     check_writable,
-    command_line,
+    distinguishing_flags,
     find_resume_checkpoint,
     finished_epochs,
+    hparams_of,
     new_run_dir,
     resume_command,
     write_atomically,
 )
 
 EXIT_DIVERGED = 3
-
-
-def hparams_of(args, names) -> dict:
-    """The flags TensorBoard's HParams tab compares runs by: those that tell runs apart, so that its table
-    (which ticks the first five, alphabetically) shows them: the data folder (by its name), the model, the
-    optimizer and lr, and every flag of `names` given on the command line; not the defaults every run shares."""
-    given = getattr(args, "explicit", frozenset())
-    chosen = ["data_dir", "model", "optimizer", "lr", *sorted(n for n in names if n in given)]
-    values = vars(args) | {"data_dir": Path(args.data_dir).name if getattr(args, "data_dir", None) else None}
-    return {name: values[name] for name in dict.fromkeys(chosen) if name in values}
-
 
 
 def fmt_sizes(sizes: dict[str, int]) -> str:
@@ -114,12 +105,7 @@ class RunFolder:
         """--logdir and --cache-dir writable; with --resume, the checkpoint (loaded), its folder locked
         for this process, and a finished run refused. Returns (checkpoint, run folder) or None."""
         args = self.args
-        data = getattr(args, "data_dir", None)
-        for flag, folder in (("--logdir", args.logdir), ("--cache-dir", getattr(args, "cache_dir", None))):
-            if data is not None and folder is not None and Path(data).resolve() in (Path(folder).resolve(),
-                                                                                     *Path(folder).resolve().parents):
-                raise UserError(f"{flag} {folder} is inside the data folder {data}: what the run writes there would "
-                                f"be read as a class of photos. Choose a {flag} outside it")
+        check_outside_data(args)
         check_writable(args.logdir)
         if args.cache_dir is not None:
             try:
@@ -285,17 +271,9 @@ class RunFolder:
                          "for bit", file=sys.stderr)
 
     def strip_names(self) -> dict:
-        """What heads the verdict's picture: the run folder's name, and the flags given on the command line
-        (data folder and resume left out), which tell it from the runs beside it."""
-        given = getattr(self.args, "explicit", ())
-        words = command_line(self.args)[1:] if given else []
-        keep, skip = [], {"--data-dir", "--logdir", "--cache-dir", "--resume", "--run-name", "--device"}
-        for word in words:
-            if word.startswith("--"):
-                dropped = word.split("=")[0] in skip
-            if not dropped:
-                keep.append(word)
-        return {"run": self.dir.name if self.dir else "", "flags": " ".join(keep) or "the default flags"}
+        """What heads the verdict's picture: the run folder's name, and the flags that tell it from its
+        neighbours."""
+        return {"run": self.dir.name if self.dir else "", "flags": distinguishing_flags(self.args)}
 
     def log_epoch(self, state, lrs: dict[str, float], verdict) -> None:
         """An epoch ended (`state.last` holds its figures): TensorBoard gets the valid loss and accuracy
