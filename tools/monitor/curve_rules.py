@@ -2,6 +2,8 @@
 ignored class. Each reads an `EpochFigures` and returns a `Finding` or None (tools.monitor.verdict_rules
 lists them in RULES, after the rules on the loop, the data and the learning rate)."""
 from tools.monitor.epoch_figures import (
+    COLLAPSE_IMAGES,
+    COLLAPSE_LOSS_FACTOR,
     IGNORED_EPOCHS,
     IGNORED_RECALL,
     IGNORED_SHARE,
@@ -101,9 +103,9 @@ def class_ignored(e: EpochFigures) -> Finding | None:
 
 
 def valid_one_class(e: EpochFigures) -> Finding | None:
-    """What a user sees at once, whatever its cause: the valid predictions (almost) all one class, the valid
-    accuracy not clear of chance and the valid loss at or above the chance level, while training is clear of
-    chance. The likely causes, in order: BatchNorm in eval mode (running statistics that lag weights still
+    """What a user sees at once, whatever its cause: the valid predictions (almost) all one class, over
+    COLLAPSE_IMAGES images or more, the valid accuracy not clear of chance and the valid loss at least
+    COLLAPSE_LOSS_FACTOR x the chance level (confidently wrong, not unsure), while training is clear of chance. The likely causes, in order: BatchNorm in eval mode (running statistics that lag weights still
     moving fast), or valid inputs prepared otherwise than the train ones. Silent without the valid
     predictions or a class count (no chance level to compare with)."""
     last = e.history[-1] if e.history else {}
@@ -113,8 +115,9 @@ def valid_one_class(e: EpochFigures) -> Finding | None:
     near = 1 / e.classes + PLATEAU_NEAR * (1 - 1 / e.classes)  # clear of chance: a quarter of the way to 100%
     top = max(range(len(e.predicted)), key=e.predicted.__getitem__)
     share = e.predicted[top] / sum(e.predicted)
-    if share < ONE_CLASS_SHARE or train < near or valid >= near or not loss >= e.chance:
-        return None
+    if share < ONE_CLASS_SHARE or sum(e.predicted) < COLLAPSE_IMAGES or train < near or valid >= near \
+            or not loss >= COLLAPSE_LOSS_FACTOR * e.chance:
+        return None  # a few images, or a loss near chance (unsure, not confidently wrong): a small split's noise
     names = e.class_names or [str(c) for c in range(len(e.predicted))]
     batch_norm = "BatchNorm" in (e.loop.get("train_mode_layers") or "")
     cause = ("BatchNorm in eval mode normalises with running statistics that lag weights still moving fast: a larger "
