@@ -1,6 +1,7 @@
-"""The verdict's rules on the course of the loss and the accuracy over epochs: overfitting, a plateau, an
-ignored class. Each reads an `EpochFigures` and returns a `Finding` or None (tools.monitor.verdict_rules
-lists them in RULES, after the rules on the loop, the data and the learning rate)."""
+"""The verdict's rules on the course of the loss and the accuracy over epochs: an ignored class, valid
+predictions of one class, overfitting, a plateau. Each reads an `EpochFigures` and returns a `Finding` or
+None (tools.monitor.verdict_rules lists them in RULES, after the rules on the loop, the data and the
+learning rate)."""
 from tools.monitor.epoch_figures import (
     COLLAPSE_IMAGES,
     COLLAPSE_LOSS_FACTOR,

@@ -2,7 +2,9 @@
 (a short name, the evidence in numbers, the parameter or layer it concerns, and the fix to try) or None.
 `RULES` lists them root causes first: a mistake in the loop or the data, then the learning rate, then
 what they cause (non-finite values, exploding or vanishing gradients, saturated or dead units), then slow
-or unchanged weights, overfitting and plateaus. A new rule is one function and one line in RULES."""
+or unchanged weights; the rules on the course of the loss and accuracy (an ignored class, valid predictions
+of one class, overfitting, plateaus) are tools.monitor.curve_rules'. A new rule is one function and one
+line in RULES."""
 import math
 
 from tools.monitor.curve_rules import class_ignored, overfitting, plateau, valid_one_class
