@@ -14,7 +14,7 @@ from model import LeNet
 from tools.monitor.activations import DIAGNOSED, activation_stats
 from tools.data.checks import leaks, missing_classes
 from tools.monitor.data_findings import split_findings
-from tools.monitor.loop_checks import LoopWatch, softmax_feeds_log_softmax
+from tools.monitor.loop_checks import LoopWatch, bounded_before_log_softmax
 from tools.monitor import TrainingMonitor
 from tools.suites.scenarios import BY_NAME, SCENARIOS, found, run_scenario
 from tools.monitor.epoch_figures import ACCUMULATION_EXCESS, OVERFIT_EPOCHS, PLATEAU_EPOCHS, EpochFigures
@@ -170,13 +170,24 @@ def test_evaluation_in_train_mode_and_with_autograd_are_counted():
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())  # closed
 
 
-def test_a_softmax_before_the_loss_is_found_in_the_graph_wherever_it_is():
+def test_a_bounded_activation_before_the_loss_is_found_in_the_graph_wherever_it_is():
+    """A softmax (of the class axis or another one), a sigmoid or a tanh feeding CrossEntropyLoss's
+    log_softmax, directly or through views and permutes; not logits, nor an activation further up."""
     logits = torch.randn(4, 3, requires_grad=True)
     labels = torch.tensor([0, 1, 2, 0])
-    assert softmax_feeds_log_softmax(nn.functional.cross_entropy(logits.softmax(1), labels))
-    assert softmax_feeds_log_softmax(nn.CrossEntropyLoss(label_smoothing=0.1)(nn.Softmax(1)(logits), labels))
-    assert not softmax_feeds_log_softmax(nn.functional.cross_entropy(logits, labels))
-    assert not softmax_feeds_log_softmax(nn.functional.nll_loss(logits.log_softmax(1), labels))
+    ce = nn.functional.cross_entropy
+    assert bounded_before_log_softmax(ce(logits.softmax(1), labels)) == "a softmax"
+    assert bounded_before_log_softmax(nn.CrossEntropyLoss(label_smoothing=0.1)(nn.Softmax(1)(logits), labels)) == "a softmax"
+    assert bounded_before_log_softmax(ce(logits.softmax(0), labels)) == "a softmax"  # the wrong axis
+    assert bounded_before_log_softmax(ce(torch.sigmoid(logits), labels)) == "a sigmoid"
+    assert bounded_before_log_softmax(ce(torch.tanh(logits), labels)) == "a tanh"
+    sequence = torch.randn(2, 5, 3, requires_grad=True)  # (batch, time, classes): a permute to (batch, classes, time)
+    assert bounded_before_log_softmax(ce(sequence.sigmoid().permute(0, 2, 1), torch.zeros(2, 5, dtype=torch.long))) \
+        == "a sigmoid"
+    assert bounded_before_log_softmax(ce(logits.softmax(1).view(4, 3), labels)) == "a softmax"
+    assert bounded_before_log_softmax(ce(logits, labels)) is None
+    assert bounded_before_log_softmax(nn.functional.nll_loss(logits.log_softmax(1), labels)) is None
+    assert bounded_before_log_softmax(ce(nn.Linear(3, 3)(torch.sigmoid(logits)), labels)) is None  # a layer between
 
 
 def test_input_range_is_the_first_training_batch_of_the_epoch():

@@ -15,7 +15,8 @@ parameter between an optimizer step and the next backward, and the loss's autogr
   is rare, a hook on its output tells whether a backward came);
 - training in eval mode (model.train() missing after a validation): a forward pass in eval mode, with
   dropout or batch-norm layers, whose output a backward reached;
-- a softmax before CrossEntropyLoss: its log_softmax fed by a softmax, in the loss's graph;
+- a bounded activation before CrossEntropyLoss (a softmax of any axis, a sigmoid, a tanh): its log_softmax
+  fed by one, through ops that only move values, in the loss's graph;
 - a wrong loss, in the loss's graph: a regression loss (MSE, L1, Huber) on a model with one output per
   sample for three or more classes (class indices fitted as numbers), probabilities given to
   BCEWithLogitsLoss (a sigmoid before it), NLLLoss on raw scores (no log_softmax before it);
@@ -99,12 +100,28 @@ def loss_graph(loss: torch.Tensor):
         queue.extend(n for n, _ in node.next_functions if n is not None)
 
 
-def softmax_feeds_log_softmax(loss: torch.Tensor) -> bool:
-    """True when the loss's graph has a log_softmax (CrossEntropyLoss's) whose input is a softmax's output:
-    the loss was given probabilities, not logits. Walks at most GRAPH_NODES nodes back from the loss."""
-    return any(type(node).__name__.startswith("LogSoftmaxBackward") and any(
-        type(n).__name__.startswith("SoftmaxBackward") for n, _ in node.next_functions if n is not None)
-        for node in loss_graph(loss))
+BOUNDED = {"SoftmaxBackward": "a softmax", "SigmoidBackward": "a sigmoid", "TanhBackward": "a tanh",
+           "HardsigmoidBackward": "a hard sigmoid", "HardtanhBackward": "a hardtanh"}  # outputs in [0, 1] or [-1, 1]
+SHAPE_ONLY = ("ViewBackward", "UnsafeViewBackward", "ReshapeAliasBackward", "PermuteBackward", "TransposeBackward",
+              "SqueezeBackward", "UnsqueezeBackward", "CloneBackward", "ExpandBackward", "ToCopyBackward",
+              "SliceBackward", "SelectBackward", "AsStridedBackward", "AliasBackward", "TBackward")
+
+
+def bounded_before_log_softmax(loss: torch.Tensor) -> str | None:
+    """What bounded activation feeds the loss's log_softmax (CrossEntropyLoss's), through ops that only
+    move values (a view, a permute, a squeeze): 'a softmax' (of any axis), 'a sigmoid', 'a tanh', ...;
+    None when the log_softmax takes logits. Walks at most GRAPH_NODES nodes back from the loss."""
+    for node in loss_graph(loss):
+        if not type(node).__name__.startswith("LogSoftmaxBackward"):
+            continue
+        source = next((n for n, _ in node.next_functions if n is not None), None)
+        while source is not None and type(source).__name__.startswith(SHAPE_ONLY):
+            source = next((n for n, _ in source.next_functions if n is not None), None)
+        name = type(source).__name__ if source is not None else ""
+        found = next((what for prefix, what in BOUNDED.items() if name.startswith(prefix)), None)
+        if found:
+            return found
+    return None
 
 
 def distributed_world() -> int:
@@ -183,7 +200,7 @@ class LoopWatch:
         self.counts = dict(state.get("counts") or {"evaluations": 0, "eval_train_mode": 0, "eval_autograd": 0,
                                                     "train_eval_mode": 0, "grad_forwards": 0})
         self.inputs = state.get("inputs")            # the epoch's first training batch: min, max, mean, std
-        self.softmax = state.get("softmax", False)   # a softmax before the loss's log_softmax
+        self.softmax = state.get("softmax", False)   # what bounded activation feeds the loss's log_softmax
         self.wrong_loss = state.get("wrong_loss")    # what the loss's graph shows wrong, if anything
         self.classifier = state.get("classifier", False)  # the loss's graph has a classification loss
         self.counts.setdefault("train_eval_mode", 0)
@@ -258,7 +275,7 @@ class LoopWatch:
         """Once per epoch: is the loss fed probabilities, or the wrong thing? (a walk over a few graph
         nodes, no host copy)"""
         if not self.softmax_checked and loss.grad_fn is not None:
-            self.softmax = self.softmax or softmax_feeds_log_softmax(loss)
+            self.softmax = self.softmax or bounded_before_log_softmax(loss) or False
             self.wrong_loss = self.wrong_loss or loss_mistake(loss, self.output_width, self.classes)
             self.classifier = self.classifier or classification_loss(loss)
             self.softmax_checked = True

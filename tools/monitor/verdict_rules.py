@@ -53,12 +53,16 @@ def unnormalised_inputs(e: EpochFigures) -> Finding | None:
 
 
 def softmax_before_loss(e: EpochFigures) -> Finding | None:
-    """CrossEntropyLoss given probabilities (a softmax before it) instead of logits."""
-    if not e.loop.get("softmax"):
+    """CrossEntropyLoss given bounded values (a softmax of any axis, a sigmoid, a tanh before it) instead of
+    logits."""
+    what = e.loop.get("softmax")
+    if not what:
         return None
-    return Finding("softmax-before-loss", "the loss's log_softmax takes the output of a softmax: the loss sees "
-                   "probabilities, whose log_softmax varies by at most 1, so gradients are tiny", "output",
-                   "drop the softmax: CrossEntropyLoss takes logits (apply softmax only to show probabilities)")
+    what = what if isinstance(what, str) else "a softmax"  # a checkpoint of an older version kept True
+    return Finding("softmax-before-loss", f"the loss's log_softmax takes the output of {what}: the loss sees "
+                   "values bounded to a range of at most 2, whose log_softmax cannot approach 0, so the loss stays "
+                   "high and its gradients are tiny", "output",
+                   f"drop {what}: CrossEntropyLoss takes logits (apply softmax only to show probabilities)")
 
 
 def wrong_loss(e: EpochFigures) -> Finding | None:

@@ -116,6 +116,10 @@ USER_RUNS = [
             settings={"loss": "sigmoid-bce"}),
     UserRun("cnn-softmax", "bn-cnn", "softmax-before-loss", "a softmax at the end, then CrossEntropyLoss",
             settings={"loss": "softmax-ce"}),
+    UserRun("cnn-sigmoid-ce", "bn-cnn", "softmax-before-loss", "a sigmoid at the end, then CrossEntropyLoss",
+            settings={"loss": "sigmoid-ce"}),
+    UserRun("mlp-softmax-wrong-axis", "mlp", "softmax-before-loss", "nn.Softmax(dim=0) at the end (over the batch), "
+            "then CrossEntropyLoss", settings={"loss": "softmax-batch-axis-ce"}),
     UserRun("cnn-no-zero-grad", "bn-cnn", "gradients-accumulate", "optimizer.zero_grad() forgotten",
             settings={"zero_grad": False}),
     UserRun("cnn-raw-pixels", "bn-cnn", "inputs-not-normalised", "pixels as 0-255 floats", settings={"raw": True}),
@@ -164,7 +168,9 @@ def build(run: UserRun, classes: int) -> nn.Module:
         model = TinyTransformer(VOCAB, LENGTH, outputs, dropout=s.get("dropout", 0.0))
     if s.get("loss") == "softmax-ce":
         model = nn.Sequential(model, nn.Softmax(dim=1))
-    elif s.get("loss") == "sigmoid-bce":
+    elif s.get("loss") == "softmax-batch-axis-ce":  # a softmax over the batch, not the classes
+        model = nn.Sequential(model, nn.Softmax(dim=0))
+    elif s.get("loss") in ("sigmoid-bce", "sigmoid-ce"):
         model = nn.Sequential(model, nn.Sigmoid())
     return model
 
