@@ -253,3 +253,23 @@ def test_a_confusion_matrix_of_many_classes_is_bounded_and_shows_the_worst(n):
     assert worst_classes(cm, CONFUSION_CLASSES) == brute
     image = render_confusion_matrix(cm, [f"class{i}" for i in range(n)], "test")
     assert image.width <= 1400 and image.height <= 1400
+
+
+def test_a_picture_written_fast_reads_back_as_the_same_pixels(tmp_path):
+    """write_event's pictures (PNG at zlib level 1, straight from PIL) read back with TensorBoard's own
+    reader as exactly the pixels drawn."""
+    import io
+
+    from PIL import Image
+    from torch.utils.tensorboard import SummaryWriter
+
+    from tools.pictures.visualize import render_verdict_strip
+    from tools.tb.writer import write_event
+
+    picture = render_verdict_strip(["healthy", "lr-too-high", None], "a note", run="20261207-000000_x", flags="--lr 1")
+    with SummaryWriter(str(tmp_path)) as writer:
+        write_event(writer, 7, scalars={"a": 1.0}, pictures={VERDICT: picture})
+    (event,) = read_events(tmp_path).Images(VERDICT)
+    decoded = Image.open(io.BytesIO(event.encoded_image_string))
+    assert event.step == 7 and (event.width, event.height) == picture.size
+    assert np.array_equal(np.asarray(decoded.convert("RGB")), np.asarray(picture.convert("RGB")))

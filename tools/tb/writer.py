@@ -1,6 +1,7 @@
 """TensorBoard writing shared by the scripts: the writer, events of many values at once, the run's
 arguments, chart layout, hparams."""
 import atexit
+import io
 import struct
 import threading
 import time
@@ -117,17 +118,28 @@ def wait_for_a_later_second(run_dir: Path) -> None:
 
 
 def write_event(writer, step: int, scalars: dict | None = None, histograms: dict | None = None,
-                texts: dict | None = None) -> None:
-    """Scalars (tag -> float), histograms (tag -> Histogram) and texts (tag -> str) in one TensorBoard
-    event, each value as add_scalar, add_histogram_raw and add_text write it (the last two built by the
-    same functions): one protobuf, one checksum and one write instead of one per tag."""
+                texts: dict | None = None, pictures: dict | None = None) -> None:
+    """Scalars (tag -> float), histograms (tag -> Histogram), texts (tag -> str) and pictures (tag -> PIL
+    image) in one TensorBoard event, each value as add_scalar, add_histogram_raw, add_text and add_image
+    write it (the middle two built by the same functions): one protobuf, one checksum and one write
+    instead of one per tag. A picture is PNG-encoded at zlib level 1 straight from PIL: 1.2 ms for the
+    verdict's picture where add_image takes 3.2 (numpy, a copy, level 6), the same pixels."""
     values = [Summary.Value(tag=tag, simple_value=float(v)) for tag, v in (scalars or {}).items()]
+    values += [Summary.Value(tag=tag, image=png_image(picture)) for tag, picture in (pictures or {}).items()]
     values += [histogram_raw(tag, min=h.min, max=h.max, num=h.num, sum=h.sum, sum_squares=h.sum_squares,
                              bucket_limits=h.bucket_limits, bucket_counts=h.bucket_counts).value[0]
                for tag, h in (histograms or {}).items() if h.num]
     values += [text(tag, body).value[0] for tag, body in (texts or {}).items()]
     if values:
         writer.file_writer.add_summary(Summary(value=values), step)
+
+
+def png_image(picture) -> Summary.Image:
+    """A PIL picture as TensorBoard's image value: RGB, PNG at zlib level 1 (fast; a flat-coloured picture
+    compresses well at any level)."""
+    buffer = io.BytesIO()
+    picture.convert("RGB").save(buffer, format="PNG", compress_level=1)
+    return Summary.Image(height=picture.height, width=picture.width, colorspace=3, encoded_image_string=buffer.getvalue())
 
 
 # The tags of the Time Series tab, in the order its groups show (alphabetical: the numbers order them).

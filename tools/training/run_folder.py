@@ -282,7 +282,7 @@ class RunFolder:
         terminal gets one line, and the verdict."""
         from tools.pictures.confusion import render_confusion_matrix
         from tools.pictures.visualize import render_verdict_strip
-        from tools.tb.writer import ACCURACY, LOSS, LR, PICTURES, VERDICT, write_lines
+        from tools.tb.writer import ACCURACY, LOSS, LR, PICTURES, VERDICT, write_event, write_lines
 
         train, valid, step = state.last["train"], state.last["valid"], state.global_step
         averaged = state.last.get("valid_swa")
@@ -290,13 +290,12 @@ class RunFolder:
         write_lines(self.writer, step, {LOSS: {name: v["loss"] for name, v in ({"valid": valid} | swa).items()},
                                         ACCURACY: {name: v["acc"] for name, v in ({"valid": valid} | swa).items()},
                                         LR: dict(lrs)})
-        if self.is_main:  # drawn small: TensorBoard's PNG encoding costs per pixel
-            confusion = render_confusion_matrix(torch.tensor(valid["confusion"]), self.classes,
-                                                f"valid, epoch {state.epoch}", cell=48)
-            self.writer.add_image(f"{PICTURES}/confusion_valid", np.asarray(confusion), step, dataformats="HWC")
-            if verdict is not None:  # the verdict where the eye goes first: beside the loss and accuracy
-                strip = render_verdict_strip(state.history.get("status", []), **self.strip_names())
-                self.writer.add_image(VERDICT, np.asarray(strip), step, dataformats="HWC")
+        if self.is_main:  # drawn small and PNG-encoded fast (write_event): pictures cost per pixel, every epoch
+            pictures = {f"{PICTURES}/confusion_valid": render_confusion_matrix(
+                torch.tensor(valid["confusion"]), self.classes, f"valid, epoch {state.epoch}", cell=48)}
+            if verdict is not None:  # the verdict beside the loss and accuracy
+                pictures[VERDICT] = render_verdict_strip(state.history.get("status", []), **self.strip_names())
+            write_event(self.writer, step, pictures=pictures)
         self.writer.flush()
         now = time.perf_counter()
         self.say(f"epoch {state.epoch:>3}/{self.args.epochs}  train loss {train['loss']:.4f} acc {train['acc']:6.2%}  "
