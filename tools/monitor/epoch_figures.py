@@ -97,7 +97,8 @@ class EpochFigures:
     confusion matrix (rows true class, columns predicted), as lists; previous: the problems named the
     epoch before (first first); train_steps: {'forwards': training forward passes this epoch, 'steps':
     optimizer steps taken}, None when the optimizer is not watched; class_names; run_steps: the training
-    steps of the run so far. `loss` is None when not given.
+    steps of the run so far; identical: the trained weights whose units all hold the same values. `loss` is
+    None when not given.
     """
     norms: dict
     loss: float | None
@@ -121,6 +122,7 @@ class EpochFigures:
     train_steps: dict | None = None
     class_names: list | None = None
     run_steps: int | None = None
+    identical: list = field(default_factory=list)
 
     @property
     def broken_at_start(self) -> bool:

@@ -33,6 +33,17 @@ def tensor_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(torch._foreach_norm(tensors)).float()
 
 
+def identical_units(named: list[tuple[str, torch.Tensor]]) -> list[str]:
+    """The weights (of 2 or more dimensions, 2 or more units along dim 0: a layer's units) whose every unit
+    holds the same values as the first: zero or constant init, the units compute one thing and get one
+    gradient, so they never come apart. One device-to-host copy for all of them."""
+    weights = [(n, p.detach()) for n, p in named if p.dim() >= 2 and p.shape[0] > 1 and p.numel()]
+    if not weights:
+        return []
+    same = torch.stack([(w == w[:1]).all() for _, w in weights]).tolist()  # one sync for all parameters
+    return [n for (n, _), s in zip(weights, same) if s]
+
+
 def grad_norms(model: nn.Module) -> dict[str, float]:
     """name -> L2 norm of the gradient, for every parameter that has one; one host copy for all."""
     named = [(n, p.grad) for n, p in unwrap(model).named_parameters() if p.grad is not None]

@@ -43,7 +43,7 @@ from tools.monitor.epoch_figures import (
 from tools.monitor.gradients import dense
 from tools.monitor.hooks import forward_order
 from tools.monitor.steps import StepWatch
-from tools.monitor.tensor_stats import HIST_BINS, Histogram, histograms
+from tools.monitor.tensor_stats import HIST_BINS, Histogram, histograms, identical_units
 from tools.monitor.verdict import Verdict, judge
 from tools.tb.writer import DEAD_UNITS, write_event
 
@@ -210,7 +210,9 @@ class TrainingMonitor(StepWatch):
                                      loop, unchanged, self.data_findings, predicted, self.first_loss,
                                      decay_share(self.optimizer), lr, confusion, list(self.last_findings),
                                      {"forwards": loop["grad_forwards"], "steps": taken} if self.hooked else None,
-                                     self.class_names or None, max(self.steps, step or 0)))
+                                     self.class_names or None, max(self.steps, step or 0),
+                                     identical=identical_units([(n, q) for n, q in self.model.named_parameters()
+                                                                if q.requires_grad])))
         previous = set(self.last_findings)
         label = label or f"epoch {self.epochs}"
         for finding in verdict.findings:

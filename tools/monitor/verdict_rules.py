@@ -52,6 +52,20 @@ def unnormalised_inputs(e: EpochFigures) -> Finding | None:
                    "scale to [0, 1] (ToTensor) and Normalize(mean, std), in training and in evaluation alike")
 
 
+def identical_units(e: EpochFigures) -> Finding | None:
+    """Every unit of a layer with the same weights after an epoch of training (zero or constant init): the
+    units compute one output and get one gradient, so they never come apart; with all weights zero no
+    gradient reaches the layers below, and the updates are 0 of a 0 norm. The cause upstream of a loss
+    stuck at chance, unchanged weights and dead or vanishing units: named before them."""
+    if not e.identical:
+        return None
+    shown = few(layers(e.identical))
+    return Finding("identical-units", f"every unit of {shown} holds the same weights after an epoch of training: "
+                   "they compute one output and get one gradient, so they never come apart (a zero or constant "
+                   "init)", shown, "initialise the weights randomly (the layers' default init, or "
+                   "nn.init.kaiming_normal_ / xavier_uniform_); a constant init only for biases")
+
+
 def softmax_before_loss(e: EpochFigures) -> Finding | None:
     """CrossEntropyLoss given bounded values (a softmax of any axis, a sigmoid, a tanh before it) instead of
     logits."""
@@ -313,7 +327,7 @@ def unchanged_finding(unchanged: dict) -> Finding:
 
 
 RULES = (  # root causes first: the loop and the data, the learning rate, then what they cause
-    data_problems, unnormalised_inputs, wrong_loss, softmax_before_loss, unchanged_weights, train_in_eval_mode,
+    data_problems, identical_units, unnormalised_inputs, wrong_loss, softmax_before_loss, unchanged_weights, train_in_eval_mode,
     gradients_accumulate, eval_in_train_mode, lr_collapsed, weight_decay_too_high, lr_too_high, exploding,
     nonfinite_values, saturated, dead_relu, vanishing, lr_too_low, updates_rounded_to_zero, class_ignored,
     valid_one_class, overfitting, plateau,

@@ -103,6 +103,10 @@ USER_RUNS = [
     UserRun("mlp-step-lr-per-batch", "mlp", "lr-collapsed", "StepLR(step_size=2, gamma=0.1) stepped every batch",
             settings={"schedule": "steplr-per-batch"}),
     UserRun("mlp-dead-bias", "mlp", "dead-relu", "hidden biases initialised to -10", settings={"bias": -10.0}),
+    UserRun("mlp-zero-init", "mlp", "identical-units", "every Linear layer's weights and biases initialised to 0",
+            settings={"zero_init": True}),
+    UserRun("cnn-zero-init", "bn-cnn", "identical-units", "every conv and Linear weight initialised to 0",
+            settings={"zero_init": True}),
     UserRun("mlp-nan-input", "mlp", "non-finite", "a NaN in one batch (a division by a zero std)",
             settings={"nan_input": True}),
     UserRun("mlp-leak", "mlp", "data-leak", "half the valid rows copied from train", settings={"leak": True}),
@@ -166,6 +170,12 @@ def build(run: UserRun, classes: int) -> nn.Module:
         model = SmallResNet(outputs)
     else:
         model = TinyTransformer(VOCAB, LENGTH, outputs, dropout=s.get("dropout", 0.0))
+    if s.get("zero_init"):  # every weight and bias 0, as a user might "start from nothing"
+        for layer in model.modules():
+            if isinstance(layer, (nn.Linear, nn.Conv2d)):
+                nn.init.zeros_(layer.weight)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
     if s.get("loss") == "softmax-ce":
         model = nn.Sequential(model, nn.Softmax(dim=1))
     elif s.get("loss") == "softmax-batch-axis-ce":  # a softmax over the batch, not the classes
