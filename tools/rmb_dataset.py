@@ -22,11 +22,11 @@ def write_split(data_dir: Path, out_dir: Path, seed: int = SPLIT_SEED, index: bo
     user's, and nothing is written (UserError)."""
     import shutil
 
-    from tools.cli.output_folder import OutputFolder
+    from tools.cli.output_folder import OutputFolder, lies_within
 
     classes, splits, _ = find_splits(data_dir, seed)
     out = OutputFolder(out_dir, "--out")
-    if Path(out_dir).resolve() == Path(data_dir).resolve() or Path(data_dir).resolve() in Path(out_dir).resolve().parents:
+    if lies_within(out_dir, data_dir):
         raise UserError(f"--out {out_dir} is inside the data folder {data_dir}: its copies would be read as images "
                         "of a class. Choose a folder outside it")
     earlier = out.claim_whole()

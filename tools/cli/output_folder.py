@@ -23,6 +23,12 @@ from tools.cli.errors import UserError
 MANIFEST = ".written-by-rmb-monitor"
 
 
+def lies_within(path, folder) -> bool:
+    """`path` is `folder` or below it, links resolved: what a command writes there would be read with it."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
 class OutputFolder:
     """A folder a command writes into; `flag` names it in messages ('--out', 'out_dir')."""
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tools.cli.arguments import flag_word, shell_command
 from tools.cli.errors import UserError
+from tools.cli.output_folder import lies_within
 from tools.training import distributed
 
 RUN_FOLDER = re.compile(r"\d{8}-\d{6}(?:-\d+)?_(.+)")  # <YYYYmmdd-HHMMSS>[-k]_<run-name>
@@ -150,8 +151,7 @@ def check_outside_data(args) -> None:
     the data folder would be read as a class of photos on the next run, and the data blamed for it."""
     data = getattr(args, "data_dir", None)
     for flag, folder in (("--logdir", args.logdir), ("--cache-dir", getattr(args, "cache_dir", None))):
-        if data is not None and folder is not None and Path(data).resolve() in (Path(folder).resolve(),
-                                                                                 *Path(folder).resolve().parents):
+        if data is not None and folder is not None and lies_within(folder, data):
             raise UserError(f"{flag} {folder} is inside the data folder {data}: what the run writes there would "
                             f"be read as a class of photos. Choose a {flag} outside it")
 
